@@ -1,0 +1,146 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Class is the one classification of an upstream outcome that the breaker,
+// the retry loop, the balancer and the metrics share.
+type Class int
+
+const (
+	// OK: the backend answered.
+	OK Class = iota
+	// Busy: the backend is overloaded or unreachable (HTTP 429/503/529, a
+	// "busy"/"overloaded" body, gRPC UNAVAILABLE/RESOURCE_EXHAUSTED, connection
+	// refused or reset, an attempt timeout). Retried elsewhere; trips breakers.
+	Busy
+	// Failed: the backend broke in another way (other 5xx, a malformed answer,
+	// a stream cut short). Retried elsewhere; counts against the backend.
+	Failed
+	// Client: the request itself was refused (400, 401, 403, 404, 422,
+	// INVALID_ARGUMENT, ...). Not retried; never trips a breaker.
+	Client
+	// Canceled: the caller went away. Neither retried nor counted.
+	Canceled
+)
+
+func (c Class) String() string {
+	switch c {
+	case OK:
+		return "ok"
+	case Busy:
+		return "busy"
+	case Failed:
+		return "failed"
+	case Client:
+		return "client_error"
+	case Canceled:
+		return "canceled"
+	}
+	return "unknown"
+}
+
+// StatusCoder is implemented by upstream errors that carry an HTTP status.
+type StatusCoder interface {
+	StatusCode() int
+}
+
+// RetryAfterer is implemented by upstream errors that carry a Retry-After hint.
+type RetryAfterer interface {
+	RetryAfter() time.Duration
+}
+
+// Classify sorts an upstream error. A nil error is OK. The caller's own
+// cancellation must be told apart by the caller (see router), since a
+// per-attempt timeout and a caller deadline both surface as
+// context.DeadlineExceeded: Classify treats DeadlineExceeded as Busy (a slow
+// backend) and Canceled as Canceled.
+func Classify(err error) Class {
+	if err == nil {
+		return OK
+	}
+	var sc StatusCoder
+	if errors.As(err, &sc) {
+		return classifyHTTP(sc.StatusCode(), err.Error())
+	}
+	if errors.Is(err, context.Canceled) {
+		return Canceled
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return Busy
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return Busy
+	}
+	if s, ok := status.FromError(err); ok {
+		switch s.Code() {
+		case codes.OK:
+			return OK
+		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded:
+			return Busy
+		case codes.Canceled:
+			return Canceled
+		case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied,
+			codes.Unauthenticated, codes.FailedPrecondition, codes.OutOfRange,
+			codes.Unimplemented, codes.AlreadyExists:
+			return Client
+		case codes.Unknown:
+			if mentionsBusy(s.Message()) {
+				return Busy
+			}
+		}
+		return Failed
+	}
+	if mentionsBusy(err.Error()) {
+		return Busy
+	}
+	return Failed
+}
+
+func classifyHTTP(code int, msg string) Class {
+	switch {
+	case code == http.StatusTooManyRequests, code == http.StatusServiceUnavailable, code == 529:
+		return Busy
+	case code == http.StatusRequestTimeout:
+		return Busy
+	case code >= 500:
+		if mentionsBusy(msg) {
+			return Busy
+		}
+		return Failed
+	case code >= 400:
+		return Client
+	case code >= 200 && code < 300:
+		// A 2xx with an error means the body was unusable.
+		return Failed
+	}
+	return Failed
+}
+
+func mentionsBusy(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "busy") || strings.Contains(m, "overloaded") ||
+		strings.Contains(m, "rate limit") || strings.Contains(m, "try again later") ||
+		strings.Contains(m, "retry later")
+}
+
+// RetryAfter returns the upstream Retry-After hint carried by err, or 0.
+func RetryAfter(err error) time.Duration {
+	var ra RetryAfterer
+	if errors.As(err, &ra) {
+		return ra.RetryAfter()
+	}
+	return 0
+}

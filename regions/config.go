@@ -1,0 +1,413 @@
+package regions
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Backend kinds.
+const (
+	KindOpenAI = "openai" // OpenAI-compatible HTTP chat completions
+	KindDetour = "detour" // gRPC detour.v1.Router
+)
+
+// Config is the whole routing document: regions of backends, fallback
+// providers and the policies that apply to them. The same document is read
+// from a YAML file or from etcd. A Config is a plain value; once published in a
+// Snapshot it must not be modified.
+type Config struct {
+	// Regions hold the primary backends. At least one usable backend is required.
+	Regions []Region `yaml:"regions" json:"regions"`
+	// Fallbacks are tried in order only when no primary can answer. Empty means
+	// no fallback.
+	Fallbacks []Backend `yaml:"fallbacks,omitempty" json:"fallbacks,omitempty"`
+	// Retry is the retry policy; zero fields take the documented defaults.
+	Retry RetryPolicy `yaml:"retry,omitempty" json:"retry,omitempty"`
+	// Breaker is the default circuit breaker policy for every backend.
+	Breaker BreakerPolicy `yaml:"breaker,omitempty" json:"breaker,omitempty"`
+	// Limits bound what callers may ask for.
+	Limits LimitPolicy `yaml:"limits,omitempty" json:"limits,omitempty"`
+}
+
+// Region is a group of backends that fail together (a provider's regional
+// endpoint, a data centre).
+type Region struct {
+	// Name is unique among regions, e.g. "eu-west".
+	Name string `yaml:"name" json:"name"`
+	// Priority orders remote regions: lower is tried first. Zero is highest.
+	// The router's own region is always tried before the others.
+	Priority int `yaml:"priority,omitempty" json:"priority,omitempty"`
+	// Backends serve this region. At least one is required.
+	Backends []Backend `yaml:"backends" json:"backends"`
+}
+
+// Backend is one upstream endpoint.
+type Backend struct {
+	// Name is unique across all regions and fallbacks.
+	Name string `yaml:"name" json:"name"`
+	// Kind is "openai" (default) or "detour".
+	Kind string `yaml:"kind,omitempty" json:"kind,omitempty"`
+	// Endpoint is the base URL for openai backends
+	// ("http://127.0.0.1:8080/v1") or host:port for detour backends.
+	Endpoint string `yaml:"endpoint" json:"endpoint"`
+	// Models this backend serves. Empty means every model.
+	Models []string `yaml:"models,omitempty" json:"models,omitempty"`
+	// Weight for balancing inside the region, 1..1000. Zero means 1.
+	Weight int `yaml:"weight,omitempty" json:"weight,omitempty"`
+	// Zone of the backend; backends in the router's own zone are preferred.
+	Zone string `yaml:"zone,omitempty" json:"zone,omitempty"`
+	// QPS caps requests per second sent to the backend. Zero means no cap.
+	QPS float64 `yaml:"qps,omitempty" json:"qps,omitempty"`
+	// MaxConcurrency caps in-flight requests. Zero means no cap.
+	MaxConcurrency int `yaml:"max_concurrency,omitempty" json:"max_concurrency,omitempty"`
+	// Timeout bounds one attempt. Zero means the retry policy's
+	// attempt_timeout.
+	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	// APIKeyEnv names the environment variable holding the API key.
+	APIKeyEnv string `yaml:"api_key_env,omitempty" json:"api_key_env,omitempty"`
+	// APIKeyFile names a file holding the API key (a mounted Secret).
+	APIKeyFile string `yaml:"api_key_file,omitempty" json:"api_key_file,omitempty"`
+	// Drained backends take no new calls.
+	Drained bool `yaml:"drained,omitempty" json:"drained,omitempty"`
+}
+
+// RetryPolicy bounds how hard detour tries before it degrades.
+type RetryPolicy struct {
+	// MaxAttempts is the number of upstream attempts per call across primaries,
+	// including the first. Zero means 2.
+	MaxAttempts int `yaml:"max_attempts,omitempty" json:"max_attempts,omitempty"`
+	// BackoffBase is the first backoff before a retry. Zero means 25ms.
+	BackoffBase Duration `yaml:"backoff_base,omitempty" json:"backoff_base,omitempty"`
+	// BackoffMax caps a backoff. Zero means 1s.
+	BackoffMax Duration `yaml:"backoff_max,omitempty" json:"backoff_max,omitempty"`
+	// AttemptTimeout bounds one attempt when the backend sets no timeout.
+	// Zero means 30s.
+	AttemptTimeout Duration `yaml:"attempt_timeout,omitempty" json:"attempt_timeout,omitempty"`
+	// BudgetRatio is the share of recent requests that may be retries. Zero
+	// means 0.2.
+	BudgetRatio float64 `yaml:"budget_ratio,omitempty" json:"budget_ratio,omitempty"`
+	// BudgetMinPerSecond is the retry floor per second. Zero means 10.
+	BudgetMinPerSecond float64 `yaml:"budget_min_per_second,omitempty" json:"budget_min_per_second,omitempty"`
+}
+
+// BreakerPolicy says when a backend's breaker opens.
+type BreakerPolicy struct {
+	// ConsecutiveBusy opens the breaker after that many busy answers in a row.
+	// Zero means 5.
+	ConsecutiveBusy int `yaml:"consecutive_busy,omitempty" json:"consecutive_busy,omitempty"`
+	// BusyRatio opens the breaker when that share of calls in Window was busy.
+	// Zero means 0.5.
+	BusyRatio float64 `yaml:"busy_ratio,omitempty" json:"busy_ratio,omitempty"`
+	// MinRequests is the volume in Window below which BusyRatio is ignored.
+	// Zero means 20.
+	MinRequests int `yaml:"min_requests,omitempty" json:"min_requests,omitempty"`
+	// Window is the rolling window for BusyRatio. Zero means 10s.
+	Window Duration `yaml:"window,omitempty" json:"window,omitempty"`
+	// OpenFor is how long an open breaker waits before probing. Zero means 5s.
+	OpenFor Duration `yaml:"open_for,omitempty" json:"open_for,omitempty"`
+	// HalfOpenProbes is the number of probes admitted while half-open. Zero
+	// means 3.
+	HalfOpenProbes int `yaml:"half_open_probes,omitempty" json:"half_open_probes,omitempty"`
+}
+
+// LimitPolicy bounds requests.
+type LimitPolicy struct {
+	// MaxRequestBytes caps the encoded size of one request. Zero means 10 MiB.
+	MaxRequestBytes int `yaml:"max_request_bytes,omitempty" json:"max_request_bytes,omitempty"`
+	// DefaultDeadline applies when the caller sets none. Zero means 120s.
+	DefaultDeadline Duration `yaml:"default_deadline,omitempty" json:"default_deadline,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultMaxAttempts     = 2
+	DefaultBackoffBase     = 25 * time.Millisecond
+	DefaultBackoffMax      = time.Second
+	DefaultAttemptTimeout  = 30 * time.Second
+	DefaultMaxRequestBytes = 10 << 20
+	DefaultDeadline        = 120 * time.Second
+)
+
+// Duration is a time.Duration written as "250ms", "30s" in the document.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML accepts a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: duration must be a string like \"250ms\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes d as a Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// MarshalText writes d as a Go duration string (JSON and flags).
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ErrInvalid is wrapped by every validation failure; errors.As to
+// *ValidationError gives each reason.
+var ErrInvalid = errors.New("invalid config")
+
+// ValidationError lists every reason a document was rejected.
+type ValidationError struct {
+	Reasons []string
+}
+
+func (e *ValidationError) Error() string {
+	return "invalid config: " + strings.Join(e.Reasons, "; ")
+}
+
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+// Parse decodes a YAML (or JSON) document strictly: unknown fields are errors.
+// It does not validate; call Validate.
+func Parse(doc []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(doc))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &ValidationError{Reasons: []string{"document is empty"}}
+		}
+		return nil, &ValidationError{Reasons: []string{err.Error()}}
+	}
+	return &c, nil
+}
+
+// Load parses and validates a document.
+func Load(doc []byte) (*Config, error) {
+	c, err := Parse(doc)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// LoadFile reads, parses and validates the document at path.
+func LoadFile(path string) (*Config, error) {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Load(doc)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks the document as a whole and returns a *ValidationError with
+// every reason, or nil.
+func (c *Config) Validate() error {
+	var v validator
+	regionNames := map[string]bool{}
+	backendNames := map[string]string{}
+	usable := 0
+	for i, r := range c.Regions {
+		where := fmt.Sprintf("regions[%d]", i)
+		if r.Name == "" {
+			v.add("%s: name is required", where)
+		} else if regionNames[r.Name] {
+			v.add("%s: duplicate region name %q", where, r.Name)
+		}
+		regionNames[r.Name] = true
+		if r.Priority < 0 {
+			v.add("%s: priority %d must be >= 0", where, r.Priority)
+		}
+		if len(r.Backends) == 0 {
+			v.add("%s (%s): at least one backend is required", where, r.Name)
+		}
+		for j, b := range r.Backends {
+			bw := fmt.Sprintf("%s.backends[%d]", where, j)
+			v.backend(bw, b, backendNames)
+			if !b.Drained {
+				usable++
+			}
+		}
+	}
+	if len(c.Regions) == 0 {
+		v.add("regions: at least one region is required")
+	} else if usable == 0 {
+		v.add("regions: every backend is drained; at least one usable backend is required")
+	}
+	for i, b := range c.Fallbacks {
+		v.backend(fmt.Sprintf("fallbacks[%d]", i), b, backendNames)
+	}
+	r := c.Retry
+	if r.MaxAttempts < 0 || r.MaxAttempts > 10 {
+		v.add("retry.max_attempts: %d must be in 0..10", r.MaxAttempts)
+	}
+	if r.BackoffBase < 0 || r.BackoffMax < 0 || r.AttemptTimeout < 0 {
+		v.add("retry: durations must be >= 0")
+	}
+	if r.BackoffMax > 0 && r.BackoffBase > r.BackoffMax {
+		v.add("retry.backoff_base %s exceeds backoff_max %s", r.BackoffBase.D(), r.BackoffMax.D())
+	}
+	if r.BudgetRatio < 0 || r.BudgetRatio > 1 {
+		v.add("retry.budget_ratio: %g must be in 0..1", r.BudgetRatio)
+	}
+	if r.BudgetMinPerSecond < 0 {
+		v.add("retry.budget_min_per_second: %g must be >= 0", r.BudgetMinPerSecond)
+	}
+	br := c.Breaker
+	if br.ConsecutiveBusy < 0 || br.MinRequests < 0 || br.HalfOpenProbes < 0 {
+		v.add("breaker: counts must be >= 0")
+	}
+	if br.BusyRatio < 0 || br.BusyRatio > 1 {
+		v.add("breaker.busy_ratio: %g must be in 0..1", br.BusyRatio)
+	}
+	if br.Window < 0 || br.OpenFor < 0 {
+		v.add("breaker: durations must be >= 0")
+	}
+	if c.Limits.MaxRequestBytes < 0 {
+		v.add("limits.max_request_bytes: %d must be >= 0", c.Limits.MaxRequestBytes)
+	}
+	if c.Limits.DefaultDeadline < 0 {
+		v.add("limits.default_deadline: must be >= 0")
+	}
+	return v.err()
+}
+
+type validator struct{ reasons []string }
+
+func (v *validator) add(format string, args ...any) {
+	v.reasons = append(v.reasons, fmt.Sprintf(format, args...))
+}
+
+func (v *validator) err() error {
+	if len(v.reasons) == 0 {
+		return nil
+	}
+	return &ValidationError{Reasons: v.reasons}
+}
+
+func (v *validator) backend(where string, b Backend, seen map[string]string) {
+	if b.Name == "" {
+		v.add("%s: name is required", where)
+	} else {
+		where = fmt.Sprintf("%s (%s)", where, b.Name)
+		if prev, dup := seen[b.Name]; dup {
+			v.add("%s: duplicate backend name, first used at %s", where, prev)
+		} else {
+			seen[b.Name] = where
+		}
+	}
+	switch b.Kind {
+	case "", KindOpenAI:
+		if b.Endpoint == "" {
+			v.add("%s: endpoint is required", where)
+		} else if u, err := url.Parse(b.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			v.add("%s: endpoint %q must be an http:// or https:// URL", where, b.Endpoint)
+		}
+	case KindDetour:
+		if b.Endpoint == "" {
+			v.add("%s: endpoint is required", where)
+		} else if strings.Contains(b.Endpoint, "://") && !strings.HasPrefix(b.Endpoint, "dns:///") {
+			v.add("%s: endpoint %q must be host:port or dns:///host:port", where, b.Endpoint)
+		}
+	default:
+		v.add("%s: kind %q must be %q or %q", where, b.Kind, KindOpenAI, KindDetour)
+	}
+	if b.Weight < 0 || b.Weight > 1000 {
+		v.add("%s: weight %d must be in 0..1000", where, b.Weight)
+	}
+	if b.QPS < 0 {
+		v.add("%s: qps %g must be >= 0", where, b.QPS)
+	}
+	if b.MaxConcurrency < 0 {
+		v.add("%s: max_concurrency %d must be >= 0", where, b.MaxConcurrency)
+	}
+	if b.Timeout < 0 {
+		v.add("%s: timeout must be >= 0", where)
+	}
+	if b.APIKeyEnv != "" && b.APIKeyFile != "" {
+		v.add("%s: set api_key_env or api_key_file, not both", where)
+	}
+	if b.APIKeyEnv != "" {
+		if _, ok := os.LookupEnv(b.APIKeyEnv); !ok {
+			v.add("%s: api_key_env %s is not set", where, b.APIKeyEnv)
+		}
+	}
+	if b.APIKeyFile != "" {
+		if _, err := os.Stat(b.APIKeyFile); err != nil {
+			v.add("%s: api_key_file: %v", where, err)
+		}
+	}
+	for i, m := range b.Models {
+		if strings.TrimSpace(m) == "" {
+			v.add("%s: models[%d] is empty", where, i)
+		}
+	}
+}
+
+// Serves reports whether the backend serves model.
+func (b *Backend) Serves(model string) bool {
+	if len(b.Models) == 0 {
+		return true
+	}
+	for _, m := range b.Models {
+		if m == model {
+			return true
+		}
+	}
+	return false
+}
+
+// APIKey reads the backend's API key from its env var or file; "" when none is
+// configured. The error never contains the key.
+func (b *Backend) APIKey() (string, error) {
+	switch {
+	case b.APIKeyEnv != "":
+		k, ok := os.LookupEnv(b.APIKeyEnv)
+		if !ok {
+			return "", fmt.Errorf("backend %s: api_key_env %s is not set", b.Name, b.APIKeyEnv)
+		}
+		return strings.TrimSpace(k), nil
+	case b.APIKeyFile != "":
+		k, err := os.ReadFile(b.APIKeyFile)
+		if err != nil {
+			return "", fmt.Errorf("backend %s: api_key_file: %w", b.Name, err)
+		}
+		return strings.TrimSpace(string(k)), nil
+	}
+	return "", nil
+}
+
+// EffectiveWeight is Weight with the zero default applied.
+func (b *Backend) EffectiveWeight() int {
+	if b.Weight <= 0 {
+		return 1
+	}
+	return b.Weight
+}
