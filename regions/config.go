@@ -77,6 +77,9 @@ type Backend struct {
 	APIKeyFile string `yaml:"api_key_file,omitempty" json:"api_key_file,omitempty"`
 	// Drained backends take no new calls.
 	Drained bool `yaml:"drained,omitempty" json:"drained,omitempty"`
+	// Breaker overrides the document's breaker policy for this backend. Nil
+	// uses the document's.
+	Breaker *BreakerPolicy `yaml:"breaker,omitempty" json:"breaker,omitempty"`
 }
 
 // RetryPolicy bounds how hard detour tries before it degrades.
@@ -280,16 +283,7 @@ func (c *Config) Validate() error {
 	if r.BudgetMinPerSecond < 0 {
 		v.add("retry.budget_min_per_second: %g must be >= 0", r.BudgetMinPerSecond)
 	}
-	br := c.Breaker
-	if br.ConsecutiveBusy < 0 || br.MinRequests < 0 || br.HalfOpenProbes < 0 {
-		v.add("breaker: counts must be >= 0")
-	}
-	if br.BusyRatio < 0 || br.BusyRatio > 1 {
-		v.add("breaker.busy_ratio: %g must be in 0..1", br.BusyRatio)
-	}
-	if br.Window < 0 || br.OpenFor < 0 {
-		v.add("breaker: durations must be >= 0")
-	}
+	v.breaker("breaker", c.Breaker)
 	if c.Limits.MaxRequestBytes < 0 {
 		v.add("limits.max_request_bytes: %d must be >= 0", c.Limits.MaxRequestBytes)
 	}
@@ -310,6 +304,18 @@ func (v *validator) err() error {
 		return nil
 	}
 	return &ValidationError{Reasons: v.reasons}
+}
+
+func (v *validator) breaker(where string, br BreakerPolicy) {
+	if br.ConsecutiveBusy < 0 || br.MinRequests < 0 || br.HalfOpenProbes < 0 {
+		v.add("%s: counts must be >= 0", where)
+	}
+	if br.BusyRatio < 0 || br.BusyRatio > 1 {
+		v.add("%s.busy_ratio: %g must be in 0..1", where, br.BusyRatio)
+	}
+	if br.Window < 0 || br.OpenFor < 0 {
+		v.add("%s: durations must be >= 0", where)
+	}
 }
 
 func (v *validator) backend(where string, b Backend, seen map[string]string) {
@@ -363,6 +369,9 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 		if _, err := os.Stat(b.APIKeyFile); err != nil {
 			v.add("%s: api_key_file: %v", where, err)
 		}
+	}
+	if b.Breaker != nil {
+		v.breaker(where+".breaker", *b.Breaker)
 	}
 	for i, m := range b.Models {
 		if strings.TrimSpace(m) == "" {

@@ -1,0 +1,634 @@
+package breaker
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/detour-dev/detour/regions"
+)
+
+// t0 is where every fake clock starts.
+var t0 = time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+
+// clock is a fake clock that only moves when told to.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock { return &clock{now: t0} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// recorder records state changes, as an OnChange hook should: briefly, under
+// its own lock.
+type recorder struct {
+	mu      sync.Mutex
+	changes []Change
+}
+
+func (r *recorder) record(c Change) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.changes = append(r.changes, c)
+}
+
+func (r *recorder) get() []Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Change(nil), r.changes...)
+}
+
+// transitions renders changes as "from->to".
+func (r *recorder) transitions() []string {
+	var s []string
+	for _, c := range r.get() {
+		s = append(s, c.From.String()+"->"+c.To.String())
+	}
+	return s
+}
+
+// testPolicy trips after 3 busy in a row, or at a 50% busy share of at least
+// 10 answers in an hour; it opens for 5s and admits 2 probes.
+var testPolicy = regions.BreakerPolicy{
+	ConsecutiveBusy: 3,
+	BusyRatio:       0.5,
+	MinRequests:     10,
+	Window:          regions.Duration(time.Hour),
+	OpenFor:         regions.Duration(5 * time.Second),
+	HalfOpenProbes:  2,
+}
+
+func newTest(t *testing.T, p regions.BreakerPolicy) (*Breaker, *clock, *recorder) {
+	t.Helper()
+	clk, rec := newClock(), &recorder{}
+	return New("b1", p, WithClock(clk.Now), WithOnChange(rec.record)), clk, rec
+}
+
+// call runs one call through b that ends with class and retryAfter.
+func call(b *Breaker, class Class, retryAfter time.Duration) error {
+	done, err := b.Allow()
+	if err != nil {
+		return err
+	}
+	done(class, retryAfter)
+	return nil
+}
+
+func repeat(n int, classes ...Class) []Class {
+	var s []Class
+	for range n {
+		s = append(s, classes...)
+	}
+	return s
+}
+
+func concat(parts ...[]Class) []Class {
+	var s []Class
+	for _, p := range parts {
+		s = append(s, p...)
+	}
+	return s
+}
+
+func TestBreakerTrips(t *testing.T) {
+	tests := []struct {
+		name     string
+		outcomes []Class
+		want     State
+	}{
+		{name: "busy in a row trips", outcomes: repeat(3, Busy), want: Open},
+		{name: "fewer busy than ConsecutiveBusy", outcomes: repeat(2, Busy), want: Closed},
+		{name: "failed counts like busy", outcomes: []Class{Busy, Failed, Failed}, want: Open},
+		{name: "ok breaks the run", outcomes: []Class{Busy, Busy, OK, Busy, Busy}, want: Closed},
+		{name: "client errors never trip", outcomes: repeat(50, Client), want: Closed},
+		{name: "canceled never trips", outcomes: repeat(50, Canceled), want: Closed},
+		{
+			name:     "client errors do not break a run either",
+			outcomes: concat(repeat(2, Busy), repeat(5, Client), []Class{Busy}),
+			want:     Open,
+		},
+		{
+			name:     "canceled does not break a run either",
+			outcomes: concat(repeat(2, Busy), repeat(5, Canceled), []Class{Busy}),
+			want:     Open,
+		},
+		{
+			name:     "ratio trips once MinRequests answered",
+			outcomes: repeat(5, OK, Busy), // 10 answers, 50% busy
+			want:     Open,
+		},
+		{
+			name:     "ratio ignored below MinRequests",
+			outcomes: concat(repeat(4, OK, Busy), []Class{Busy}), // 9 answers, 56% busy
+			want:     Closed,
+		},
+		{
+			name:     "client errors do not make up MinRequests",
+			outcomes: concat([]Class{Client}, repeat(4, OK, Busy), []Class{Busy}),
+			want:     Closed,
+		},
+		{
+			name:     "canceled calls do not make up MinRequests",
+			outcomes: concat([]Class{Canceled}, repeat(4, OK, Busy), []Class{Busy}),
+			want:     Closed,
+		},
+		{
+			name:     "ratio below BusyRatio",
+			outcomes: repeat(10, OK, OK, Busy), // 30 answers, 33% busy
+			want:     Closed,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, _, _ := newTest(t, testPolicy)
+			for i, c := range tt.outcomes {
+				if err := call(b, c, 0); err != nil {
+					t.Fatalf("call %d (%v): Allow() = %v, want admitted", i, c, err)
+				}
+			}
+			if diff := cmp.Diff(tt.want, b.State()); diff != "" {
+				t.Errorf("State() (-want +got):\n%s", diff)
+			}
+			_, err := b.Allow()
+			if got, want := errors.Is(err, ErrOpen), tt.want == Open; got != want {
+				t.Errorf("Allow() = %v, want ErrOpen: %v", err, want)
+			}
+		})
+	}
+}
+
+// TestBreakerWindowForgets checks that answers older than Window stop
+// counting. gobreaker ages its window on the wall clock and takes no clock,
+// so this test waits for real time; it only needs at least 2*Window to pass,
+// so a slow machine cannot make it fail.
+func TestBreakerWindowForgets(t *testing.T) {
+	const window = 20 * time.Millisecond
+	p := testPolicy
+	p.Window = regions.Duration(window)
+	b, _, _ := newTest(t, p)
+	call(b, Busy, 0)
+	call(b, Busy, 0)
+	start := time.Now()
+	for time.Since(start) < 2*window {
+		runtime.Gosched()
+	}
+	call(b, Busy, 0)
+	if s := b.State(); s != Closed {
+		t.Errorf("2 busy, %v, then 1 busy: State() = %v, want closed", 2*window, s)
+	}
+	call(b, Busy, 0)
+	call(b, Busy, 0)
+	if s := b.State(); s != Open {
+		t.Errorf("then 2 more busy: State() = %v, want open", s)
+	}
+}
+
+func TestBreakerDefaults(t *testing.T) {
+	got := withDefaults(regions.BreakerPolicy{})
+	want := regions.BreakerPolicy{
+		ConsecutiveBusy: 5,
+		BusyRatio:       0.5,
+		MinRequests:     20,
+		Window:          regions.Duration(10 * time.Second),
+		OpenFor:         regions.Duration(5 * time.Second),
+		HalfOpenProbes:  3,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("withDefaults(zero) (-want +got):\n%s", diff)
+	}
+
+	b, _, _ := newTest(t, regions.BreakerPolicy{})
+	for range 4 {
+		call(b, Busy, 0)
+	}
+	if s := b.State(); s != Closed {
+		t.Fatalf("after 4 busy: State() = %v, want closed", s)
+	}
+	call(b, Busy, 0)
+	if s := b.State(); s != Open {
+		t.Fatalf("after 5 busy: State() = %v, want open", s)
+	}
+	if got, want := b.OpenUntil(), t0.Add(5*time.Second); !got.Equal(want) {
+		t.Errorf("OpenUntil() = %v, want %v", got, want)
+	}
+}
+
+func TestBreakerOpenUntil(t *testing.T) {
+	tests := []struct {
+		name string
+		// open drives a fresh breaker (policy testPolicy, clock at t0) open.
+		open func(b *Breaker, clk *clock)
+		// want is OpenUntil, as an offset from t0.
+		want time.Duration
+	}{
+		{
+			name: "OpenFor",
+			open: func(b *Breaker, _ *clock) {
+				for range 3 {
+					call(b, Busy, 0)
+				}
+			},
+			want: 5 * time.Second,
+		},
+		{
+			name: "Retry-After on the tripping answer beyond OpenFor",
+			open: func(b *Breaker, _ *clock) {
+				call(b, Busy, 0)
+				call(b, Busy, 0)
+				call(b, Busy, 30*time.Second)
+			},
+			want: 30 * time.Second,
+		},
+		{
+			name: "Retry-After shorter than OpenFor",
+			open: func(b *Breaker, _ *clock) {
+				call(b, Busy, 0)
+				call(b, Busy, 0)
+				call(b, Busy, time.Second)
+			},
+			want: 5 * time.Second,
+		},
+		{
+			name: "Retry-After from an earlier busy answer",
+			open: func(b *Breaker, clk *clock) {
+				call(b, Busy, 20*time.Second)
+				clk.Advance(2 * time.Second)
+				call(b, Busy, 0)
+				call(b, Busy, 0)
+			},
+			want: 20 * time.Second,
+		},
+		{
+			name: "Retry-After from a call admitted before the trip",
+			open: func(b *Breaker, clk *clock) {
+				done, _ := b.Allow()
+				for range 3 {
+					call(b, Busy, 0)
+				}
+				clk.Advance(time.Second)
+				done(Busy, time.Minute)
+			},
+			want: time.Minute + time.Second,
+		},
+		{
+			name: "Retry-After of a non-busy answer ignored",
+			open: func(b *Breaker, _ *clock) {
+				call(b, Client, time.Minute)
+				call(b, Failed, time.Minute)
+				call(b, Failed, 0)
+				call(b, Failed, 0)
+			},
+			want: 5 * time.Second,
+		},
+		{
+			name: "Retry-After of a failed probe",
+			open: func(b *Breaker, clk *clock) {
+				for range 3 {
+					call(b, Busy, 0)
+				}
+				clk.Advance(5 * time.Second)
+				call(b, Busy, 40*time.Second)
+			},
+			want: 45 * time.Second,
+		},
+		{
+			name: "Retry-After forgotten once closed",
+			open: func(b *Breaker, clk *clock) {
+				early, _ := b.Allow()
+				for range 3 {
+					call(b, Busy, 0)
+				}
+				clk.Advance(5 * time.Second)
+				call(b, OK, 0)
+				early(Busy, time.Minute) // stale, while half-open
+				call(b, OK, 0)           // closed again
+				for range 3 {
+					call(b, Busy, 0)
+				}
+			},
+			want: 10 * time.Second,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, clk, _ := newTest(t, testPolicy)
+			tt.open(b, clk)
+			want := t0.Add(tt.want)
+			if got := b.OpenUntil(); !got.Equal(want) {
+				t.Fatalf("OpenUntil() = %v, want %v", got.Sub(t0), tt.want)
+			}
+			clk.Advance(want.Sub(clk.Now()) - time.Nanosecond)
+			if s := b.State(); s != Open {
+				t.Errorf("just before OpenUntil: State() = %v, want open", s)
+			}
+			if err := call(b, OK, 0); !errors.Is(err, ErrOpen) {
+				t.Errorf("just before OpenUntil: Allow() = %v, want ErrOpen", err)
+			}
+			clk.Advance(time.Nanosecond)
+			if s := b.State(); s != HalfOpen {
+				t.Errorf("at OpenUntil: State() = %v, want half-open", s)
+			}
+			if got := b.OpenUntil(); !got.IsZero() {
+				t.Errorf("at OpenUntil: OpenUntil() = %v, want zero", got)
+			}
+			if err := call(b, OK, 0); err != nil {
+				t.Errorf("at OpenUntil: Allow() = %v, want a probe admitted", err)
+			}
+		})
+	}
+}
+
+func TestBreakerHalfOpen(t *testing.T) {
+	p := testPolicy
+	p.HalfOpenProbes = 3
+	tests := []struct {
+		name string
+		// probes are the outcomes of the admitted probes, reported in order
+		// after as many probes as the breaker admits were let through.
+		probes       []Class
+		wantAdmitted int
+		wantState    State
+		// wantMore says whether one more call is admitted at the end.
+		wantMore bool
+	}{
+		{
+			name:         "all probes succeed",
+			probes:       []Class{OK, OK, OK},
+			wantAdmitted: 3,
+			wantState:    Closed,
+			wantMore:     true,
+		},
+		{
+			name:         "a busy probe reopens",
+			probes:       []Class{OK, Busy, OK},
+			wantAdmitted: 3,
+			wantState:    Open,
+		},
+		{
+			name:         "a failed probe reopens",
+			probes:       []Class{Failed, OK, OK},
+			wantAdmitted: 3,
+			wantState:    Open,
+		},
+		{
+			name:         "an excluded probe frees its slot",
+			probes:       []Class{Client, OK, OK},
+			wantAdmitted: 3,
+			wantState:    HalfOpen,
+			wantMore:     true,
+		},
+		{
+			name:         "a canceled probe frees its slot",
+			probes:       []Class{OK, Canceled, OK},
+			wantAdmitted: 3,
+			wantState:    HalfOpen,
+			wantMore:     true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, clk, _ := newTest(t, p)
+			for range 3 {
+				call(b, Busy, 0)
+			}
+			clk.Advance(5 * time.Second)
+			var dones []func(Class, time.Duration)
+			for range 10 {
+				done, err := b.Allow()
+				if err != nil {
+					if !errors.Is(err, ErrOpen) {
+						t.Fatalf("Allow() = %v, want ErrOpen", err)
+					}
+					break
+				}
+				dones = append(dones, done)
+			}
+			if got := len(dones); got != tt.wantAdmitted {
+				t.Fatalf("admitted %d probes, want %d", got, tt.wantAdmitted)
+			}
+			if s := b.State(); s != HalfOpen {
+				t.Errorf("probes in flight: State() = %v, want half-open", s)
+			}
+			if u := b.OpenUntil(); !u.IsZero() {
+				t.Errorf("probes in flight: OpenUntil() = %v, want zero", u)
+			}
+			for i, c := range tt.probes {
+				dones[i](c, 0)
+			}
+			if diff := cmp.Diff(tt.wantState, b.State()); diff != "" {
+				t.Errorf("State() (-want +got):\n%s", diff)
+			}
+			if tt.wantState == Open {
+				if got, want := b.OpenUntil(), clk.Now().Add(5*time.Second); !got.Equal(want) {
+					t.Errorf("reopened: OpenUntil() = %v, want %v", got, want)
+				}
+			}
+			_, err := b.Allow()
+			if got := err == nil; got != tt.wantMore {
+				t.Errorf("one more Allow() = %v, want admitted: %v", err, tt.wantMore)
+			}
+		})
+	}
+}
+
+func TestBreakerOnChange(t *testing.T) {
+	b, clk, rec := newTest(t, testPolicy)
+	for range 3 {
+		call(b, Busy, 0) // trips at t0
+	}
+	clk.Advance(5 * time.Second)
+	call(b, Busy, 0) // probe at t0+5s reopens
+	clk.Advance(5 * time.Second)
+	call(b, OK, 0) // probe at t0+10s
+	clk.Advance(time.Second)
+	call(b, OK, 0) // second probe at t0+11s closes
+
+	want := []Change{
+		{Backend: "b1", From: Closed, To: Open, At: t0, OpenUntil: t0.Add(5 * time.Second)},
+		{Backend: "b1", From: Open, To: HalfOpen, At: t0.Add(5 * time.Second)},
+		{Backend: "b1", From: HalfOpen, To: Open, At: t0.Add(5 * time.Second), OpenUntil: t0.Add(10 * time.Second)},
+		{Backend: "b1", From: Open, To: HalfOpen, At: t0.Add(10 * time.Second)},
+		{Backend: "b1", From: HalfOpen, To: Closed, At: t0.Add(11 * time.Second)},
+	}
+	if diff := cmp.Diff(want, rec.get()); diff != "" {
+		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+}
+
+func TestBreakerDoneOnce(t *testing.T) {
+	b, _, rec := newTest(t, testPolicy)
+	call(b, Busy, 0)
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		done(Busy, 0) // only the first counts: two busy in a row, not six
+	}
+	if s := b.State(); s != Closed {
+		t.Errorf("State() = %v, want closed; changes %v", s, rec.transitions())
+	}
+}
+
+func TestBreakerDropsResultsFromBeforeATransition(t *testing.T) {
+	b, clk, rec := newTest(t, testPolicy)
+	// Both in flight while the breaker trips.
+	whileOpen, _ := b.Allow()
+	afterClose, _ := b.Allow()
+	for range 3 {
+		call(b, Busy, 0)
+	}
+	whileOpen(OK, 0) // must not count as a probe success
+	clk.Advance(5 * time.Second)
+	call(b, OK, 0)
+	if s := b.State(); s != HalfOpen {
+		t.Fatalf("after 1 of 2 probes: State() = %v, want half-open", s)
+	}
+	call(b, OK, 0)
+	call(b, Busy, 0)
+	call(b, Busy, 0)
+	afterClose(Busy, 0) // must not make a third busy in a row
+	if diff := cmp.Diff([]string{"closed->open", "open->half-open", "half-open->closed"}, rec.transitions()); diff != "" {
+		t.Errorf("transitions (-want +got):\n%s", diff)
+	}
+}
+
+func TestBreakerConcurrent(t *testing.T) {
+	p := testPolicy
+	p.MinRequests = 50
+	b, clk, rec := newTest(t, p)
+	classes := []Class{OK, OK, OK, Busy, Failed, Client, Canceled}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 2000 {
+				if done, err := b.Allow(); err == nil {
+					done(classes[(g+i)%len(classes)], time.Duration(i%3)*time.Second)
+				}
+				switch i % 100 {
+				case 0:
+					clk.Advance(time.Second)
+				case 1:
+					_ = b.State()
+				case 2:
+					_ = b.OpenUntil()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Transitions must chain: each starts where the previous one ended.
+	from := Closed
+	for i, c := range rec.get() {
+		if c.From != from || c.From == c.To {
+			t.Fatalf("change %d: %v -> %v after a change to %v", i, c.From, c.To, from)
+		}
+		from = c.To
+	}
+}
+
+func TestStateString(t *testing.T) {
+	tests := []struct {
+		s    State
+		want string
+	}{
+		{Closed, "closed"},
+		{HalfOpen, "half-open"},
+		{Open, "open"},
+		{State(7), "unknown"},
+	}
+	for _, tt := range tests {
+		if got := tt.s.String(); got != tt.want {
+			t.Errorf("State(%d).String() = %q, want %q", int(tt.s), got, tt.want)
+		}
+	}
+}
+
+func TestSet(t *testing.T) {
+	clk := newClock()
+	var s Set // the zero Set is usable
+	s.opts = []Option{WithClock(clk.Now), WithOnChange(nil)}
+
+	a := s.Get("a", testPolicy)
+	if got := s.Get("a", testPolicy); got != a {
+		t.Error("Get with the same policy returned a new breaker")
+	}
+	for range 3 {
+		call(a, Busy, 0)
+	}
+	if got := s.Get("a", testPolicy); got != a || got.State() != Open {
+		t.Errorf("after a reload: same breaker %v, state %v; want the same, open", got == a, got.State())
+	}
+
+	zero := s.Get("z", regions.BreakerPolicy{})
+	explicit := s.Get("z", withDefaults(regions.BreakerPolicy{}))
+	if zero != explicit {
+		t.Error("a policy spelling out the defaults replaced the breaker")
+	}
+
+	changed := testPolicy
+	changed.OpenFor = regions.Duration(time.Minute)
+	a2 := s.Get("a", changed)
+	if a2 == a || a2.State() != Closed {
+		t.Errorf("policy changed: same breaker %v, state %v; want a new, closed one", a2 == a, a2.State())
+	}
+
+	s.Retain([]string{"z", "gone"})
+	if got := s.Get("z", regions.BreakerPolicy{}); got != zero {
+		t.Error("Retain dropped a retained breaker")
+	}
+	if got := s.Get("a", changed); got == a2 {
+		t.Error("Retain kept a dropped breaker")
+	}
+	if got := NewSet().Get("x", testPolicy).Name(); got != "x" {
+		t.Errorf("Name() = %q, want x", got)
+	}
+}
+
+func TestSetConcurrent(t *testing.T) {
+	s := NewSet(WithOnChange(nil))
+	var wg sync.WaitGroup
+	got := make([]*Breaker, 8)
+	for i := range got {
+		wg.Go(func() {
+			for j := range 100 {
+				got[i] = s.Get("a", testPolicy)
+				s.Get(fmt.Sprint("x", j), testPolicy)
+				if j%10 == 0 {
+					s.Retain([]string{"a"})
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, b := range got {
+		if b != got[0] {
+			t.Errorf("goroutine %d got another breaker for a", i)
+		}
+	}
+}
+
+func TestStateMatchesGobreaker(t *testing.T) {
+	got := []State{State(gobreaker.StateClosed), State(gobreaker.StateHalfOpen), State(gobreaker.StateOpen)}
+	if diff := cmp.Diff([]State{Closed, HalfOpen, Open}, got); diff != "" {
+		t.Errorf("states (-want +got):\n%s", diff)
+	}
+}

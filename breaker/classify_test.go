@@ -1,0 +1,145 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// httpError is an upstream HTTP error, as provider returns them.
+type httpError struct {
+	code       int
+	msg        string
+	retryAfter time.Duration
+}
+
+func (e *httpError) Error() string             { return fmt.Sprintf("http %d: %s", e.code, e.msg) }
+func (e *httpError) StatusCode() int           { return e.code }
+func (e *httpError) RetryAfter() time.Duration { return e.retryAfter }
+
+var (
+	_ StatusCoder  = (*httpError)(nil)
+	_ RetryAfterer = (*httpError)(nil)
+)
+
+// timeoutError is a net.Error that timed out.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+var _ net.Error = timeoutError{}
+
+func dialError(errno syscall.Errno) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", errno)}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want Class
+	}{
+		{"nil", nil, OK},
+
+		{"http 429", &httpError{code: 429}, Busy},
+		{"http 503", &httpError{code: 503}, Busy},
+		{"http 529", &httpError{code: 529}, Busy},
+		{"http 408", &httpError{code: 408}, Busy},
+		{"http 500", &httpError{code: 500, msg: "internal error"}, Failed},
+		{"http 500 overloaded", &httpError{code: 500, msg: "Server Overloaded"}, Busy},
+		{"http 502 busy", &httpError{code: 502, msg: "server busy, please retry later"}, Busy},
+		{"http 400", &httpError{code: 400, msg: "server busy"}, Client},
+		{"http 401", &httpError{code: 401}, Client},
+		{"http 403", &httpError{code: 403}, Client},
+		{"http 404", &httpError{code: 404}, Client},
+		{"http 422", &httpError{code: 422}, Client},
+		{"http 200 unusable body", &httpError{code: 200}, Failed},
+		{"http wrapped", fmt.Errorf("backend eu-1: %w", &httpError{code: 503}), Busy},
+
+		{"canceled", context.Canceled, Canceled},
+		{"canceled wrapped", fmt.Errorf("attempt: %w", context.Canceled), Canceled},
+		{"deadline exceeded", context.DeadlineExceeded, Busy},
+		{"connection refused", dialError(syscall.ECONNREFUSED), Busy},
+		{"connection reset", dialError(syscall.ECONNRESET), Busy},
+		{"broken pipe", dialError(syscall.EPIPE), Busy},
+		{"net timeout", &net.OpError{Op: "read", Net: "tcp", Err: timeoutError{}}, Busy},
+
+		{"grpc unavailable", status.Error(codes.Unavailable, "no"), Busy},
+		{"grpc resource exhausted", status.Error(codes.ResourceExhausted, "quota"), Busy},
+		{"grpc deadline exceeded", status.Error(codes.DeadlineExceeded, "slow"), Busy},
+		{"grpc canceled", status.Error(codes.Canceled, "gone"), Canceled},
+		{"grpc invalid argument", status.Error(codes.InvalidArgument, "bad"), Client},
+		{"grpc not found", status.Error(codes.NotFound, "no model"), Client},
+		{"grpc permission denied", status.Error(codes.PermissionDenied, "no"), Client},
+		{"grpc unauthenticated", status.Error(codes.Unauthenticated, "no"), Client},
+		{"grpc failed precondition", status.Error(codes.FailedPrecondition, "no"), Client},
+		{"grpc out of range", status.Error(codes.OutOfRange, "no"), Client},
+		{"grpc unimplemented", status.Error(codes.Unimplemented, "no"), Client},
+		{"grpc already exists", status.Error(codes.AlreadyExists, "no"), Client},
+		{"grpc unknown busy", status.Error(codes.Unknown, "model is overloaded"), Busy},
+		{"grpc unknown", status.Error(codes.Unknown, "boom"), Failed},
+		{"grpc internal", status.Error(codes.Internal, "busy"), Failed},
+		{"grpc wrapped", fmt.Errorf("backend eu-1: %w", status.Error(codes.Unavailable, "no")), Busy},
+
+		{"text busy", errors.New("Server is busy, please try again later"), Busy},
+		{"text rate limit", errors.New("rate limit reached"), Busy},
+		{"text other", errors.New("malformed answer"), Failed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, Classify(tt.err)); diff != "" {
+				t.Errorf("Classify(%v) (-want +got):\n%s", tt.err, diff)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want time.Duration
+	}{
+		{"nil", nil, 0},
+		{"none", errors.New("busy"), 0},
+		{"http", &httpError{code: 429, retryAfter: 3 * time.Second}, 3 * time.Second},
+		{"wrapped", fmt.Errorf("eu-1: %w", &httpError{code: 503, retryAfter: time.Minute}), time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, RetryAfter(tt.err)); diff != "" {
+				t.Errorf("RetryAfter(%v) (-want +got):\n%s", tt.err, diff)
+			}
+		})
+	}
+}
+
+func TestClassString(t *testing.T) {
+	tests := []struct {
+		c    Class
+		want string
+	}{
+		{OK, "ok"},
+		{Busy, "busy"},
+		{Failed, "failed"},
+		{Client, "client_error"},
+		{Canceled, "canceled"},
+		{Class(42), "unknown"},
+	}
+	for _, tt := range tests {
+		if got := tt.c.String(); got != tt.want {
+			t.Errorf("Class(%d).String() = %q, want %q", int(tt.c), got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,30 @@
+package fakellm
+
+import (
+	"flag"
+	"strings"
+)
+
+// RegisterFlags defines on fs the flags of cmd/fakellm that describe c:
+// -name, -region, -models (comma-separated) and one flag per Settings
+// field: -latency, -jitter, -busy-rate, -qps, -burst, -hang-rate,
+// -tokens-per-sec, -garbage-rate, -cut-rate. The current values of c are
+// the defaults. Parsing does not validate ranges: call c.Validate after.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Name, "name", c.Name, "backend `name` in /stats and answers (default \"fakellm\")")
+	fs.StringVar(&c.Region, "region", c.Region, "`region` echoed in answers and /stats (default \"local\")")
+	fs.Func("models", "comma-separated `list` of models reported by /v1/models (default deepseek-chat,deepseek-reasoner)", func(v string) error {
+		c.Models = strings.Split(v, ",")
+		return nil
+	})
+	st := &c.Settings
+	fs.DurationVar(&st.Latency, "latency", st.Latency, "mean delay before an answer starts")
+	fs.DurationVar(&st.Jitter, "jitter", st.Jitter, "uniform +/- spread of the latency")
+	fs.Float64Var(&st.BusyRate, "busy-rate", st.BusyRate, "`fraction` (0..1) of requests answered server busy (HTTP 503, gRPC UNAVAILABLE)")
+	fs.Float64Var(&st.QPS, "qps", st.QPS, "admitted requests per second, 0 = unlimited; above it HTTP 429, gRPC RESOURCE_EXHAUSTED")
+	fs.IntVar(&st.Burst, "burst", st.Burst, "requests admitted at once above -qps, 0 = a tenth of a second's worth")
+	fs.Float64Var(&st.HangRate, "hang-rate", st.HangRate, "`fraction` (0..1) of requests accepted and never answered")
+	fs.Float64Var(&st.TokensPerSec, "tokens-per-sec", st.TokensPerSec, "pace of streamed chunks, one token each, 0 = no pacing")
+	fs.Float64Var(&st.GarbageRate, "garbage-rate", st.GarbageRate, "`fraction` (0..1) of requests answered 200 with malformed JSON")
+	fs.Float64Var(&st.CutRate, "cut-rate", st.CutRate, "`fraction` (0..1) of requests whose answer is cut half-way")
+}

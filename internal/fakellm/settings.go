@@ -1,0 +1,205 @@
+package fakellm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Settings are the knobs of a Server that can change while it serves. The
+// zero value answers every request at once, successfully, with no limit.
+//
+// A Settings value is a plain value; a Server keeps an immutable copy and
+// swaps it atomically (see Server.SetSettings), so a change applies to HTTP
+// and gRPC requests alike, from the next request on.
+//
+// Settings marshals to and from the JSON of the /control endpoint:
+//
+//	{"latency":"20ms","jitter":"5ms","busy_rate":0.5,"qps":1000,"burst":0,
+//	 "hang_rate":0,"tokens_per_sec":0,"garbage_rate":0,"cut_rate":0}
+//
+// Durations are Go duration strings. Unmarshalling changes only the fields
+// present in the document and refuses unknown fields; it does not validate.
+type Settings struct {
+	// Latency is the mean delay before an answer starts (time to first
+	// byte). Zero answers at once.
+	Latency time.Duration
+	// Jitter spreads the delay uniformly over [Latency-Jitter,
+	// Latency+Jitter], floored at zero. Zero means no spread.
+	Jitter time.Duration
+	// BusyRate is the fraction of admitted requests, in [0, 1], answered
+	// "server busy": HTTP 503 with a DeepSeek-style body, gRPC UNAVAILABLE.
+	// Zero: never.
+	BusyRate float64
+	// QPS caps the requests admitted per second, HTTP and gRPC together.
+	// Requests above it get HTTP 429 with "Retry-After: 1", or gRPC
+	// RESOURCE_EXHAUSTED with a RetryInfo of one second. Zero: no limit.
+	QPS float64
+	// Burst is how many requests may be admitted at once on top of the
+	// steady QPS rate. Zero means a tenth of a second's worth of QPS, at
+	// least 1. Ignored when QPS is zero.
+	Burst int
+	// HangRate is the fraction of admitted requests that are accepted and
+	// never answered, until the client goes away or the Server closes.
+	// Zero: never.
+	HangRate float64
+	// TokensPerSec paces streamed answers, which carry one token per chunk.
+	// Zero sends chunks as fast as possible. Unary answers are not paced.
+	TokensPerSec float64
+	// GarbageRate is the fraction of admitted requests answered with
+	// malformed JSON and status 200 (a malformed chunk in a stream). On
+	// gRPC the call ends with INTERNAL, as a client that cannot decode a
+	// message reports it. Zero: never.
+	GarbageRate float64
+	// CutRate is the fraction of admitted requests whose connection is cut
+	// half-way through the answer: an HTTP body or stream ends abruptly,
+	// without [DONE]; a gRPC call ends with UNAVAILABLE (a stream after half
+	// of its chunks). Zero: never.
+	CutRate float64
+}
+
+// Validate reports every out-of-range field of s, joined into one error.
+func (s Settings) Validate() error {
+	var errs []error
+	if s.Latency < 0 {
+		errs = append(errs, fmt.Errorf("latency %v is negative", s.Latency))
+	}
+	if s.Jitter < 0 {
+		errs = append(errs, fmt.Errorf("jitter %v is negative", s.Jitter))
+	}
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{
+		{"busy rate", s.BusyRate},
+		{"hang rate", s.HangRate},
+		{"garbage rate", s.GarbageRate},
+		{"cut rate", s.CutRate},
+	} {
+		if !(r.v >= 0 && r.v <= 1) { // also refuses NaN
+			errs = append(errs, fmt.Errorf("%s %v is outside [0, 1]", r.name, r.v))
+		}
+	}
+	if !(s.QPS >= 0) || math.IsInf(s.QPS, 0) {
+		errs = append(errs, fmt.Errorf("qps %v is not a finite number >= 0", s.QPS))
+	}
+	if s.Burst < 0 {
+		errs = append(errs, fmt.Errorf("burst %d is negative", s.Burst))
+	}
+	if !(s.TokensPerSec >= 0) || math.IsInf(s.TokensPerSec, 0) {
+		errs = append(errs, fmt.Errorf("tokens per second %v is not a finite number >= 0", s.TokensPerSec))
+	}
+	return errors.Join(errs...)
+}
+
+// settingsJSON is the wire form of Settings.
+type settingsJSON struct {
+	Latency      string  `json:"latency"`
+	Jitter       string  `json:"jitter"`
+	BusyRate     float64 `json:"busy_rate"`
+	QPS          float64 `json:"qps"`
+	Burst        int     `json:"burst"`
+	HangRate     float64 `json:"hang_rate"`
+	TokensPerSec float64 `json:"tokens_per_sec"`
+	GarbageRate  float64 `json:"garbage_rate"`
+	CutRate      float64 `json:"cut_rate"`
+}
+
+// settingsPatch is a /control document: nil fields were absent.
+type settingsPatch struct {
+	Latency      *string  `json:"latency"`
+	Jitter       *string  `json:"jitter"`
+	BusyRate     *float64 `json:"busy_rate"`
+	QPS          *float64 `json:"qps"`
+	Burst        *int     `json:"burst"`
+	HangRate     *float64 `json:"hang_rate"`
+	TokensPerSec *float64 `json:"tokens_per_sec"`
+	GarbageRate  *float64 `json:"garbage_rate"`
+	CutRate      *float64 `json:"cut_rate"`
+}
+
+// MarshalJSON encodes s as in the /control endpoint.
+func (s Settings) MarshalJSON() ([]byte, error) {
+	return json.Marshal(settingsJSON{
+		Latency:      s.Latency.String(),
+		Jitter:       s.Jitter.String(),
+		BusyRate:     s.BusyRate,
+		QPS:          s.QPS,
+		Burst:        s.Burst,
+		HangRate:     s.HangRate,
+		TokensPerSec: s.TokensPerSec,
+		GarbageRate:  s.GarbageRate,
+		CutRate:      s.CutRate,
+	})
+}
+
+// UnmarshalJSON changes the fields of s present in data. It refuses unknown
+// fields and durations that are not Go duration strings, and leaves s
+// unchanged on error. It does not validate ranges: see Validate.
+func (s *Settings) UnmarshalJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var p settingsPatch
+	if err := dec.Decode(&p); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the settings object")
+	}
+	next := *s
+	for _, d := range []struct {
+		name string
+		in   *string
+		out  *time.Duration
+	}{
+		{"latency", p.Latency, &next.Latency},
+		{"jitter", p.Jitter, &next.Jitter},
+	} {
+		if d.in == nil {
+			continue
+		}
+		v, err := time.ParseDuration(*d.in)
+		if err != nil {
+			return fmt.Errorf("%s: want a Go duration such as \"150ms\": %w", d.name, err)
+		}
+		*d.out = v
+	}
+	setIf(&next.BusyRate, p.BusyRate)
+	setIf(&next.QPS, p.QPS)
+	setIf(&next.Burst, p.Burst)
+	setIf(&next.HangRate, p.HangRate)
+	setIf(&next.TokensPerSec, p.TokensPerSec)
+	setIf(&next.GarbageRate, p.GarbageRate)
+	setIf(&next.CutRate, p.CutRate)
+	*s = next
+	return nil
+}
+
+func setIf[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
+}
+
+// snapshot is the immutable settings value a Server reads on every request.
+type snapshot struct {
+	Settings
+	lim *limiter // nil when QPS is zero
+}
+
+// newSnapshot builds the snapshot for s, keeping prev's limiter (and so its
+// state) when the rate and burst are unchanged.
+func newSnapshot(s Settings, prev *snapshot) *snapshot {
+	snap := &snapshot{Settings: s}
+	if s.QPS > 0 {
+		if prev != nil && prev.lim != nil && prev.QPS == s.QPS && prev.Burst == s.Burst {
+			snap.lim = prev.lim
+		} else {
+			snap.lim = newLimiter(s.QPS, s.Burst)
+		}
+	}
+	return snap
+}

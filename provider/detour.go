@@ -1,0 +1,151 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
+)
+
+// Detour is a client for one gRPC backend speaking detour.v1.Router (another
+// detour deployment, or a model server that implements the service). It
+// keeps one *grpc.ClientConn, which does its own connection management, and
+// sends the API key, if any, as "authorization: Bearer" metadata.
+//
+// A Detour is safe for concurrent use. Its methods block on the network and
+// return once ctx ends.
+type Detour struct {
+	name   string
+	conn   *grpc.ClientConn
+	client detourv1.RouterClient
+	cred   *credential
+}
+
+// NewDetour returns a client for b, whose Endpoint is "host:port" or
+// "dns:///host:port". b.Kind must be "detour" or empty. It reads the API key
+// now and starts connecting in the background; Close stops that.
+func NewDetour(b regions.Backend) (*Detour, error) {
+	if b.Kind != "" && b.Kind != regions.KindDetour {
+		return nil, fmt.Errorf("backend %s: kind %q is not %q", b.Name, b.Kind, regions.KindDetour)
+	}
+	if b.Endpoint == "" {
+		return nil, fmt.Errorf("backend %s: endpoint is required", b.Name)
+	}
+	key, err := b.APIKey()
+	if err != nil {
+		return nil, fmt.Errorf("detour client: %w", err)
+	}
+	if !validKey(key) {
+		return nil, fmt.Errorf("backend %s: api key holds characters not allowed in gRPC metadata", b.Name)
+	}
+	conn, err := grpc.NewClient(b.Endpoint,
+		grpc.WithTransportCredentials(transportCredentials(b)),
+		grpc.WithUserAgent("detour"),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxAnswerBytes)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+	}
+	conn.Connect()
+	return &Detour{
+		name:   b.Name,
+		conn:   conn,
+		client: detourv1.NewRouterClient(conn),
+		cred:   newCredential(key),
+	}, nil
+}
+
+// transportCredentials is the seam for TLS: backends are plaintext for now.
+// When regions.Backend grows TLS settings, build credentials.NewTLS from them
+// here; the bearer key then travels encrypted.
+func transportCredentials(regions.Backend) credentials.TransportCredentials {
+	return insecure.NewCredentials()
+}
+
+// Close closes the connection. Calls in flight end with a Canceled status.
+func (d *Detour) Close() error {
+	if err := d.conn.Close(); err != nil {
+		return fmt.Errorf("backend %s: %w", d.name, err)
+	}
+	return nil
+}
+
+// Complete calls Router.Complete on the backend and returns its answer as it
+// came, served_by and source included.
+func (d *Detour) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
+	resp, err := d.client.Complete(d.outgoing(ctx), req)
+	if err != nil {
+		return nil, d.wrap(err)
+	}
+	return resp, nil
+}
+
+// Stream calls Router.StreamComplete on the backend. Errors, including the
+// backend's refusal, usually surface on the first Recv. The caller must Close
+// the stream.
+func (d *Detour) Stream(ctx context.Context, req *detourv1.CompleteRequest) (ChunkStream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	st, err := d.client.StreamComplete(d.outgoing(ctx), req)
+	if err != nil {
+		cancel()
+		return nil, d.wrap(err)
+	}
+	return &detourStream{d: d, st: st, cancel: cancel}, nil
+}
+
+func (d *Detour) outgoing(ctx context.Context) context.Context {
+	if d.cred == nil {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", d.cred.bearer)
+}
+
+// wrap names the backend in a gRPC error, scrubs the key from its message
+// and lifts its RetryInfo.
+func (d *Detour) wrap(err error) error {
+	s, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("backend %s: %w", d.name, err)
+	}
+	if d.cred != nil {
+		if msg := d.cred.scrub(s.Message()); msg != s.Message() {
+			p := s.Proto()
+			p.Message = msg
+			s = status.FromProto(p)
+			err = s.Err()
+		}
+	}
+	return &RPCError{Backend: d.name, Err: err, RetryAfterD: retryInfo(s)}
+}
+
+// detourStream adapts a Router.StreamComplete client stream.
+type detourStream struct {
+	d      *Detour
+	st     grpc.ServerStreamingClient[detourv1.CompleteChunk]
+	cancel context.CancelFunc
+}
+
+func (s *detourStream) Recv() (*detourv1.CompleteChunk, error) {
+	c, err := s.st.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, io.EOF
+		}
+		return nil, s.d.wrap(err)
+	}
+	return c, nil
+}
+
+func (s *detourStream) Close() error {
+	s.cancel()
+	return nil
+}

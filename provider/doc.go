@@ -1,0 +1,35 @@
+// Package provider holds detour's upstream clients: OpenAI-compatible HTTP
+// chat completions (unary and Server-Sent Events streaming) and other detour
+// instances speaking detour.v1.Router over gRPC.
+//
+// There is one client per configured backend. A client owns its connection
+// pool (one tuned *http.Transport, or one *grpc.ClientConn), is safe for
+// concurrent use, and is released with Close:
+//
+//	p, err := provider.NewOpenAI(backend)
+//	if err != nil {
+//		return err
+//	}
+//	defer p.Close()
+//
+//	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+//	defer cancel()
+//	resp, err := p.Complete(ctx, req)
+//	switch breaker.Classify(err) {
+//	case breaker.Busy: // try another backend, honouring breaker.RetryAfter(err)
+//	}
+//
+// Clients apply no timeouts of their own beyond a short dial timeout: the
+// caller bounds each attempt with ctx, and every call, including a blocked
+// ChunkStream.Recv, returns promptly once ctx ends.
+//
+// Errors are shaped for breaker.Classify. An HTTP error status is an
+// *HTTPError (StatusCode, RetryAfter); a 2xx answer that cannot be used is an
+// *HTTPError with that 2xx status wrapping ErrMalformed (class Failed); a
+// stream that ends before its "data: [DONE]" wraps ErrIncomplete (Failed); a
+// gRPC backend's status is wrapped in an *RPCError that status.FromError still
+// sees (RetryAfter from errdetails.RetryInfo); transport errors and ctx errors
+// are wrapped with %w so that refused or reset connections and deadlines
+// classify as Busy. Every error names its backend. No error contains the
+// backend's API key.
+package provider

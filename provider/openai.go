@@ -1,0 +1,422 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
+)
+
+// Connection pool tuning for an OpenAI-compatible backend.
+const (
+	dialTimeout         = 5 * time.Second
+	tlsHandshakeTimeout = 5 * time.Second
+	idleConnTimeout     = 90 * time.Second
+	maxIdleConnsPerHost = 256
+)
+
+// OpenAI is a client for one OpenAI-compatible chat completions backend
+// (DeepSeek, vLLM, OpenAI, cmd/fakellm). It keeps its own pool of keep-alive
+// connections, reads the API key once at construction and sends it as
+// "Authorization: Bearer"; the key never appears in its errors.
+//
+// An OpenAI is safe for concurrent use. Its methods block on the network and
+// return once ctx ends; it sets no timeout of its own except for dialing.
+type OpenAI struct {
+	name   string
+	url    string // {endpoint}/chat/completions
+	cred   *credential
+	client *http.Client
+	tr     *http.Transport
+}
+
+// NewOpenAI returns a client for b, whose Endpoint is a base URL such as
+// "http://127.0.0.1:8080/v1". b.Kind must be "openai" or empty. It reads the
+// API key now; a key rotated later takes a new client. It opens no
+// connection.
+func NewOpenAI(b regions.Backend) (*OpenAI, error) {
+	if b.Kind != "" && b.Kind != regions.KindOpenAI {
+		return nil, fmt.Errorf("backend %s: kind %q is not %q", b.Name, b.Kind, regions.KindOpenAI)
+	}
+	u, err := url.Parse(b.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: endpoint: %w", b.Name, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("backend %s: endpoint %q must be an http:// or https:// URL", b.Name, b.Endpoint)
+	}
+	key, err := b.APIKey()
+	if err != nil {
+		return nil, fmt.Errorf("openai client: %w", err)
+	}
+	if !validKey(key) {
+		return nil, fmt.Errorf("backend %s: api key holds characters not allowed in an HTTP header", b.Name)
+	}
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       idleConnTimeout,
+		TLSHandshakeTimeout:   tlsHandshakeTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &OpenAI{
+		name: b.Name,
+		url:  strings.TrimRight(b.Endpoint, "/") + "/chat/completions",
+		cred: newCredential(key),
+		client: &http.Client{
+			Transport: tr,
+			// A redirect is an answer we cannot use, and following one could
+			// carry the key elsewhere.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		tr: tr,
+	}, nil
+}
+
+// Close closes the idle connections of the pool. Calls in flight are not
+// interrupted; cancel their contexts to end them.
+func (o *OpenAI) Close() error {
+	o.tr.CloseIdleConnections()
+	return nil
+}
+
+// Complete sends req to the backend's /chat/completions and returns the
+// first choice. It leaves ServedBy, Source and Attempts for the caller to
+// set.
+func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
+	resp, err := o.post(ctx, req, false)
+	if err != nil {
+		return nil, err
+	}
+	defer release(resp.Body)
+	body, err := readCapped(resp, maxAnswerBytes)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			return nil, o.malformed(resp.StatusCode, err.Error())
+		}
+		return nil, o.readError(ctx, "reading answer", err)
+	}
+	var cr chatResponse
+	if err := json.Unmarshal(body, &cr); err != nil {
+		return nil, o.malformed(resp.StatusCode, err.Error())
+	}
+	if len(cr.Choices) == 0 {
+		msg := "no choices"
+		if present(cr.Error) {
+			msg += "; upstream said: " + upstreamMessage(body)
+		}
+		return nil, o.malformed(resp.StatusCode, msg)
+	}
+	c := cr.Choices[0]
+	return &detourv1.CompleteResponse{
+		Id:           cr.ID,
+		Model:        cr.Model,
+		Content:      c.Message.Content,
+		FinishReason: c.FinishReason,
+		Usage:        cr.Usage.proto(),
+	}, nil
+}
+
+// Stream sends req with "stream": true and returns once the backend has
+// answered with a 2xx status; the chunks follow through the stream. The
+// stream ends with io.EOF only after the backend's "data: [DONE]"; an answer
+// cut before it is an error wrapping ErrIncomplete. Events that carry no
+// text, finish reason or usage (a role-only first delta, say) are skipped.
+// After [DONE], Recv reads the end of the response (normally already there)
+// so that the connection goes back to the pool. The caller must Close the
+// stream.
+func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (ChunkStream, error) {
+	resp, err := o.post(ctx, req, true)
+	if err != nil {
+		return nil, err
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "" {
+		if mt, _, _ := mime.ParseMediaType(ct); mt != "text/event-stream" {
+			defer release(resp.Body)
+			msg := fmt.Sprintf("content type %q, not text/event-stream", mt)
+			if body, err := readCapped(resp, maxErrorBytes); err == nil && len(body) > 0 {
+				msg += "; upstream said: " + upstreamMessage(body)
+			}
+			return nil, o.malformed(resp.StatusCode, msg)
+		}
+	}
+	return &openAIStream{
+		o:      o,
+		ctx:    ctx,
+		status: resp.StatusCode,
+		body:   resp.Body,
+		sse:    newSSEReader(resp.Body, maxEventBytes),
+	}, nil
+}
+
+// post sends req and returns a 2xx response, or the error status as an
+// *HTTPError.
+func (o *OpenAI) post(ctx context.Context, req *detourv1.CompleteRequest, stream bool) (*http.Response, error) {
+	body, err := json.Marshal(newChatRequest(req, stream))
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: encoding request: %w", o.name, err)
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, o.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", o.name, err)
+	}
+	hr.Header["Content-Type"] = []string{"application/json"}
+	hr.Header["User-Agent"] = []string{"detour"}
+	if stream {
+		hr.Header["Accept"] = []string{"text/event-stream"}
+	} else {
+		hr.Header["Accept"] = []string{"application/json"}
+	}
+	if o.cred != nil {
+		hr.Header["Authorization"] = []string{o.cred.bearer}
+	}
+	resp, err := o.client.Do(hr)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", o.name, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer release(resp.Body)
+		return nil, o.statusError(resp)
+	}
+	return resp, nil
+}
+
+// statusError turns an error status into an *HTTPError.
+func (o *OpenAI) statusError(resp *http.Response) error {
+	e := &HTTPError{
+		Backend:     o.name,
+		Status:      resp.StatusCode,
+		RetryAfterD: retryAfter(resp.Header, time.Now()),
+	}
+	// A body cut by ctx still says something; use what arrived.
+	body, _ := readCapped(resp, maxErrorBytes)
+	if len(body) > 0 {
+		e.Message = cleanMessage(upstreamMessage(body), o.cred)
+	}
+	return e
+}
+
+// malformed reports an unusable answer that came with a 2xx status.
+func (o *OpenAI) malformed(status int, msg string) error {
+	return &HTTPError{Backend: o.name, Status: status, Message: cleanMessage(msg, o.cred), Err: ErrMalformed}
+}
+
+// readError wraps an error met while reading a body. When ctx has ended, the
+// ctx error is the one wrapped, so that an attempt timeout classifies as Busy
+// and a caller's cancellation as Canceled whatever the transport reported.
+func (o *OpenAI) readError(ctx context.Context, what string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+		return fmt.Errorf("backend %s: %s: %w (%v)", o.name, what, ctxErr, err)
+	}
+	return fmt.Errorf("backend %s: %s: %w", o.name, what, err)
+}
+
+var errTooLarge = errors.New("answer too large")
+
+// readCapped reads resp.Body whole, up to limit bytes.
+func readCapped(resp *http.Response, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= limit {
+		buf.Grow(int(n))
+	}
+	_, err := buf.ReadFrom(io.LimitReader(resp.Body, limit+1))
+	if int64(buf.Len()) > limit {
+		return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+	}
+	return buf.Bytes(), err
+}
+
+// release drains a little of what is left of body, so that the connection
+// can go back to the pool, and closes it.
+func release(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, maxDrainBytes)
+	_ = body.Close()
+}
+
+// openAIStream reads chat completion chunks from a Server-Sent Events body.
+type openAIStream struct {
+	o      *OpenAI
+	ctx    context.Context // the request's; tells an attempt timeout from a cut
+	status int
+	body   io.ReadCloser
+	sse    *sseReader
+	err    error // sticky: io.EOF after [DONE], or what broke the stream
+
+	closeOnce sync.Once
+}
+
+func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	for {
+		data, err := s.sse.Next()
+		if err != nil {
+			return nil, s.fail(s.streamError(err))
+		}
+		if len(data) == 0 {
+			continue
+		}
+		if string(data) == "[DONE]" {
+			// Read to the end of the body, which normally follows at once, so
+			// that the connection is reused; ctx bounds the wait.
+			_, _ = io.CopyN(io.Discard, s.sse.br, maxDrainBytes)
+			s.err = io.EOF
+			s.Close()
+			return nil, io.EOF
+		}
+		var c chatChunk
+		if err := json.Unmarshal(data, &c); err != nil {
+			return nil, s.fail(s.o.malformed(s.status, "stream event: "+err.Error()))
+		}
+		if present(c.Error) {
+			// No %w: there is no cause to unwrap, and the upstream's words
+			// ("overloaded") decide whether breaker.Classify calls it Busy.
+			return nil, s.fail(fmt.Errorf("backend %s: error event in stream: %s",
+				s.o.name, cleanMessage(upstreamMessage(data), s.o.cred)))
+		}
+		ch := &detourv1.CompleteChunk{Id: c.ID, Model: c.Model, Usage: c.Usage.proto()}
+		if len(c.Choices) > 0 {
+			ch.Delta = c.Choices[0].Delta.Content
+			ch.FinishReason = c.Choices[0].FinishReason
+		}
+		if ch.Delta == "" && ch.FinishReason == "" && ch.Usage == nil {
+			continue
+		}
+		return ch, nil
+	}
+}
+
+// streamError says why the event stream stopped before [DONE].
+func (s *openAIStream) streamError(err error) error {
+	switch {
+	case s.ctx.Err() != nil:
+		return s.o.readError(s.ctx, "stream", err)
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("backend %s: %w", s.o.name, ErrIncomplete)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("backend %s: %w: %w", s.o.name, ErrIncomplete, err)
+	case errors.Is(err, errEventTooLarge):
+		return s.o.malformed(s.status, "stream: "+err.Error())
+	}
+	return s.o.readError(s.ctx, "stream", err)
+}
+
+// fail records err as the stream's end and releases the connection.
+func (s *openAIStream) fail(err error) error {
+	s.err = err
+	s.Close()
+	return err
+}
+
+func (s *openAIStream) Close() error {
+	s.closeOnce.Do(func() { _ = s.body.Close() })
+	return nil
+}
+
+// The OpenAI chat completions wire format, as much of it as detour uses.
+
+type chatRequest struct {
+	Model         string         `json:"model"`
+	Messages      []chatMessage  `json:"messages"`
+	Temperature   *float64       `json:"temperature,omitempty"`
+	TopP          *float64       `json:"top_p,omitempty"`
+	MaxTokens     int32          `json:"max_tokens,omitempty"`
+	Stop          []string       `json:"stop,omitempty"`
+	User          string         `json:"user,omitempty"`
+	Stream        bool           `json:"stream,omitempty"`
+	StreamOptions *streamOptions `json:"stream_options,omitempty"`
+}
+
+type chatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+	Name    string `json:"name,omitempty"`
+}
+
+type streamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+func newChatRequest(req *detourv1.CompleteRequest, stream bool) *chatRequest {
+	cr := &chatRequest{
+		Model:       req.GetModel(),
+		Messages:    make([]chatMessage, len(req.GetMessages())),
+		Temperature: req.Temperature,
+		TopP:        req.TopP,
+		MaxTokens:   max(req.GetMaxTokens(), 0),
+		Stop:        req.GetStop(),
+		User:        req.GetUser(),
+	}
+	for i, m := range req.GetMessages() {
+		cr.Messages[i] = chatMessage{Role: m.GetRole(), Content: m.GetContent(), Name: m.GetName()}
+	}
+	if stream {
+		cr.Stream = true
+		cr.StreamOptions = &streamOptions{IncludeUsage: true}
+	}
+	return cr
+}
+
+type chatResponse struct {
+	ID      string `json:"id"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Message struct {
+			Content string `json:"content"`
+		} `json:"message"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *chatUsage      `json:"usage"`
+	Error json.RawMessage `json:"error"`
+}
+
+type chatChunk struct {
+	ID      string `json:"id"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Delta struct {
+			Content string `json:"content"`
+		} `json:"delta"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *chatUsage      `json:"usage"`
+	Error json.RawMessage `json:"error"`
+}
+
+// present reports whether a JSON field was sent with a value other than null.
+func present(raw json.RawMessage) bool {
+	return len(raw) > 0 && string(raw) != "null"
+}
+
+type chatUsage struct {
+	PromptTokens     int32 `json:"prompt_tokens"`
+	CompletionTokens int32 `json:"completion_tokens"`
+	TotalTokens      int32 `json:"total_tokens"`
+}
+
+func (u *chatUsage) proto() *detourv1.Usage {
+	if u == nil {
+		return nil
+	}
+	return &detourv1.Usage{
+		PromptTokens:     u.PromptTokens,
+		CompletionTokens: u.CompletionTokens,
+		TotalTokens:      u.TotalTokens,
+	}
+}

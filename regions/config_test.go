@@ -1,0 +1,118 @@
+package regions
+
+import (
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestLoadFull(t *testing.T) {
+	t.Setenv("DETOUR_TEST_KEY", "sk-test")
+	c, err := LoadFile("testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Regions[0].Backends[0]
+	got := []any{len(c.Regions), b.Timeout.D(), b.Breaker.ConsecutiveBusy, c.Retry.BackoffBase.D(), c.Limits.DefaultDeadline.D(), c.Regions[1].Backends[0].Kind}
+	want := []any{2, 20 * time.Second, 3, 10 * time.Millisecond, time.Minute, KindDetour}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("decoded fields (-got +want):\n%s", diff)
+	}
+	key, err := b.APIKey()
+	if err != nil || key != "sk-test" {
+		t.Errorf("APIKey() = %q, %v; want the env var's value", key, err)
+	}
+}
+
+func TestValidateListsEveryReason(t *testing.T) {
+	os.Unsetenv("DETOUR_MISSING_KEY")
+	tests := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{name: "empty", doc: "", want: []string{"document is empty"}},
+		{name: "no regions", doc: "fallbacks: []\n", want: []string{"regions: at least one region is required"}},
+		{name: "unknown field", doc: "regions: []\nretires: {}\n", want: []string{"yaml: unmarshal errors:\n  line 2: field retires not found in type regions.Config"}},
+		{name: "bad duration", doc: "regions: []\nretry:\n  backoff_base: soon\n", want: []string{`line 3: time: invalid duration "soon"`}},
+		{
+			name: "many problems",
+			doc: `regions:
+  - name: a
+    backends:
+      - name: x
+        endpoint: ftp://nowhere
+        weight: 5000
+      - name: x
+        kind: grpc
+        endpoint: h:1
+        qps: -1
+  - name: a
+    backends: []
+  - name: b
+    backends:
+      - name: y
+        endpoint: http://h/v1
+        api_key_env: DETOUR_MISSING_KEY
+        api_key_file: /nonexistent/key
+retry:
+  max_attempts: 11
+  budget_ratio: 2
+breaker:
+  busy_ratio: 1.5
+`,
+			want: []string{
+				`regions[0].backends[0] (x): endpoint "ftp://nowhere" must be an http:// or https:// URL`,
+				"regions[0].backends[0] (x): weight 5000 must be in 0..1000",
+				"regions[0].backends[1] (x): duplicate backend name, first used at regions[0].backends[0] (x)",
+				`regions[0].backends[1] (x): kind "grpc" must be "openai" or "detour"`,
+				"regions[0].backends[1] (x): qps -1 must be >= 0",
+				`regions[1]: duplicate region name "a"`,
+				"regions[1] (a): at least one backend is required",
+				"regions[2].backends[0] (y): set api_key_env or api_key_file, not both",
+				"regions[2].backends[0] (y): api_key_env DETOUR_MISSING_KEY is not set",
+				"regions[2].backends[0] (y): api_key_file: stat /nonexistent/key: no such file or directory",
+				"retry.max_attempts: 11 must be in 0..10",
+				"retry.budget_ratio: 2 must be in 0..1",
+				"breaker.busy_ratio: 1.5 must be in 0..1",
+			},
+		},
+		{
+			name: "all drained",
+			doc:  "regions:\n  - name: a\n    backends:\n      - name: x\n        endpoint: http://h/v1\n        drained: true\n",
+			want: []string{"regions: every backend is drained; at least one usable backend is required"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load([]byte(tt.doc))
+			var ve *ValidationError
+			if !errors.As(err, &ve) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Load error = %v, want a *ValidationError wrapping ErrInvalid", err)
+			}
+			if diff := cmp.Diff(ve.Reasons, tt.want); diff != "" {
+				t.Errorf("reasons (-got +want):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestAPIKeyFromFile(t *testing.T) {
+	dir := t.TempDir()
+	b := Backend{Name: "x", APIKeyFile: dir + "/missing"}
+	_, err := b.APIKey()
+	if err == nil {
+		t.Fatal("APIKey on a missing file succeeded")
+	}
+	if err := os.WriteFile(dir+"/key", []byte("sk-secret-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.APIKeyFile = dir + "/key"
+	k, err := b.APIKey()
+	if err != nil || k != "sk-secret-value" {
+		t.Errorf("APIKey() = %q, %v; want the trimmed file content", k, err)
+	}
+}

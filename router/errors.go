@@ -1,0 +1,64 @@
+package router
+
+import (
+	"fmt"
+	"time"
+)
+
+// Code is the kind of failure a Router reports. server/ maps each Code to a
+// gRPC status in one table.
+type Code int
+
+const (
+	// Unavailable: no primary or fallback could answer (busy, open, failed).
+	Unavailable Code = iota + 1
+	// Exhausted: limits refused the call (backend limits, quotas).
+	Exhausted
+	// UnknownModel: no configured backend serves the requested model.
+	UnknownModel
+	// Rejected: the upstream refused the request itself (HTTP 4xx,
+	// INVALID_ARGUMENT); retrying elsewhere would not help.
+	Rejected
+	// Internal: detour or a backend misbehaved in a way the caller cannot fix
+	// (for example the upstream refused detour's credentials).
+	Internal
+)
+
+func (c Code) String() string {
+	switch c {
+	case Unavailable:
+		return "unavailable"
+	case Exhausted:
+		return "exhausted"
+	case UnknownModel:
+		return "unknown_model"
+	case Rejected:
+		return "rejected"
+	case Internal:
+		return "internal"
+	}
+	return fmt.Sprintf("code(%d)", int(c))
+}
+
+// Error is a routing failure. Message is safe to show the caller; Err holds
+// the upstream detail for logs.
+type Error struct {
+	Code    Code
+	Message string
+	// RetryAfter hints when a retry may succeed; zero when unknown.
+	RetryAfter time.Duration
+	// Attempts is the number of upstream calls made.
+	Attempts int
+	// UpstreamStatus is the HTTP status of a Rejected answer, when known.
+	UpstreamStatus int
+	Err            error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Message, e.Err)
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }

@@ -1,0 +1,167 @@
+// Package server exposes a router.Router as the detour.v1.Router gRPC
+// service: it validates requests, applies the default deadline, turns panics
+// into INTERNAL, maps routing failures to gRPC statuses from one table, and
+// registers grpc.health.v1 and server reflection.
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/router"
+)
+
+// Options configure a Server. The zero value is usable.
+type Options struct {
+	// MaxRequestBytes caps one encoded request. Zero means 10 MiB.
+	MaxRequestBytes int
+	// DefaultDeadline applies to calls that carry none. Zero means 120s.
+	DefaultDeadline time.Duration
+	// Logger receives errors and panics. Nil uses slog.Default().
+	Logger *slog.Logger
+	// GRPCOptions are appended to the server's own options.
+	GRPCOptions []grpc.ServerOption
+}
+
+// Server is the gRPC front of detour. It is safe for concurrent use.
+type Server struct {
+	detourv1.UnimplementedRouterServer
+	router *router.Router
+	opts   Options
+	log    *slog.Logger
+	grpc   *grpc.Server
+	health *health.Server
+}
+
+// New returns a Server routing through r.
+func New(r *router.Router, opts Options) *Server {
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = regions.DefaultMaxRequestBytes
+	}
+	if opts.DefaultDeadline <= 0 {
+		opts.DefaultDeadline = regions.DefaultDeadline
+	}
+	s := &Server{router: r, opts: opts, log: opts.Logger, health: health.NewServer()}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	gopts := append([]grpc.ServerOption{
+		// Leave room over the validated limit so an oversize request gets a
+		// field-level INVALID_ARGUMENT rather than a transport error.
+		grpc.MaxRecvMsgSize(opts.MaxRequestBytes + 1<<20),
+		grpc.ChainUnaryInterceptor(s.unaryGuard),
+		grpc.ChainStreamInterceptor(s.streamGuard),
+	}, opts.GRPCOptions...)
+	s.grpc = grpc.NewServer(gopts...)
+	detourv1.RegisterRouterServer(s.grpc, s)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(detourv1.Router_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s
+}
+
+// GRPC returns the underlying server, for registering more services (Admin)
+// before Serve.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Serve accepts connections on lis until Shutdown or Stop.
+func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
+
+// Shutdown stops accepting calls, reports NOT_SERVING to health checks, and
+// waits for in-flight calls to finish. When ctx ends first, the remaining
+// calls are cancelled.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+	}
+}
+
+// Complete implements detour.v1.Router.
+func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
+	if err := s.check(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.router.Complete(ctx, req)
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	return resp, nil
+}
+
+// StreamComplete implements detour.v1.Router.
+func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) error {
+	if err := s.check(req); err != nil {
+		return err
+	}
+	return toStatus(s.log, s.router.Stream(stream.Context(), req, stream.Send))
+}
+
+func (s *Server) check(req *detourv1.CompleteRequest) error {
+	v := validate(req, s.opts.MaxRequestBytes)
+	if v == nil {
+		return nil
+	}
+	st := status.New(codes.InvalidArgument, describe(v))
+	if d, err := st.WithDetails(badRequest(v)); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// unaryGuard applies the default deadline and turns a panic into INTERNAL.
+func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer s.recover(info.FullMethod, &err)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.DefaultDeadline)
+		defer cancel()
+	}
+	return h(ctx, req)
+}
+
+func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer s.recover(info.FullMethod, &err)
+	if _, ok := ss.Context().Deadline(); !ok {
+		ctx, cancel := context.WithTimeout(ss.Context(), s.opts.DefaultDeadline)
+		defer cancel()
+		ss = &ctxStream{ServerStream: ss, ctx: ctx}
+	}
+	return h(srv, ss)
+}
+
+func (s *Server) recover(method string, err *error) {
+	if p := recover(); p != nil {
+		s.log.Error("panic in handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error")
+	}
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c *ctxStream) Context() context.Context { return c.ctx }

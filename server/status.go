@@ -1,0 +1,73 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/detour-dev/detour/router"
+)
+
+// codeOf is the one table from routing failures to gRPC codes.
+var codeOf = map[router.Code]codes.Code{
+	router.Unavailable:  codes.Unavailable,
+	router.Exhausted:    codes.ResourceExhausted,
+	router.UnknownModel: codes.NotFound,
+	router.Rejected:     codes.InvalidArgument,
+	router.Internal:     codes.Internal,
+}
+
+// toStatus converts an error from the router into the status sent on the
+// wire. Internal detail goes to the log, never to the caller.
+func toStatus(log *slog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok && !isRouterError(err) && !isContextError(err) {
+		return err // already a status (e.g. from the caller's own stream)
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded before any backend answered")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "call canceled by the caller")
+	}
+	var re *router.Error
+	if !errors.As(err, &re) {
+		log.Error("unexpected error", "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	code, ok := codeOf[re.Code]
+	if !ok {
+		code = codes.Internal
+	}
+	msg := re.Message
+	if re.Code == router.Rejected && re.UpstreamStatus == 404 {
+		code = codes.NotFound
+	}
+	if code == codes.Internal {
+		log.Error("routing failed", "err", err)
+	}
+	st := status.New(code, msg)
+	if re.RetryAfter > 0 && (code == codes.Unavailable || code == codes.ResourceExhausted) {
+		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(re.RetryAfter.Round(time.Millisecond))}); err == nil {
+			st = d
+		}
+	}
+	return st.Err()
+}
+
+func isRouterError(err error) bool {
+	var re *router.Error
+	return errors.As(err, &re)
+}
+
+func isContextError(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
