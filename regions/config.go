@@ -2,11 +2,14 @@ package regions
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +38,34 @@ type Config struct {
 	Breaker BreakerPolicy `yaml:"breaker,omitempty" json:"breaker,omitempty"`
 	// Limits bound what callers may ask for.
 	Limits LimitPolicy `yaml:"limits,omitempty" json:"limits,omitempty"`
+	// Tenants are the known callers with their quotas and credentials. Empty
+	// means every caller shares limits.tenant_qps.
+	Tenants []Tenant `yaml:"tenants,omitempty" json:"tenants,omitempty"`
+	// Admins may call the Admin service when authentication is on.
+	Admins []Principal `yaml:"admins,omitempty" json:"admins,omitempty"`
+}
+
+// Principal names who a caller is: an mTLS identity or a bearer token. Tokens
+// are stored only as hex SHA-256 digests.
+type Principal struct {
+	// Name identifies the principal in logs and metrics.
+	Name string `yaml:"name" json:"name"`
+	// Identities are mTLS identities: a URI SAN ("spiffe://corp/ns/x/sa/y")
+	// or a certificate common name ("CN=search").
+	Identities []string `yaml:"identities,omitempty" json:"identities,omitempty"`
+	// TokenSHA256 are hex SHA-256 digests of accepted bearer tokens.
+	TokenSHA256 []string `yaml:"token_sha256,omitempty" json:"token_sha256,omitempty"`
+}
+
+// Tenant is a caller with its own quota.
+type Tenant struct {
+	Principal `yaml:",inline" json:",inline"`
+	// QPS caps this tenant's calls per second. Zero means limits.tenant_qps.
+	QPS float64 `yaml:"qps,omitempty" json:"qps,omitempty"`
+	// Burst is the quota's bucket size. Zero means max(1, QPS).
+	Burst int `yaml:"burst,omitempty" json:"burst,omitempty"`
+	// Models the tenant may call. Empty means every model.
+	Models []string `yaml:"models,omitempty" json:"models,omitempty"`
 }
 
 // Region is a group of backends that fail together (a provider's regional
@@ -127,6 +158,9 @@ type LimitPolicy struct {
 	MaxRequestBytes int `yaml:"max_request_bytes,omitempty" json:"max_request_bytes,omitempty"`
 	// DefaultDeadline applies when the caller sets none. Zero means 120s.
 	DefaultDeadline Duration `yaml:"default_deadline,omitempty" json:"default_deadline,omitempty"`
+	// TenantQPS is the quota of each caller not listed in tenants (keyed by
+	// its tenant name). Zero means no quota.
+	TenantQPS float64 `yaml:"tenant_qps,omitempty" json:"tenant_qps,omitempty"`
 }
 
 // Defaults.
@@ -290,6 +324,20 @@ func (c *Config) Validate() error {
 	if c.Limits.DefaultDeadline < 0 {
 		v.add("limits.default_deadline: must be >= 0")
 	}
+	if c.Limits.TenantQPS < 0 {
+		v.add("limits.tenant_qps: %g must be >= 0", c.Limits.TenantQPS)
+	}
+	principals := map[string]string{}
+	for i, t := range c.Tenants {
+		where := fmt.Sprintf("tenants[%d]", i)
+		v.principal(where, t.Principal, principals)
+		if t.QPS < 0 || t.Burst < 0 {
+			v.add("%s: qps and burst must be >= 0", where)
+		}
+	}
+	for i, a := range c.Admins {
+		v.principal(fmt.Sprintf("admins[%d]", i), a, principals)
+	}
 	return v.err()
 }
 
@@ -304,6 +352,31 @@ func (v *validator) err() error {
 		return nil
 	}
 	return &ValidationError{Reasons: v.reasons}
+}
+
+func (v *validator) principal(where string, p Principal, seen map[string]string) {
+	if p.Name == "" {
+		v.add("%s: name is required", where)
+	}
+	for _, id := range append(slices.Clone(p.Identities), p.TokenSHA256...) {
+		if prev, dup := seen[id]; dup {
+			v.add("%s (%s): credential %s is also used by %s", where, p.Name, clipID(id), prev)
+		}
+		seen[id] = fmt.Sprintf("%s (%s)", where, p.Name)
+	}
+	for i, h := range p.TokenSHA256 {
+		if b, err := hex.DecodeString(h); err != nil || len(b) != sha256.Size {
+			v.add("%s (%s): token_sha256[%d] must be 64 hex digits (a SHA-256 digest, never the token)", where, p.Name, i)
+		}
+	}
+}
+
+// clipID shortens a credential for an error message.
+func clipID(s string) string {
+	if len(s) > 16 {
+		return s[:16] + "..."
+	}
+	return s
 }
 
 func (v *validator) breaker(where string, br BreakerPolicy) {
