@@ -93,16 +93,18 @@ func (d *Detour) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 // backend's refusal, usually surface on the first Recv. The caller must Close
 // the stream.
 func (d *Detour) Stream(ctx context.Context, req *detourv1.CompleteRequest) (ChunkStream, error) {
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	st, err := d.client.StreamComplete(d.outgoing(ctx), req)
 	if err != nil {
 		cancel()
 		return nil, d.wrap(err)
 	}
-	return &detourStream{d: d, st: st, cancel: cancel}, nil
+	return &detourStream{d: d, st: st, cancel: cancel, parent: parent}, nil
 }
 
 func (d *Detour) outgoing(ctx context.Context) context.Context {
+	ctx = outgoingTrace(ctx)
 	if d.cred == nil {
 		return ctx
 	}
@@ -132,12 +134,18 @@ type detourStream struct {
 	d      *Detour
 	st     grpc.ServerStreamingClient[detourv1.CompleteChunk]
 	cancel context.CancelFunc
+	parent context.Context // the attempt's context, to tell a cut stream from a complete one
 }
 
 func (s *detourStream) Recv() (*detourv1.CompleteChunk, error) {
 	c, err := s.st.Recv()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
+			// An upstream that gives up at our deadline may end the stream
+			// cleanly; the answer is still cut short.
+			if cerr := s.parent.Err(); cerr != nil {
+				return nil, fmt.Errorf("backend %s: stream ended as the attempt expired: %w", s.d.name, cerr)
+			}
 			return nil, io.EOF
 		}
 		return nil, s.d.wrap(err)

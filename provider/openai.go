@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
@@ -40,13 +41,26 @@ type OpenAI struct {
 	cred   *credential
 	client *http.Client
 	tr     *http.Transport
+	trace  *httptrace.ClientTrace // nil without WithConnReport
+}
+
+// Option configures a client.
+type Option func(*OpenAI)
+
+// WithConnReport calls report for every request with whether it reused a
+// pooled connection (true) or dialed a new one, to measure pool use. report
+// must not block.
+func WithConnReport(report func(reused bool)) Option {
+	return func(o *OpenAI) {
+		o.trace = &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { report(i.Reused) }}
+	}
 }
 
 // NewOpenAI returns a client for b, whose Endpoint is a base URL such as
 // "http://127.0.0.1:8080/v1". b.Kind must be "openai" or empty. It reads the
 // API key now; a key rotated later takes a new client. It opens no
 // connection.
-func NewOpenAI(b regions.Backend) (*OpenAI, error) {
+func NewOpenAI(b regions.Backend, opts ...Option) (*OpenAI, error) {
 	if b.Kind != "" && b.Kind != regions.KindOpenAI {
 		return nil, fmt.Errorf("backend %s: kind %q is not %q", b.Name, b.Kind, regions.KindOpenAI)
 	}
@@ -74,7 +88,7 @@ func NewOpenAI(b regions.Backend) (*OpenAI, error) {
 		TLSHandshakeTimeout:   tlsHandshakeTimeout,
 		ExpectContinueTimeout: time.Second,
 	}
-	return &OpenAI{
+	o := &OpenAI{
 		name: b.Name,
 		url:  strings.TrimRight(b.Endpoint, "/") + "/chat/completions",
 		cred: newCredential(key),
@@ -85,7 +99,11 @@ func NewOpenAI(b regions.Backend) (*OpenAI, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		tr: tr,
-	}, nil
+	}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return o, nil
 }
 
 // Close closes the idle connections of the pool. Calls in flight are not
@@ -184,6 +202,10 @@ func (o *OpenAI) post(ctx context.Context, req *detourv1.CompleteRequest, stream
 	}
 	if o.cred != nil {
 		hr.Header["Authorization"] = []string{o.cred.bearer}
+	}
+	injectTrace(ctx, hr.Header.Set)
+	if o.trace != nil {
+		hr = hr.WithContext(httptrace.WithClientTrace(ctx, o.trace))
 	}
 	resp, err := o.client.Do(hr)
 	if err != nil {

@@ -130,6 +130,10 @@ type RetryPolicy struct {
 	BudgetRatio float64 `yaml:"budget_ratio,omitempty" json:"budget_ratio,omitempty"`
 	// BudgetMinPerSecond is the retry floor per second. Zero means 10.
 	BudgetMinPerSecond float64 `yaml:"budget_min_per_second,omitempty" json:"budget_min_per_second,omitempty"`
+	// HedgeAfter sends a second attempt to another region when the first has
+	// not answered after this long, and keeps the first answer (unary calls
+	// only). Zero turns hedging off.
+	HedgeAfter Duration `yaml:"hedge_after,omitempty" json:"hedge_after,omitempty"`
 }
 
 // BreakerPolicy says when a backend's breaker opens.
@@ -165,12 +169,14 @@ type LimitPolicy struct {
 
 // Defaults.
 const (
-	DefaultMaxAttempts     = 2
-	DefaultBackoffBase     = 25 * time.Millisecond
-	DefaultBackoffMax      = time.Second
-	DefaultAttemptTimeout  = 30 * time.Second
-	DefaultMaxRequestBytes = 10 << 20
-	DefaultDeadline        = 120 * time.Second
+	DefaultMaxAttempts        = 2
+	DefaultBudgetRatio        = 0.2
+	DefaultBudgetMinPerSecond = 10
+	DefaultBackoffBase        = 25 * time.Millisecond
+	DefaultBackoffMax         = time.Second
+	DefaultAttemptTimeout     = 30 * time.Second
+	DefaultMaxRequestBytes    = 10 << 20
+	DefaultDeadline           = 120 * time.Second
 )
 
 // Duration is a time.Duration written as "250ms", "30s" in the document.
@@ -305,7 +311,7 @@ func (c *Config) Validate() error {
 	if r.MaxAttempts < 0 || r.MaxAttempts > 10 {
 		v.add("retry.max_attempts: %d must be in 0..10", r.MaxAttempts)
 	}
-	if r.BackoffBase < 0 || r.BackoffMax < 0 || r.AttemptTimeout < 0 {
+	if r.BackoffBase < 0 || r.BackoffMax < 0 || r.AttemptTimeout < 0 || r.HedgeAfter < 0 {
 		v.add("retry: durations must be >= 0")
 	}
 	if r.BackoffMax > 0 && r.BackoffBase > r.BackoffMax {

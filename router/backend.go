@@ -3,11 +3,15 @@ package router
 import (
 	"context"
 	"io"
-	"reflect"
+	"math"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
 	"github.com/detour-dev/detour/regions"
@@ -25,55 +29,96 @@ type Provider interface {
 // It is an alias so that provider's clients satisfy Provider as they are.
 type ChunkStream = provider.ChunkStream
 
-// backend is one upstream with its live state. Its config is immutable; the
-// state (in-flight count, breaker) survives config reloads that leave the
-// backend's config unchanged.
+// backend is one upstream as one config document describes it. It is
+// immutable but for drained; the state that must survive a reload that keeps
+// the backend's connection (client, in-flight count, load, limiter) lives in
+// the shared *live.
 type backend struct {
+	*live
 	cfg      regions.Backend
 	region   string
 	fallback bool
 	kind     detourv1.ProviderKind
-	prov     Provider
+	servedBy *detourv1.ServedBy // shared by answers; never modified
 	br       *breaker.Breaker
-	policy   regions.BreakerPolicy
-
-	inflight atomic.Int64
+	maxConc  int64
 	drained  atomic.Bool
+}
+
+// live is a backend's connection and counters. Reloads that keep a backend's
+// name, kind, endpoint and credentials keep its live state.
+type live struct {
+	id       liveID
+	prov     Provider
+	m        *metrics.Backend
+	lim      *rate.Limiter // rate.Inf when the backend has no qps cap
+	inflight atomic.Int64
+	load     ewma
 	removed  atomic.Bool
 	closer   sync.Once
 }
 
-func (b *backend) servedBy() *detourv1.ServedBy {
-	return &detourv1.ServedBy{Region: b.region, Backend: b.cfg.Name, Kind: b.kind, Zone: b.cfg.Zone}
+type liveID struct {
+	name, kind, endpoint, keyEnv, keyFile string
+}
+
+func idOf(b regions.Backend) liveID {
+	return liveID{name: b.Name, kind: b.Kind, endpoint: b.Endpoint, keyEnv: b.APIKeyEnv, keyFile: b.APIKeyFile}
+}
+
+// setQPS applies the backend's qps cap; the burst is a tenth of a second's
+// worth, at least 1, so a cap holds over short windows.
+func (l *live) setQPS(qps float64) {
+	limit, burst := rate.Inf, 1
+	if qps > 0 {
+		limit, burst = rate.Limit(qps), max(1, int(math.Ceil(qps/10)))
+	}
+	if l.lim == nil {
+		l.lim = rate.NewLimiter(limit, burst)
+		return
+	}
+	if l.lim.Limit() != limit || l.lim.Burst() != burst {
+		l.lim.SetLimit(limit)
+		l.lim.SetBurst(burst)
+	}
+}
+
+// acquire takes an in-flight slot unless the backend is at max_concurrency or
+// its qps cap; it reports which limit refused it.
+func (b *backend) acquire(now time.Time) (ok, qpsLimited bool) {
+	if n := b.inflight.Add(1); b.maxConc > 0 && n > b.maxConc {
+		b.inflight.Add(-1)
+		return false, false
+	}
+	if !b.lim.AllowN(now, 1) {
+		b.inflight.Add(-1)
+		return false, true
+	}
+	b.m.Inflight(1)
+	return true, false
 }
 
 // release ends one call; the last call on a removed backend closes its client.
-func (b *backend) release() {
-	if b.inflight.Add(-1) == 0 && b.removed.Load() {
-		b.close()
+func (l *live) release() {
+	l.m.Inflight(-1)
+	if l.inflight.Add(-1) == 0 && l.removed.Load() {
+		l.close()
 	}
 }
 
-func (b *backend) retire() {
-	b.removed.Store(true)
-	if b.inflight.Load() == 0 {
-		b.close()
+func (l *live) retire() {
+	l.removed.Store(true)
+	if l.inflight.Load() == 0 {
+		l.close()
 	}
 }
 
-func (b *backend) close() {
-	b.closer.Do(func() {
-		if c, ok := b.prov.(io.Closer); ok {
+func (l *live) close() {
+	l.closer.Do(func() {
+		if c, ok := l.prov.(io.Closer); ok {
 			c.Close()
 		}
 	})
-}
-
-// sameBackend reports whether a reload may keep the backend's state.
-func sameBackend(a, b *backend) bool {
-	ac, bc := a.cfg, b.cfg
-	ac.Drained, bc.Drained = false, false // draining is state, not identity
-	return a.region == b.region && a.fallback == b.fallback && a.policy == b.policy && reflect.DeepEqual(ac, bc)
 }
 
 func kindOf(k string) detourv1.ProviderKind {
@@ -81,4 +126,48 @@ func kindOf(k string) detourv1.ProviderKind {
 		return detourv1.ProviderKind_PROVIDER_KIND_DETOUR
 	}
 	return detourv1.ProviderKind_PROVIDER_KIND_OPENAI
+}
+
+// ewma is a backend's recent cost in seconds, decaying with time so old
+// observations fade: Finagle's and Linkerd's peak-EWMA idea. Busy and failed
+// answers are recorded as a large cost, so a backend that answers 429/503
+// quickly does not look fast to the balancer.
+type ewma struct {
+	mu    sync.Mutex
+	value float64 // seconds
+	at    int64   // unix nanos of the last observation
+}
+
+const (
+	ewmaDecay   = 5 * time.Second        // time constant of the decay
+	busyPenalty = 500 * time.Millisecond // cost recorded for a busy or failed answer
+)
+
+func (e *ewma) observe(now time.Time, cost time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ns := now.UnixNano()
+	c := cost.Seconds()
+	if e.at == 0 {
+		e.value, e.at = c, ns
+		return
+	}
+	w := math.Exp(-float64(ns-e.at) / float64(ewmaDecay))
+	if c > e.value {
+		// Peak sensitivity: a worse observation counts at once.
+		w = 0
+	}
+	e.value = e.value*w + c*(1-w)
+	e.at = ns
+}
+
+// get returns the cost decayed to now, so that a backend penalized once and
+// then left idle regains traffic.
+func (e *ewma) get(now time.Time) float64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.at == 0 {
+		return 0
+	}
+	return e.value * math.Exp(-float64(now.UnixNano()-e.at)/float64(ewmaDecay))
 }

@@ -19,13 +19,23 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
 	"github.com/detour-dev/detour/regions"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
+
+// tracer makes one span per upstream attempt; it is a no-op until a tracer
+// provider is installed.
+var tracer = otel.Tracer("github.com/detour-dev/detour/router")
 
 // Options configure a Router. The zero value is usable.
 type Options struct {
@@ -36,16 +46,24 @@ type Options struct {
 	NewProvider func(regions.Backend) (Provider, error)
 	// Logger receives routing events. Nil uses slog.Default().
 	Logger *slog.Logger
+	// Metrics records routing metrics. Nil records nothing.
+	Metrics *metrics.Metrics
+	// Now is the clock of quotas, the retry budget and the balancer. Nil
+	// uses time.Now.
+	Now func() time.Time
+	// BreakerOptions are passed to every breaker (e.g. a clock for tests).
+	BreakerOptions []breaker.Option
 }
 
 // Router routes calls over the backends of the applied snapshot. It is safe
 // for concurrent use. Complete and Stream block until an answer, a final
 // error, or the end of ctx.
 type Router struct {
-	opts Options
-	log  *slog.Logger
-
+	opts     Options
+	log      *slog.Logger
+	now      func() time.Time
 	breakers *breaker.Set
+	budget   *budget
 
 	mu     sync.Mutex // serializes Apply and Close
 	closed bool
@@ -54,30 +72,37 @@ type Router struct {
 
 // New returns a Router serving snap.
 func New(snap *regions.Snapshot, opts Options) (*Router, error) {
-	if opts.NewProvider == nil {
-		opts.NewProvider = newProvider
-	}
-	r := &Router{opts: opts, log: opts.Logger}
+	r := &Router{opts: opts, log: opts.Logger, now: opts.Now}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
-	r.breakers = breaker.NewSet(breaker.WithOnChange(r.breakerChanged))
+	if r.now == nil {
+		r.now = time.Now
+	}
+	r.breakers = breaker.NewSet(append([]breaker.Option{breaker.WithOnChange(r.breakerChanged)}, opts.BreakerOptions...)...)
+	r.budget = newBudget(r.now)
 	if err := r.Apply(snap); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-func newProvider(b regions.Backend) (Provider, error) {
+// newProvider builds the client of the backend's kind, reporting pool use to
+// m.
+func newProvider(b regions.Backend, m *metrics.Backend) (Provider, error) {
 	if b.Kind == regions.KindDetour {
 		return provider.NewDetour(b)
 	}
-	return provider.NewOpenAI(b)
+	if m == nil {
+		return provider.NewOpenAI(b)
+	}
+	return provider.NewOpenAI(b, provider.WithConnReport(m.Conn))
 }
 
-// Apply makes snap the routing table. Backends whose config is unchanged keep
-// their state (in-flight count, breaker); removed backends take no new calls
-// and are closed when their in-flight calls end. On error nothing changes.
+// Apply makes snap the routing table. Backends whose name, kind, endpoint and
+// credentials are unchanged keep their client and counters, and their breaker
+// while its policy is unchanged; removed backends take no new calls and are
+// closed when their in-flight calls end. On error nothing changes.
 func (r *Router) Apply(snap *regions.Snapshot) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -85,19 +110,23 @@ func (r *Router) Apply(snap *regions.Snapshot) error {
 		return errors.New("router is closed")
 	}
 	old := r.tab.Load()
-	t, fresh, err := build(snap, old, r.opts.NewProvider, r.breakers)
+	t, fresh, err := build(snap, old, r)
 	if err != nil {
-		for _, b := range fresh {
-			b.close()
+		for _, l := range fresh {
+			l.close()
 		}
 		return err
 	}
+	r.budget.setPolicy(t.policy.budgetRatio, t.policy.budgetFloor)
 	r.tab.Store(t)
 	r.breakers.Retain(slices.Collect(maps.Keys(t.byName)))
 	if old != nil {
 		for name, b := range old.byName {
-			if t.byName[name] != b {
+			if nb := t.byName[name]; nb == nil || nb.live != b.live {
 				b.retire()
+				if nb == nil {
+					r.opts.Metrics.Forget(name)
+				}
 			}
 		}
 	}
@@ -125,59 +154,101 @@ func (r *Router) Close() error {
 // Complete answers req from the first backend that can, retrying busy
 // answers elsewhere and degrading to fallbacks.
 func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
-	var resp *detourv1.CompleteResponse
-	err := r.route(ctx, req, func(ctx context.Context, b *backend, timeout time.Duration, src detourv1.Source, attempts int) (bool, breaker.Class, error) {
-		ctx, cancel := context.WithTimeout(ctx, timeout)
+	a, err := r.route(ctx, req, true, func(ctx context.Context, a *attempt) {
+		ctx, cancel := context.WithTimeout(ctx, a.timeout)
 		defer cancel()
-		res, err := b.prov.Complete(ctx, req)
+		res, err := a.b.prov.Complete(ctx, req)
 		if err != nil {
-			return false, breaker.Classify(err), err
+			a.class, a.err = breaker.Classify(err), err
+			return
 		}
-		res.ServedBy = b.servedBy()
-		res.Source = src
-		res.Attempts = int32(attempts)
-		resp = res
-		return true, breaker.OK, nil
+		res.ServedBy, res.Source, res.Attempts = a.b.servedBy, a.src, int32(a.n)
+		a.resp, a.committed = res, true
 	})
-	return resp, err
+	if err != nil {
+		return nil, err
+	}
+	return a.resp, nil
 }
 
 // Stream answers req as chunks passed to send. Until the first chunk is sent
 // a failure is retried like Complete; after that it ends the call with an
 // error. send is called from the calling goroutine.
 func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send func(*detourv1.CompleteChunk) error) error {
-	return r.route(ctx, req, func(ctx context.Context, b *backend, timeout time.Duration, src detourv1.Source, attempts int) (bool, breaker.Class, error) {
-		return relay(ctx, b, req, timeout, src, attempts, send)
+	_, err := r.route(ctx, req, false, func(ctx context.Context, a *attempt) {
+		relay(ctx, a, req, send)
 	})
+	return err
 }
 
-// tryFunc makes one attempt on b within timeout. committed reports that the
-// answer (or part of it) reached the caller, so no other backend may be tried.
-type tryFunc func(ctx context.Context, b *backend, timeout time.Duration, src detourv1.Source, attempts int) (committed bool, class breaker.Class, err error)
+// attempt is one upstream call: its inputs, set by the router, and its
+// outcome, set by the tryFunc.
+type attempt struct {
+	b       *backend
+	src     detourv1.Source
+	n       int           // the call's attempt number, from 1
+	timeout time.Duration // bounds the attempt (for streams: each wait for a chunk)
 
-// route runs the decision of DESIGN.md: primaries in order with retries, then
-// fallbacks, then an error with a retry hint.
-func (r *Router) route(ctx context.Context, req *detourv1.CompleteRequest, try tryFunc) error {
+	committed bool // the answer (or part of it) reached the caller
+	class     breaker.Class
+	err       error
+	resp      *detourv1.CompleteResponse // unary answer
+	ttfc      time.Duration              // stream: time to the first chunk
+	elapsed   time.Duration
+}
+
+// tryFunc makes one attempt on a.b and records its outcome in a.
+type tryFunc func(ctx context.Context, a *attempt)
+
+// minStart is the least deadline a call needs left for an attempt to start;
+// a call with less fails fast rather than queueing for nothing.
+const minStart = time.Millisecond
+
+// route runs the decision of DESIGN.md: quota, primaries in order with
+// retries inside the budget and the deadline, then fallbacks, then an error
+// with a retry hint. It returns the attempt that answered.
+func (r *Router) route(ctx context.Context, req *detourv1.CompleteRequest, hedgeable bool, try tryFunc) (*attempt, error) {
 	t := r.tab.Load()
+	stats := statsFrom(ctx)
 	if !t.serves(req.GetModel()) {
-		return &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", req.GetModel())}
+		return nil, &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", req.GetModel())}
 	}
-	c := call{}
+	if ok, wait, label := t.quotas.allow(TenantFrom(ctx)); !ok {
+		r.opts.Metrics.QuotaRejected(label)
+		return nil, &Error{Code: Exhausted, Message: fmt.Sprintf("tenant %q is over its quota", TenantFrom(ctx)), RetryAfter: wait}
+	}
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
+		return nil, context.DeadlineExceeded
+	}
+	r.budget.request()
+	c := &call{r: r, t: t, stats: stats}
+	defer c.report()
 	prefer := r.opts.Region
 	if p := req.GetRouting().GetPreferRegion(); p != "" {
 		prefer = p
 	}
+	if hedgeable && t.policy.hedgeAfter > 0 {
+		if a, err := c.hedge(ctx, req.GetModel(), prefer, try); a != nil || err != nil {
+			return a, err
+		}
+	}
 	for c.attempts < t.policy.maxAttempts {
-		b := t.pick(req.GetModel(), prefer, c.busyRegion, r.opts.Zone, c.tried)
+		b := t.pick(r.now(), req.GetModel(), prefer, c.busyRegion, r.opts.Zone, c.tried)
 		if b == nil {
 			break
 		}
-		if c.attempts > 0 && !c.backoff(ctx, &t.policy) {
-			break
+		if c.attempts > 0 {
+			if !r.budget.retry() {
+				r.opts.Metrics.BudgetExhausted()
+				break
+			}
+			if !c.backoff(ctx) {
+				break
+			}
+			r.opts.Metrics.Retry()
 		}
-		committed, err := c.attempt(ctx, t, b, detourv1.Source_SOURCE_LIVE, try)
-		if committed || err != nil {
-			return err
+		if a, err := c.run(ctx, b, detourv1.Source_SOURCE_LIVE, try); a != nil || err != nil {
+			return a, err
 		}
 	}
 	if !req.GetRouting().GetNoFallback() {
@@ -185,20 +256,23 @@ func (r *Router) route(ctx context.Context, req *detourv1.CompleteRequest, try t
 			if !b.serves(req.GetModel()) || slices.Contains(c.tried, b) {
 				continue
 			}
-			committed, err := c.attempt(ctx, t, b, detourv1.Source_SOURCE_FALLBACK, try)
-			if committed || err != nil {
-				return err
+			if a, err := c.run(ctx, b, detourv1.Source_SOURCE_FALLBACK, try); a != nil || err != nil {
+				return a, err
 			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
-	return c.failure()
+	return nil, c.failure()
 }
 
-// call is the state of one routed call.
+// call is the state of one routed call. Only the call's goroutine touches it.
 type call struct {
+	r     *Router
+	t     *table
+	stats *CallStats
+
 	tried      []*backend
 	attempts   int
 	lastErr    error
@@ -206,66 +280,136 @@ type call struct {
 	busyRegion string        // region of the last busy attempt, tried last
 	retryAfter time.Duration // the longest upstream Retry-After seen
 	openFor    time.Duration // the soonest an open breaker admits a probe
+	limited    bool          // a backend was skipped at its limit
+	upstream   time.Duration // time spent waiting on upstreams
+	waited     time.Duration // time spent in backoff
+	last       *attempt
 }
 
-// attempt runs try on b under the attempt timeout. It returns a non-nil error
-// only when the call is over (answer committed, caller gone, or the request
-// rejected); otherwise the caller may move on to another backend.
-func (c *call) attempt(ctx context.Context, t *table, b *backend, src detourv1.Source, try tryFunc) (bool, error) {
+// run makes one attempt on b and merges its outcome. It returns the attempt
+// when it answered, and an error when the call is over (caller gone, request
+// rejected, stream broken); (nil, nil) lets the caller move on.
+func (c *call) run(ctx context.Context, b *backend, src detourv1.Source, try tryFunc) (*attempt, error) {
 	if err := ctx.Err(); err != nil {
-		return false, err
+		return nil, err
 	}
 	c.tried = append(c.tried, b)
-	done, err := b.br.Allow()
-	if err != nil {
-		c.noteOpen(b)
-		return false, nil
+	a := c.start(b, src)
+	if a == nil {
+		return nil, nil
+	}
+	c.r.do(ctx, a, try)
+	return c.merge(ctx, a)
+}
+
+// start admits an attempt on b, or returns nil when b is at its limit or its
+// breaker refuses.
+func (c *call) start(b *backend, src detourv1.Source) *attempt {
+	ok, qps := b.acquire(c.r.now())
+	if !ok {
+		b.m.Limited(qps)
+		c.limited = true
+		return nil
 	}
 	c.attempts++
-	b.inflight.Add(1)
+	return &attempt{b: b, src: src, n: c.attempts, timeout: c.t.attemptTimeout(b)}
+}
+
+// do runs try under b's breaker and records the outcome on b. It is safe to
+// run concurrently for different attempts.
+func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
+	b := a.b
 	defer b.release()
-	committed, class, err := try(ctx, b, t.attemptTimeout(b), src, c.attempts)
-	if ctx.Err() != nil {
-		class = breaker.Canceled // the caller's deadline or cancellation
+	done, err := b.br.Allow()
+	if err != nil {
+		a.class, a.err = breaker.Busy, err
+		return
 	}
-	done(class, breaker.RetryAfter(err))
-	if committed {
-		switch {
-		case err == nil:
-			return true, nil
-		case ctx.Err() != nil:
-			return true, ctx.Err()
-		case class == breaker.Canceled:
-			return true, err // the caller's side of the stream broke
+	ctx, span := tracer.Start(ctx, "detour.attempt", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("detour.backend", b.cfg.Name), attribute.String("detour.region", b.region),
+			attribute.Int("detour.attempt", a.n), attribute.Bool("detour.fallback", b.fallback)))
+	start := r.now()
+	try(ctx, a)
+	a.elapsed = r.now().Sub(start)
+	defer func() {
+		span.SetAttributes(attribute.String("detour.outcome", a.class.String()))
+		if a.err != nil && a.class != breaker.OK {
+			span.SetStatus(otelcodes.Error, a.class.String())
 		}
-		return true, &Error{Code: Unavailable, Message: fmt.Sprintf("stream from backend %s broke after it started", b.cfg.Name), Attempts: c.attempts, Err: err}
+		span.End()
+	}()
+	if ctx.Err() != nil && a.class != breaker.OK {
+		a.class = breaker.Canceled // the caller's deadline or cancellation
 	}
-	if ctx.Err() != nil {
-		// The caller's deadline or cancellation, not the backend's fault.
-		return false, ctx.Err()
+	if a.class == breaker.Canceled && ctx.Err() == nil && !a.committed {
+		a.class = breaker.Failed // cancelled without the caller going away
 	}
-	switch class {
-	case breaker.Client:
-		return false, rejected(b, c.attempts, err)
-	case breaker.Canceled:
-		// The attempt was cancelled without the caller going away: treat it
-		// like a failed attempt.
-		class = breaker.Failed
+	done(a.class, breaker.RetryAfter(a.err))
+	b.m.Attempt(int(a.class), a.elapsed)
+	switch a.class {
+	case breaker.OK:
+		cost := a.elapsed
+		if a.ttfc > 0 {
+			cost = a.ttfc
+		}
+		b.load.observe(r.now(), cost)
+	case breaker.Busy, breaker.Failed:
+		b.load.observe(r.now(), max(a.elapsed, busyPenalty))
 	}
-	c.lastErr, c.lastClass = err, class
-	if class == breaker.Busy {
-		c.busyRegion = b.region
+}
+
+// merge folds a finished attempt into the call; see run for the results.
+func (c *call) merge(ctx context.Context, a *attempt) (*attempt, error) {
+	c.upstream += a.elapsed
+	c.last = a
+	if errors.Is(a.err, breaker.ErrOpen) {
+		c.attempts-- // refused before any upstream call
+		c.noteOpen(a.b)
+		return nil, nil
 	}
-	if ra := breaker.RetryAfter(err); ra > c.retryAfter {
+	if a.committed {
+		switch {
+		case a.err == nil:
+			return a, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case a.class == breaker.Canceled:
+			return nil, a.err // the caller's side of the stream broke
+		}
+		return nil, &Error{Code: Unavailable, Message: fmt.Sprintf("stream from backend %s broke after it started", a.b.cfg.Name), Attempts: a.n, Err: a.err}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if a.class == breaker.Client {
+		return nil, rejected(a.b, a.n, a.err)
+	}
+	c.lastErr, c.lastClass = a.err, a.class
+	if a.class == breaker.Busy {
+		c.busyRegion = a.b.region
+	}
+	if ra := breaker.RetryAfter(a.err); ra > c.retryAfter {
 		c.retryAfter = ra
 	}
-	return false, nil
+	return nil, nil
+}
+
+// report fills the caller's CallStats, if any.
+func (c *call) report() {
+	if c.stats == nil {
+		return
+	}
+	c.stats.Attempts, c.stats.Upstream, c.stats.Waited = c.attempts, c.upstream, c.waited
+	if c.last != nil {
+		c.stats.Backend, c.stats.Region = c.last.b.cfg.Name, c.last.b.region
+		c.stats.FirstChunk = c.last.ttfc
+	}
 }
 
 // noteOpen records that b's breaker refused the call, for the retry hint.
 func (c *call) noteOpen(b *backend) {
 	if until := b.br.OpenUntil(); !until.IsZero() {
-		if d := time.Until(until); d > 0 && (c.openFor == 0 || d < c.openFor) {
+		if d := until.Sub(c.r.now()); d > 0 && (c.openFor == 0 || d < c.openFor) {
 			c.openFor = d
 		}
 	}
@@ -274,18 +418,20 @@ func (c *call) noteOpen(b *backend) {
 // backoff waits a full-jitter exponential backoff before the next attempt. It
 // reports false, without waiting, when the wait would overrun the caller's
 // deadline, and false when ctx ends while waiting.
-func (c *call) backoff(ctx context.Context, p *policy) bool {
+func (c *call) backoff(ctx context.Context) bool {
+	p := &c.t.policy
 	ceil := p.backoffBase << (c.attempts - 1)
 	if ceil > p.backoffMax || ceil <= 0 {
 		ceil = p.backoffMax
 	}
 	d := time.Duration(rand.Int64N(int64(ceil) + 1))
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(c.r.now()) <= d+minStart {
 		return false
 	}
 	if d <= 0 {
 		return true
 	}
+	c.waited += d
 	tm := time.NewTimer(d)
 	defer tm.Stop()
 	select {
@@ -305,6 +451,9 @@ func (c *call) failure() error {
 		ra = time.Second
 	}
 	if c.attempts == 0 {
+		if c.limited {
+			return &Error{Code: Exhausted, Message: "every backend for this model is at its rate or concurrency limit", RetryAfter: ra}
+		}
 		return &Error{Code: Unavailable, Message: "no backend can take calls for this model now (drained or circuit open)", RetryAfter: ra}
 	}
 	code := Unavailable
@@ -324,7 +473,7 @@ func (c *call) failure() error {
 }
 
 // breakerChanged records a breaker transition. It runs under the breaker's
-// lock, so it only logs.
+// lock, so it only records.
 func (r *Router) breakerChanged(c breaker.Change) {
 	level := slog.LevelInfo
 	if c.To == breaker.Open {
@@ -332,6 +481,7 @@ func (r *Router) breakerChanged(c breaker.Change) {
 	}
 	r.log.Log(context.Background(), level, "breaker state changed", "backend", c.Backend,
 		"from", c.From.String(), "to", c.To.String(), "open_until", c.OpenUntil)
+	r.opts.Metrics.BreakerChanged(c.Backend, int(c.To), c.To.String())
 }
 
 func rejected(b *backend, attempts int, err error) error {

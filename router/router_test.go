@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +21,8 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // fakeProvider answers from function fields.
 type fakeProvider struct {
@@ -116,7 +119,7 @@ func testConfig() *regions.Config {
 
 func newTestRouter(t *testing.T, fx *fixture, cfg *regions.Config) *Router {
 	t.Helper()
-	r, err := New(&regions.Snapshot{Config: cfg}, Options{Region: "home", NewProvider: fx.newProvider})
+	r, err := New(&regions.Snapshot{Config: cfg}, Options{Region: "home", NewProvider: fx.newProvider, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,13 +302,13 @@ func TestUnknownModelAndDrain(t *testing.T) {
 func TestApplyKeepsUnchangedBackends(t *testing.T) {
 	fx := &fixture{}
 	r := newTestRouter(t, fx, testConfig())
-	before := r.tab.Load().byName["near-1"]
+	before := r.tab.Load().byName["near-1"].live
 	cfg := testConfig()
 	cfg.Regions = cfg.Regions[1:] // remove "home"
 	if err := r.Apply(&regions.Snapshot{Config: cfg}); err != nil {
 		t.Fatal(err)
 	}
-	if r.tab.Load().byName["near-1"] != before {
+	if r.tab.Load().byName["near-1"].live != before {
 		t.Error("unchanged backend near-1 was rebuilt, want its state kept")
 	}
 	if !fx.provider("home-1").closed.Load() {

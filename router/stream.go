@@ -15,51 +15,53 @@ import (
 // attempt timeout.
 var errIdle = errors.New("upstream stream idle for longer than the attempt timeout")
 
-// relay opens a stream on b and forwards it to send. Before the first chunk a
-// failure is not committed, so the router may try elsewhere; after it, the
-// stream belongs to b and a failure ends the call. timeout bounds the wait
-// for the first chunk and every gap between chunks.
-func relay(ctx context.Context, b *backend, req *detourv1.CompleteRequest, timeout time.Duration,
-	src detourv1.Source, attempts int, send func(*detourv1.CompleteChunk) error) (bool, breaker.Class, error) {
+// relay opens a stream on a.b and forwards it to send. Before the first chunk
+// a failure is not committed, so the router may try elsewhere; after it, the
+// stream belongs to a.b and a failure ends the call. a.timeout bounds the
+// wait for the first chunk and every gap between chunks.
+func relay(ctx context.Context, a *attempt, req *detourv1.CompleteRequest, send func(*detourv1.CompleteChunk) error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	idle := time.AfterFunc(timeout, func() { cancel(errIdle) })
+	idle := time.AfterFunc(a.timeout, func() { cancel(errIdle) })
 	defer idle.Stop()
+	start := time.Now()
 
-	classify := func(err error) breaker.Class {
+	fail := func(err error) {
+		a.err, a.class = err, breaker.Classify(err)
 		if errors.Is(context.Cause(ctx), errIdle) {
-			return breaker.Busy
+			a.err, a.class = fmt.Errorf("backend %s: %w", a.b.cfg.Name, errIdle), breaker.Busy
 		}
-		return breaker.Classify(err)
 	}
-	st, err := b.prov.Stream(ctx, req)
+	st, err := a.b.prov.Stream(ctx, req)
 	if err != nil {
-		return false, classify(err), err
+		fail(err)
+		return
 	}
 	defer st.Close()
-	sb := b.servedBy()
-	sent := 0
 	for {
 		ch, err := st.Recv()
 		if errors.Is(err, io.EOF) {
-			if sent == 0 {
-				err = fmt.Errorf("backend %s: stream ended before any chunk", b.cfg.Name)
-				return false, breaker.Failed, err
+			if !a.committed {
+				a.err, a.class = fmt.Errorf("backend %s: stream ended before any chunk", a.b.cfg.Name), breaker.Failed
+				return
 			}
-			return true, breaker.OK, nil
+			a.class = breaker.OK
+			return
 		}
 		if err != nil {
-			if errors.Is(context.Cause(ctx), errIdle) {
-				err = fmt.Errorf("backend %s: %w", b.cfg.Name, errIdle)
-			}
-			return sent > 0, classify(err), err
+			fail(err)
+			return
 		}
-		idle.Reset(timeout)
-		ch.ServedBy, ch.Source, ch.Attempts = sb, src, int32(attempts)
+		idle.Reset(a.timeout)
+		if !a.committed {
+			a.ttfc = time.Since(start)
+		}
+		ch.ServedBy, ch.Source, ch.Attempts = a.b.servedBy, a.src, int32(a.n)
+		a.committed = true
 		if err := send(ch); err != nil {
 			// The caller is gone or its stream broke: not the backend's fault.
-			return true, breaker.Canceled, err
+			a.err, a.class = err, breaker.Canceled
+			return
 		}
-		sent++
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/detour-dev/detour/breaker"
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
 
@@ -21,6 +22,7 @@ type table struct {
 	models    map[string]bool // models named by any backend
 	anyModel  bool            // some backend names no models: it serves all
 	policy    policy
+	quotas    *quotas
 }
 
 type group struct {
@@ -34,6 +36,9 @@ type policy struct {
 	backoffBase    time.Duration
 	backoffMax     time.Duration
 	attemptTimeout time.Duration
+	hedgeAfter     time.Duration
+	budgetRatio    float64
+	budgetFloor    float64
 }
 
 func newPolicy(p regions.RetryPolicy) policy {
@@ -42,6 +47,9 @@ func newPolicy(p regions.RetryPolicy) policy {
 		backoffBase:    orDefault(p.BackoffBase.D(), regions.DefaultBackoffBase),
 		backoffMax:     orDefault(p.BackoffMax.D(), regions.DefaultBackoffMax),
 		attemptTimeout: orDefault(p.AttemptTimeout.D(), regions.DefaultAttemptTimeout),
+		hedgeAfter:     p.HedgeAfter.D(),
+		budgetRatio:    orDefault(p.BudgetRatio, regions.DefaultBudgetRatio),
+		budgetFloor:    orDefault(p.BudgetMinPerSecond, regions.DefaultBudgetMinPerSecond),
 	}
 }
 
@@ -53,40 +61,50 @@ func orDefault[T cmp.Ordered](v, def T) T {
 	return v
 }
 
-// build derives a table from snap, reusing the unchanged backends of old. It
-// returns the backends it created so a failed build can close them.
-func build(snap *regions.Snapshot, old *table, newProvider func(regions.Backend) (Provider, error), breakers *breaker.Set) (*table, []*backend, error) {
+// build derives a table from snap. Backends keep the live state (client,
+// counters, limiter) of old's backend with the same identity; fresh lists the
+// live states it created, so a failed build can close them.
+func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*live, err error) {
 	if snap == nil || snap.Config == nil {
 		return nil, nil, fmt.Errorf("router: no config")
 	}
 	cfg := snap.Config
-	t := &table{
+	t = &table{
 		snap:   snap,
 		byName: map[string]*backend{},
 		models: map[string]bool{},
 		policy: newPolicy(cfg.Retry),
+		quotas: newQuotas(cfg, old.quotasOrNil(), r.now),
 	}
-	var fresh []*backend
 	add := func(bc regions.Backend, region string, fallback bool) (*backend, error) {
 		bp := cfg.Breaker
 		if bc.Breaker != nil {
 			bp = *bc.Breaker
 		}
-		b := &backend{cfg: bc, region: region, fallback: fallback, kind: kindOf(bc.Kind), policy: bp}
-		if old != nil {
-			if prev := old.byName[bc.Name]; prev != nil && sameBackend(prev, b) {
-				b = prev
-			}
+		b := &backend{
+			cfg: bc, region: region, fallback: fallback, kind: kindOf(bc.Kind),
+			br:      r.breakers.Get(bc.Name, bp),
+			maxConc: int64(bc.MaxConcurrency),
 		}
-		if b.prov == nil {
-			p, err := newProvider(bc)
+		b.servedBy = &detourv1.ServedBy{Region: region, Backend: bc.Name, Kind: b.kind, Zone: bc.Zone}
+		if prev := old.backend(bc.Name); prev != nil && prev.live.id == idOf(bc) {
+			b.live = prev.live
+		} else {
+			m := r.opts.Metrics.Backend(bc.Name, region)
+			var p Provider
+			var err error
+			if r.opts.NewProvider != nil {
+				p, err = r.opts.NewProvider(bc)
+			} else {
+				p, err = newProvider(bc, m)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("backend %s: %w", bc.Name, err)
 			}
-			b.prov = p
-			b.br = breakers.Get(bc.Name, bp)
-			fresh = append(fresh, b)
+			b.live = &live{id: idOf(bc), prov: p, m: m}
+			fresh = append(fresh, b.live)
 		}
+		b.setQPS(bc.QPS)
 		b.drained.Store(bc.Drained)
 		t.byName[bc.Name] = b
 		if !fallback {
@@ -124,6 +142,20 @@ func build(snap *regions.Snapshot, old *table, newProvider func(regions.Backend)
 	return t, fresh, nil
 }
 
+func (t *table) backend(name string) *backend {
+	if t == nil {
+		return nil
+	}
+	return t.byName[name]
+}
+
+func (t *table) quotasOrNil() *quotas {
+	if t == nil {
+		return nil
+	}
+	return t.quotas
+}
+
 func (t *table) serves(model string) bool {
 	return model != "" && (t.anyModel || t.models[model])
 }
@@ -141,11 +173,11 @@ func (t *table) attemptTimeout(b *backend) time.Duration {
 // from a whole region at once. Within a region it uses weighted power of two
 // choices by in-flight calls, preferring the own zone. It returns nil when no
 // untried backend can take the call.
-func (t *table) pick(model, prefer, avoid, zone string, tried []*backend) *backend {
+func (t *table) pick(now time.Time, model, prefer, avoid, zone string, tried []*backend) *backend {
 	if prefer != avoid {
 		for _, g := range t.groups {
 			if g.name == prefer {
-				if b := g.pick(model, zone, tried); b != nil {
+				if b := g.pick(now, model, zone, tried); b != nil {
 					return b
 				}
 				break
@@ -156,19 +188,19 @@ func (t *table) pick(model, prefer, avoid, zone string, tried []*backend) *backe
 		if g.name == prefer || g.name == avoid {
 			continue
 		}
-		if b := g.pick(model, zone, tried); b != nil {
+		if b := g.pick(now, model, zone, tried); b != nil {
 			return b
 		}
 	}
 	for _, g := range t.groups {
 		if g.name == avoid && avoid != "" {
-			return g.pick(model, zone, tried)
+			return g.pick(now, model, zone, tried)
 		}
 	}
 	return nil
 }
 
-func (g *group) pick(model, zone string, tried []*backend) *backend {
+func (g *group) pick(now time.Time, model, zone string, tried []*backend) *backend {
 	var buf [16]*backend
 	ok := buf[:0]
 	total := 0
@@ -186,7 +218,7 @@ func (g *group) pick(model, zone string, tried []*backend) *backend {
 	}
 	a := weighted(ok, total, nil)
 	c := weighted(ok, total-a.cfg.EffectiveWeight(), a)
-	if c.score(zone) < a.score(zone) {
+	if c.score(now, zone) < a.score(now, zone) {
 		return c
 	}
 	return a
@@ -208,10 +240,12 @@ func weighted(bs []*backend, total int, skip *backend) *backend {
 	return bs[len(bs)-1]
 }
 
-// score is lower for a backend that should get the next call: fewer in-flight
-// calls per unit of weight, and in the caller's zone.
-func (b *backend) score(zone string) float64 {
-	s := float64(b.inflight.Load()+1) / float64(b.cfg.EffectiveWeight())
+// score is lower for a backend that should get the next call: a lower
+// recent cost (busy answers count as expensive), fewer in-flight calls per
+// unit of weight, and in the caller's zone.
+func (b *backend) score(now time.Time, zone string) float64 {
+	cost := b.load.get(now) + 0.001
+	s := cost * float64(b.inflight.Load()+1) / float64(b.cfg.EffectiveWeight())
 	if zone != "" && b.cfg.Zone != "" && b.cfg.Zone != zone {
 		s *= 1.5
 	}
@@ -222,7 +256,9 @@ func (b *backend) serves(model string) bool {
 	return !b.drained.Load() && b.cfg.Serves(model)
 }
 
-// available reports whether b may take a new call for model now.
+// available reports whether b may take a new call for model now: serving
+// it, not drained, breaker not open, below max_concurrency. (The qps cap is
+// checked when the call is made, since checking takes a token.)
 func (b *backend) available(model string) bool {
-	return b.serves(model) && b.br.State() != breaker.Open
+	return b.serves(model) && (b.maxConc == 0 || b.inflight.Load() < b.maxConc) && b.br.State() != breaker.Open
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/router"
@@ -34,6 +35,10 @@ type Options struct {
 	Logger *slog.Logger
 	// GRPCOptions are appended to the server's own options.
 	GRPCOptions []grpc.ServerOption
+	// Metrics records per-call metrics. Nil records nothing.
+	Metrics *metrics.Metrics
+	// LogCalls logs one line per call (never prompts, answers or keys).
+	LogCalls bool
 }
 
 // Server is the gRPC front of detour. It is safe for concurrent use.
@@ -100,11 +105,13 @@ func (s *Server) Shutdown(ctx context.Context) {
 }
 
 // Complete implements detour.v1.Router.
-func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
-	if err := s.check(req); err != nil {
+func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (resp *detourv1.CompleteResponse, err error) {
+	c := s.begin(ctx, "Complete", req)
+	defer func() { c.end(resp.GetSource(), err) }()
+	if err := c.err; err != nil {
 		return nil, err
 	}
-	resp, err := s.router.Complete(ctx, req)
+	resp, err = s.router.Complete(c.ctx, req)
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
@@ -112,23 +119,17 @@ func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 }
 
 // StreamComplete implements detour.v1.Router.
-func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) error {
-	if err := s.check(req); err != nil {
+func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) (err error) {
+	c := s.begin(stream.Context(), "StreamComplete", req)
+	source := detourv1.Source_SOURCE_UNSPECIFIED
+	defer func() { c.end(source, err) }()
+	if err := c.err; err != nil {
 		return err
 	}
-	return toStatus(s.log, s.router.Stream(stream.Context(), req, stream.Send))
-}
-
-func (s *Server) check(req *detourv1.CompleteRequest) error {
-	v := validate(req, s.opts.MaxRequestBytes)
-	if v == nil {
-		return nil
-	}
-	st := status.New(codes.InvalidArgument, describe(v))
-	if d, err := st.WithDetails(badRequest(v)); err == nil {
-		st = d
-	}
-	return st.Err()
+	return toStatus(s.log, s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
+		source = ch.GetSource()
+		return stream.Send(ch)
+	}))
 }
 
 // unaryGuard applies the default deadline and turns a panic into INTERNAL.

@@ -1,0 +1,283 @@
+// Package metrics defines detour's Prometheus metrics in one place. Every
+// name has the detour_ prefix and base units; labels are bounded by config
+// (backend, region, tenant names) or by fixed sets (method, code, source,
+// outcome).
+//
+// A nil *Metrics and a nil *Backend are valid and record nothing, so tests
+// and embedders that do not care about metrics pass nil.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every collector. It is safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	calls        *prometheus.CounterVec
+	callDuration *prometheus.HistogramVec
+	firstChunk   prometheus.Histogram
+	overhead     *prometheus.HistogramVec
+	attempts     *prometheus.CounterVec
+	upstreamDur  *prometheus.HistogramVec
+	breakerState *prometheus.GaugeVec
+	breakerTrans *prometheus.CounterVec
+	retries      prometheus.Counter
+	budgetOut    prometheus.Counter
+	limitRejects *prometheus.CounterVec
+	quotaRejects *prometheus.CounterVec
+	inflight     *prometheus.GaugeVec
+	conns        *prometheus.CounterVec
+	cache        *prometheus.CounterVec
+	cfgRevision  prometheus.Gauge
+	cfgApplies   prometheus.Counter
+	cfgRejects   prometheus.Counter
+	cfgLKG       prometheus.Gauge
+	cfgAppliedAt prometheus.Gauge
+}
+
+// latencyBuckets span a cache hit (sub-millisecond) to a long LLM answer.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
+
+// overheadBuckets resolve detour's own time per call.
+var overheadBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1}
+
+// New registers every collector, with the Go and process collectors, in a new
+// registry.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{reg: reg}
+	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_calls_total",
+		Help: "Calls answered, by method, gRPC code and source of the answer."}, []string{"method", "code", "source"})
+	m.callDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "detour_call_duration_seconds",
+		Help: "End-to-end call latency as detour sees it.", Buckets: latencyBuckets}, []string{"method"})
+	m.firstChunk = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "detour_first_chunk_seconds",
+		Help: "Time from the start of a streamed call to its first chunk.", Buckets: latencyBuckets})
+	m.overhead = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "detour_overhead_seconds",
+		Help: "Time spent in detour per call, excluding upstream calls and backoff waits.", Buckets: overheadBuckets}, []string{"method"})
+	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_upstream_attempts_total",
+		Help: "Upstream attempts by backend and outcome class (ok, busy, failed, client_error, canceled)."}, []string{"backend", "region", "outcome"})
+	m.upstreamDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "detour_upstream_duration_seconds",
+		Help: "Latency of upstream attempts.", Buckets: latencyBuckets}, []string{"backend"})
+	m.breakerState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "detour_breaker_state",
+		Help: "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open."}, []string{"backend"})
+	m.breakerTrans = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_breaker_transitions_total",
+		Help: "Circuit breaker transitions per backend, by the state entered."}, []string{"backend", "to"})
+	m.retries = prometheus.NewCounter(prometheus.CounterOpts{Name: "detour_retries_total",
+		Help: "Attempts made after a call's first one on primaries."})
+	m.budgetOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "detour_retry_budget_exhausted_total",
+		Help: "Retries not made because the retry budget was spent."})
+	m.limitRejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_limit_rejections_total",
+		Help: "Backends skipped because they were at their limit (qps or concurrency)."}, []string{"backend", "reason"})
+	m.quotaRejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_quota_rejections_total",
+		Help: "Calls refused because the tenant was over its quota."}, []string{"tenant"})
+	m.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "detour_inflight",
+		Help: "Upstream calls in flight per backend."}, []string{"backend"})
+	m.conns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_upstream_connections_total",
+		Help: "Upstream HTTP connections taken from the pool (reused=true) or dialed (reused=false)."}, []string{"backend", "reused"})
+	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_cache_requests_total",
+		Help: "Cache lookups by tier and result (hit, miss, stale)."}, []string{"tier", "result"})
+	m.cfgRevision = prometheus.NewGauge(prometheus.GaugeOpts{Name: "detour_config_revision",
+		Help: "etcd revision of the applied config document (0 for a file)."})
+	m.cfgApplies = prometheus.NewCounter(prometheus.CounterOpts{Name: "detour_config_applies_total",
+		Help: "Config documents applied."})
+	m.cfgRejects = prometheus.NewCounter(prometheus.CounterOpts{Name: "detour_config_rejections_total",
+		Help: "Config documents rejected by validation."})
+	m.cfgLKG = prometheus.NewGauge(prometheus.GaugeOpts{Name: "detour_config_last_known_good",
+		Help: "1 while serving from the last-known-good file because the config store is unreachable."})
+	m.cfgAppliedAt = prometheus.NewGauge(prometheus.GaugeOpts{Name: "detour_config_applied_timestamp_seconds",
+		Help: "Unix time the applied config document was applied."})
+	for _, c := range []prometheus.Collector{m.calls, m.callDuration, m.firstChunk, m.overhead, m.attempts,
+		m.upstreamDur, m.breakerState, m.breakerTrans, m.retries, m.budgetOut, m.limitRejects, m.quotaRejects,
+		m.inflight, m.conns, m.cache, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
+		f(c)
+	}
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry returns the registry, for tests and for registering more
+// collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Call records one finished call.
+func (m *Metrics) Call(method, code, source string, total, overhead time.Duration) {
+	if m == nil {
+		return
+	}
+	m.calls.WithLabelValues(method, code, source).Inc()
+	m.callDuration.WithLabelValues(method).Observe(total.Seconds())
+	if overhead >= 0 {
+		m.overhead.WithLabelValues(method).Observe(overhead.Seconds())
+	}
+}
+
+// FirstChunk records the time to the first chunk of a stream.
+func (m *Metrics) FirstChunk(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.firstChunk.Observe(d.Seconds())
+}
+
+// Retry records a retry; BudgetExhausted a retry the budget refused.
+func (m *Metrics) Retry() {
+	if m != nil {
+		m.retries.Inc()
+	}
+}
+
+// BudgetExhausted records a retry the budget refused.
+func (m *Metrics) BudgetExhausted() {
+	if m != nil {
+		m.budgetOut.Inc()
+	}
+}
+
+// QuotaRejected records a call refused by the tenant's quota.
+func (m *Metrics) QuotaRejected(tenant string) {
+	if m != nil {
+		m.quotaRejects.WithLabelValues(tenant).Inc()
+	}
+}
+
+// Cache records a cache lookup.
+func (m *Metrics) Cache(tier, result string) {
+	if m != nil {
+		m.cache.WithLabelValues(tier, result).Inc()
+	}
+}
+
+// ConfigApplied records an applied config document.
+func (m *Metrics) ConfigApplied(revision int64, at time.Time, lastKnownGood bool) {
+	if m == nil {
+		return
+	}
+	m.cfgApplies.Inc()
+	m.cfgRevision.Set(float64(revision))
+	m.cfgAppliedAt.Set(float64(at.UnixNano()) / 1e9)
+	if lastKnownGood {
+		m.cfgLKG.Set(1)
+	} else {
+		m.cfgLKG.Set(0)
+	}
+}
+
+// ConfigRejected records a rejected config document.
+func (m *Metrics) ConfigRejected() {
+	if m != nil {
+		m.cfgRejects.Inc()
+	}
+}
+
+// BreakerChanged records a breaker transition; state is 0 closed, 1
+// half-open, 2 open, and to its name.
+func (m *Metrics) BreakerChanged(backend string, state int, to string) {
+	if m == nil {
+		return
+	}
+	m.breakerState.WithLabelValues(backend).Set(float64(state))
+	m.breakerTrans.WithLabelValues(backend, to).Inc()
+}
+
+// Backend is the set of one backend's series, resolved once so the hot path
+// does no label lookups. A nil *Backend records nothing.
+type Backend struct {
+	attempts   [5]prometheus.Counter // by outcome index, see Outcomes
+	duration   prometheus.Observer
+	inflight   prometheus.Gauge
+	limitQPS   prometheus.Counter
+	limitConc  prometheus.Counter
+	connReused prometheus.Counter
+	connDialed prometheus.Counter
+}
+
+// Outcomes are the outcome label values, indexed like breaker.Class.
+var Outcomes = [5]string{"ok", "busy", "failed", "client_error", "canceled"}
+
+// Backend returns the series of one backend.
+func (m *Metrics) Backend(name, region string) *Backend {
+	if m == nil {
+		return nil
+	}
+	b := &Backend{
+		duration:   m.upstreamDur.WithLabelValues(name),
+		inflight:   m.inflight.WithLabelValues(name),
+		limitQPS:   m.limitRejects.WithLabelValues(name, "qps"),
+		limitConc:  m.limitRejects.WithLabelValues(name, "concurrency"),
+		connReused: m.conns.WithLabelValues(name, "true"),
+		connDialed: m.conns.WithLabelValues(name, "false"),
+	}
+	for i, o := range Outcomes {
+		b.attempts[i] = m.attempts.WithLabelValues(name, region, o)
+	}
+	m.breakerState.WithLabelValues(name).Set(0)
+	return b
+}
+
+// Forget removes a removed backend's series.
+func (m *Metrics) Forget(name string) {
+	if m == nil {
+		return
+	}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		m.attempts, m.upstreamDur, m.breakerState, m.breakerTrans, m.limitRejects, m.inflight, m.conns,
+	} {
+		v.DeletePartialMatch(prometheus.Labels{"backend": name})
+	}
+}
+
+// Attempt records one upstream attempt; outcome indexes Outcomes.
+func (b *Backend) Attempt(outcome int, d time.Duration) {
+	if b == nil {
+		return
+	}
+	if outcome >= 0 && outcome < len(b.attempts) {
+		b.attempts[outcome].Inc()
+	}
+	b.duration.Observe(d.Seconds())
+}
+
+// Inflight adds n to the backend's in-flight gauge.
+func (b *Backend) Inflight(n float64) {
+	if b != nil {
+		b.inflight.Add(n)
+	}
+}
+
+// Limited records the backend skipped at its qps (qps true) or concurrency
+// limit.
+func (b *Backend) Limited(qps bool) {
+	if b == nil {
+		return
+	}
+	if qps {
+		b.limitQPS.Inc()
+	} else {
+		b.limitConc.Inc()
+	}
+}
+
+// Conn records an upstream connection taken for a request.
+func (b *Backend) Conn(reused bool) {
+	if b == nil {
+		return
+	}
+	if reused {
+		b.connReused.Inc()
+	} else {
+		b.connDialed.Inc()
+	}
+}

@@ -1,0 +1,156 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/router"
+)
+
+// Metadata keys read from callers.
+const (
+	// TenantKey names the caller's tenant while authentication is off.
+	TenantKey = "x-detour-tenant"
+	// RequestIDKey carries the caller's request id; detour makes one when it
+	// is absent and returns it in the response header.
+	RequestIDKey = "x-request-id"
+)
+
+// callInfo is the bookkeeping of one call: its context for the router, and
+// what its log line and metrics need.
+type callInfo struct {
+	s      *Server
+	ctx    context.Context
+	err    error // set when the call was refused before routing
+	method string
+	model  string
+	tenant string
+	reqID  string
+	start  time.Time
+	stats  router.CallStats
+}
+
+// begin validates req, resolves the tenant and request id, and prepares the
+// router's context.
+func (s *Server) begin(ctx context.Context, method string, req *detourv1.CompleteRequest) *callInfo {
+	c := &callInfo{s: s, method: method, model: req.GetModel(), start: time.Now()}
+	md, _ := metadata.FromIncomingContext(ctx)
+	c.reqID = first(md, RequestIDKey)
+	if c.reqID == "" || len(c.reqID) > 128 {
+		c.reqID = fmt.Sprintf("%016x", rand.Uint64())
+	}
+	grpc.SetHeader(ctx, metadata.Pairs(RequestIDKey, c.reqID))
+	var v []*errdetails.BadRequest_FieldViolation
+	c.tenant = first(md, TenantKey)
+	if c.tenant == "" {
+		c.tenant = "default"
+	} else if !validTenant(c.tenant) {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: TenantKey,
+			Description: "tenant must be 1-64 characters of letters, digits, '.', '_' or '-'"})
+		c.tenant = "invalid"
+	}
+	v = append(v, validate(req, s.opts.MaxRequestBytes)...)
+	if len(v) > 0 {
+		st := status.New(codes.InvalidArgument, describe(v))
+		if d, err := st.WithDetails(badRequest(v)); err == nil {
+			st = d
+		}
+		c.err = st.Err()
+		return c
+	}
+	c.ctx = router.WithStats(router.WithTenant(ctx, c.tenant), &c.stats)
+	return c
+}
+
+// end records the call's metrics and log line.
+func (c *callInfo) end(source detourv1.Source, err error) {
+	total := time.Since(c.start)
+	code := status.Code(err)
+	src := sourceLabel(source, err)
+	overhead := total - c.stats.Upstream - c.stats.Waited
+	c.s.opts.Metrics.Call(c.method, code.String(), src, total, overhead)
+	if c.method == "StreamComplete" && c.stats.FirstChunk > 0 {
+		c.s.opts.Metrics.FirstChunk(c.stats.FirstChunk)
+	}
+	if !c.s.opts.LogCalls {
+		return
+	}
+	level := slog.LevelInfo
+	if code == codes.Internal || code == codes.Unknown {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", c.reqID),
+		slog.String("method", c.method),
+		slog.String("tenant", c.tenant),
+		slog.String("model", clip(c.model)),
+		slog.String("region", c.stats.Region),
+		slog.String("backend", c.stats.Backend),
+		slog.Int("attempts", c.stats.Attempts),
+		slog.String("source", src),
+		slog.Float64("latency_ms", float64(total.Microseconds())/1000),
+		slog.String("code", code.String()),
+	}
+	if sc := trace.SpanContextFromContext(c.ctxOrBackground()); sc.HasTraceID() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	if err != nil && code != codes.OK {
+		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
+	}
+	c.s.log.LogAttrs(context.Background(), level, "call", attrs...)
+}
+
+func (c *callInfo) ctxOrBackground() context.Context {
+	if c.ctx == nil {
+		return context.Background()
+	}
+	return c.ctx
+}
+
+func sourceLabel(s detourv1.Source, err error) string {
+	if err != nil {
+		return "none"
+	}
+	switch s {
+	case detourv1.Source_SOURCE_LIVE:
+		return "live"
+	case detourv1.Source_SOURCE_CACHE:
+		return "cache"
+	case detourv1.Source_SOURCE_STALE_CACHE:
+		return "stale_cache"
+	case detourv1.Source_SOURCE_FALLBACK:
+		return "fallback"
+	}
+	return "none"
+}
+
+func first(md metadata.MD, key string) string {
+	if v := md.Get(key); len(v) > 0 {
+		return strings.TrimSpace(v[0])
+	}
+	return ""
+}
+
+func validTenant(t string) bool {
+	if len(t) == 0 || len(t) > 64 {
+		return false
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
