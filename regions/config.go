@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"slices"
@@ -317,10 +318,10 @@ func (c *Config) Validate() error {
 	if r.BackoffMax > 0 && r.BackoffBase > r.BackoffMax {
 		v.add("retry.backoff_base %s exceeds backoff_max %s", r.BackoffBase.D(), r.BackoffMax.D())
 	}
-	if r.BudgetRatio < 0 || r.BudgetRatio > 1 {
+	if !inRange(r.BudgetRatio, 0, 1) {
 		v.add("retry.budget_ratio: %g must be in 0..1", r.BudgetRatio)
 	}
-	if r.BudgetMinPerSecond < 0 {
+	if !inRange(r.BudgetMinPerSecond, 0, math.MaxFloat64) {
 		v.add("retry.budget_min_per_second: %g must be >= 0", r.BudgetMinPerSecond)
 	}
 	v.breaker("breaker", c.Breaker)
@@ -330,14 +331,14 @@ func (c *Config) Validate() error {
 	if c.Limits.DefaultDeadline < 0 {
 		v.add("limits.default_deadline: must be >= 0")
 	}
-	if c.Limits.TenantQPS < 0 {
+	if !inRange(c.Limits.TenantQPS, 0, math.MaxFloat64) {
 		v.add("limits.tenant_qps: %g must be >= 0", c.Limits.TenantQPS)
 	}
 	principals := map[string]string{}
 	for i, t := range c.Tenants {
 		where := fmt.Sprintf("tenants[%d]", i)
 		v.principal(where, t.Principal, principals)
-		if t.QPS < 0 || t.Burst < 0 {
+		if !inRange(t.QPS, 0, math.MaxFloat64) || t.Burst < 0 {
 			v.add("%s: qps and burst must be >= 0", where)
 		}
 	}
@@ -346,6 +347,9 @@ func (c *Config) Validate() error {
 	}
 	return v.err()
 }
+
+// inRange reports lo <= x <= hi; NaN and infinities are out of range.
+func inRange(x, lo, hi float64) bool { return x >= lo && x <= hi }
 
 type validator struct{ reasons []string }
 
@@ -389,7 +393,7 @@ func (v *validator) breaker(where string, br BreakerPolicy) {
 	if br.ConsecutiveBusy < 0 || br.MinRequests < 0 || br.HalfOpenProbes < 0 {
 		v.add("%s: counts must be >= 0", where)
 	}
-	if br.BusyRatio < 0 || br.BusyRatio > 1 {
+	if !inRange(br.BusyRatio, 0, 1) {
 		v.add("%s.busy_ratio: %g must be in 0..1", where, br.BusyRatio)
 	}
 	if br.Window < 0 || br.OpenFor < 0 {
@@ -427,7 +431,7 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 	if b.Weight < 0 || b.Weight > 1000 {
 		v.add("%s: weight %d must be in 0..1000", where, b.Weight)
 	}
-	if b.QPS < 0 {
+	if !inRange(b.QPS, 0, math.MaxFloat64) {
 		v.add("%s: qps %g must be >= 0", where, b.QPS)
 	}
 	if b.MaxConcurrency < 0 {

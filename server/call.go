@@ -61,7 +61,7 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 			Description: "tenant must be 1-64 characters of letters, digits, '.', '_' or '-'"})
 		c.tenant = "invalid"
 	}
-	v = append(v, validate(req, s.opts.MaxRequestBytes)...)
+	v = append(v, validate(req, s.limits().requestBytes)...)
 	if len(v) > 0 {
 		st := status.New(codes.InvalidArgument, describe(v))
 		if d, err := st.WithDetails(badRequest(v)); err == nil {

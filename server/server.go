@@ -27,10 +27,10 @@ import (
 
 // Options configure a Server. The zero value is usable.
 type Options struct {
-	// MaxRequestBytes caps one encoded request. Zero means 10 MiB.
+	// MaxRequestBytes is the transport's ceiling on one encoded request; the
+	// live config's limits.max_request_bytes applies below it. Zero means
+	// 64 MiB.
 	MaxRequestBytes int
-	// DefaultDeadline applies to calls that carry none. Zero means 120s.
-	DefaultDeadline time.Duration
 	// Logger receives errors and panics. Nil uses slog.Default().
 	Logger *slog.Logger
 	// GRPCOptions are appended to the server's own options.
@@ -54,19 +54,17 @@ type Server struct {
 // New returns a Server routing through r.
 func New(r *router.Router, opts Options) *Server {
 	if opts.MaxRequestBytes <= 0 {
-		opts.MaxRequestBytes = regions.DefaultMaxRequestBytes
-	}
-	if opts.DefaultDeadline <= 0 {
-		opts.DefaultDeadline = regions.DefaultDeadline
+		opts.MaxRequestBytes = maxRequestCeiling
 	}
 	s := &Server{router: r, opts: opts, log: opts.Logger, health: health.NewServer()}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	gopts := append([]grpc.ServerOption{
-		// Leave room over the validated limit so an oversize request gets a
-		// field-level INVALID_ARGUMENT rather than a transport error.
-		grpc.MaxRecvMsgSize(opts.MaxRequestBytes + 1<<20),
+		// The live limit (limits.max_request_bytes) is checked per call with a
+		// field-level INVALID_ARGUMENT; this ceiling stops the transport from
+		// reading anything larger at all (RESOURCE_EXHAUSTED).
+		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(s.unaryGuard),
 		grpc.ChainStreamInterceptor(s.streamGuard),
 	}, opts.GRPCOptions...)
@@ -137,7 +135,7 @@ func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServer
 	defer s.recover(info.FullMethod, &err)
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.opts.DefaultDeadline)
+		ctx, cancel = context.WithTimeout(ctx, s.limits().deadline)
 		defer cancel()
 	}
 	return h(ctx, req)
@@ -146,7 +144,7 @@ func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServer
 func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
 	defer s.recover(info.FullMethod, &err)
 	if _, ok := ss.Context().Deadline(); !ok {
-		ctx, cancel := context.WithTimeout(ss.Context(), s.opts.DefaultDeadline)
+		ctx, cancel := context.WithTimeout(ss.Context(), s.limits().deadline)
 		defer cancel()
 		ss = &ctxStream{ServerStream: ss, ctx: ctx}
 	}
@@ -158,6 +156,28 @@ func (s *Server) recover(method string, err *error) {
 		s.log.Error("panic in handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		*err = status.Error(codes.Internal, "internal error")
 	}
+}
+
+// maxRequestCeiling is the default transport ceiling on a request.
+const maxRequestCeiling = 64 << 20
+
+type limits struct {
+	requestBytes int
+	deadline     time.Duration
+}
+
+// limits returns the live config's request limits, defaults applied.
+func (s *Server) limits() limits {
+	l := s.router.Snapshot().Config.Limits
+	out := limits{requestBytes: l.MaxRequestBytes, deadline: l.DefaultDeadline.D()}
+	if out.requestBytes <= 0 {
+		out.requestBytes = regions.DefaultMaxRequestBytes
+	}
+	out.requestBytes = min(out.requestBytes, s.opts.MaxRequestBytes)
+	if out.deadline <= 0 {
+		out.deadline = regions.DefaultDeadline
+	}
+	return out
 }
 
 type ctxStream struct {

@@ -43,10 +43,11 @@ func validate(req *detourv1.CompleteRequest, maxBytes int) []*errdetails.BadRequ
 			bad(fmt.Sprintf("messages[%d].role", i), "role %q must be one of system, user, assistant, tool", clip(m.GetRole()))
 		}
 	}
-	if req.Temperature != nil && (req.GetTemperature() < 0 || req.GetTemperature() > 2) {
+	// Written as !(in range) so that NaN is refused too.
+	if req.Temperature != nil && !(req.GetTemperature() >= 0 && req.GetTemperature() <= 2) {
 		bad("temperature", "temperature %g must be in [0, 2]", req.GetTemperature())
 	}
-	if req.TopP != nil && (req.GetTopP() <= 0 || req.GetTopP() > 1) {
+	if req.TopP != nil && !(req.GetTopP() > 0 && req.GetTopP() <= 1) {
 		bad("top_p", "top_p %g must be in (0, 1]", req.GetTopP())
 	}
 	if req.GetMaxTokens() < 0 {

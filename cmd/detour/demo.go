@@ -115,9 +115,14 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 	}
 	cfg.Fallbacks = []regions.Backend{fb}
 
-	m := &Main{Listen: d.Listen, Region: "eu-west", Zone: "eu-west-1a", Grace: 5 * time.Second, Logger: d.Logger, config: cfg}
+	etcd, live, err := startDemoEtcd(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	m := &Main{Listen: d.Listen, Region: "eu-west", Zone: "eu-west-1a", Grace: 5 * time.Second, Logger: d.Logger, Live: live}
 	m.ready = func(addr net.Addr) {
-		fmt.Fprint(stdout, banner(addr.String(), d.BusyRate, fakes[0].HTTPAddr()))
+		fmt.Fprint(stdout, banner(addr.String(), d.BusyRate, fakes[0].HTTPAddr(), etcd.Endpoints()[0]))
 		if d.ready != nil {
 			d.ready(addr)
 		}
@@ -125,13 +130,14 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 	return m.Run(ctx)
 }
 
-func banner(addr string, busy float64, busyHTTP string) string {
+func banner(addr string, busy float64, busyHTTP, etcd string) string {
 	return fmt.Sprintf(`detour demo is running.
 
   router      %[1]s  (detour.v1.Router, health, reflection; plaintext)
   region      eu-west (this instance): eu-west-a, eu-west-b answer 503 "server busy" %[2]d%% of the time
   regions     us-east (us-east-a over HTTP, us-east-grpc over gRPC), ap-south
   fallback    fallback-provider
+  config      etcd %[4]s, key /detour/config (embedded, in a temp dir)
 
 Call it (grpcurl: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest,
 or 'go tool -modfile=tools/go.mod grpcurl' from the repository):
@@ -144,6 +150,16 @@ Make eu-west healthy or fully busy while it runs:
 
   curl -s -X POST -d '{"busy_rate":1}' http://%[3]s/control
 
+Drain the eu-west region on every replica, and watch "servedBy" move away from it:
+
+  go run ./cmd/detourctl --endpoints %[4]s drain eu-west-a
+  go run ./cmd/detourctl --endpoints %[4]s drain eu-west-b
+  go run ./cmd/detourctl status --addr %[1]s
+  go run ./cmd/detourctl --endpoints %[4]s undrain eu-west-a
+
+Or edit the whole document: 'config get > demo.yaml', edit it, 'config apply -f demo.yaml'
+(same --endpoints); a bad edit is refused with every reason and the old config keeps serving.
+
 Ctrl-C stops everything.
-`, addr, int(busy*100), busyHTTP)
+`, addr, int(busy*100), busyHTTP, etcd)
 }

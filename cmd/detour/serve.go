@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/detour-dev/detour/regions"
-	"github.com/detour-dev/detour/router"
 	"github.com/detour-dev/detour/server"
 )
 
@@ -26,32 +25,42 @@ type Main struct {
 	// Grace bounds the drain of in-flight calls at shutdown.
 	Grace  time.Duration
 	Logger *slog.Logger
+	// Live holds the etcd and Admin settings (etcd.go).
+	Live LiveOptions
+	// Observe holds the metrics, tracing and call-log settings (observe.go).
+	Observe ObserveOptions
+	// Security holds the TLS and authentication settings (security.go).
+	Security SecurityOptions
 
 	// config, when set, is used instead of reading ConfigPath (demo, tests).
 	config *regions.Config
 	// ready, when set, receives the bound address once serving.
 	ready func(addr net.Addr)
+	// metricsReady, when set, receives the bound /metrics address.
+	metricsReady func(addr net.Addr)
 }
 
 func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	m := &Main{}
 	fs := flag.NewFlagSet("detour serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&m.ConfigPath, "config", "", "path of the YAML config document (required)")
+	fs.StringVar(&m.ConfigPath, "config", "", "path of the YAML config document (this or --etcd-endpoints is required)")
 	fs.StringVar(&m.Listen, "listen", "127.0.0.1:50051", "address of the detour.v1.Router gRPC listener")
 	fs.StringVar(&m.Region, "region", os.Getenv("DETOUR_REGION"), "region of this instance (env DETOUR_REGION); its backends are tried first")
 	fs.StringVar(&m.Zone, "zone", os.Getenv("DETOUR_ZONE"), "zone of this instance (env DETOUR_ZONE); its backends are preferred")
 	fs.DurationVar(&m.Grace, "grace", 30*time.Second, "how long in-flight calls may run after SIGTERM")
+	m.Live.register(fs)
+	m.Observe.register(fs)
+	m.Security.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
 		return nil, errUsage
 	}
-	var problems []string
-	if m.ConfigPath == "" {
-		problems = append(problems, "--config is required")
-	}
+	problems := m.Live.check(m.ConfigPath)
+	problems = append(problems, m.Observe.problems()...)
+	problems = append(problems, m.Security.problems()...)
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments %q", fs.Args()))
 	}
@@ -74,33 +83,46 @@ func (m *Main) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	cfg, source := m.config, "inline"
-	if cfg == nil {
-		var err error
-		if cfg, err = regions.LoadFile(m.ConfigPath); err != nil {
-			return err
-		}
-		source = "file:" + m.ConfigPath
-	} else if err := cfg.Validate(); err != nil {
-		return err
-	}
-	snap := &regions.Snapshot{Config: cfg, Source: source, AppliedAt: time.Now()}
-	rt, err := router.New(snap, router.Options{Region: m.Region, Zone: m.Zone, Logger: log})
+	ob, err := startObservability(ctx, m.Observe, log)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
+	defer ob.Close()
+	if a := ob.MetricsAddr(); a != nil && m.metricsReady != nil {
+		m.metricsReady(a)
+	}
+	m.Live.Metrics = ob.metrics
+	live, err := m.openConfig(ctx, log)
+	if err != nil || live == nil {
+		return err
+	}
+	defer live.Close()
+	rt := live.rt
+	source := rt.Snapshot().Source
+	sec, err := startSecurity(m.Security, func() *regions.Config { return rt.Snapshot().Config }, log)
+	if err != nil {
+		return err
+	}
+	defer sec.Close()
+	gopts := append(sec.serverOptions(), ob.grpcOpts...)
 	srv := server.New(rt, server.Options{
-		MaxRequestBytes: cfg.Limits.MaxRequestBytes,
-		DefaultDeadline: cfg.Limits.DefaultDeadline.D(),
-		Logger:          log,
+		Logger:      log,
+		Metrics:     ob.metrics,
+		LogCalls:    m.Observe.LogCalls,
+		GRPCOptions: gopts,
 	})
+	live.serving(srv)
+	stopAdmin, err := m.startAdmin(live, srv, log, gopts)
+	if err != nil {
+		return err
+	}
 	lis, err := net.Listen("tcp", m.Listen)
 	if err != nil {
+		stopAdmin(ctx)
 		return fmt.Errorf("listen: %w", err)
 	}
 	log.Info("detour serving", "addr", lis.Addr().String(), "region", m.Region, "zone", m.Zone,
-		"config", source, "transport", "plaintext (TLS not configured)")
+		"config", source, "transport", sec.transport)
 	if m.ready != nil {
 		m.ready(lis.Addr())
 	}
@@ -115,6 +137,7 @@ func (m *Main) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), m.Grace)
 	defer cancel()
 	srv.Shutdown(sctx)
+	stopAdmin(sctx)
 	<-served
 	log.Info("detour stopped")
 	return nil

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+)
+
+func statusCmd(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", g, stderr, "status [--addr HOST:PORT]")
+	addr := fs.String("addr", "127.0.0.1:50051", "address of the instance's detour.v1.Admin service (--listen, or --admin-listen when set)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError(stderr, "status", "unexpected arguments %q", pos)
+	}
+	ctx, cancel := g.withTimeout(ctx)
+	defer cancel()
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("admin %s: %w", *addr, err)
+	}
+	defer conn.Close()
+	st, err := detourv1.NewAdminClient(conn).Status(ctx, &detourv1.StatusRequest{})
+	if err != nil {
+		return fmt.Errorf("admin %s: status: %w", *addr, err)
+	}
+	if g.json() {
+		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	printStatus(stdout, st, time.Now())
+	return nil
+}
+
+func printStatus(w io.Writer, st *detourv1.StatusResponse, now time.Time) {
+	fmt.Fprintf(w, "instance   region %s, zone %s\n", orDash(st.GetRegion()), orDash(st.GetZone()))
+	at := "-"
+	if st.GetAppliedAt() != nil {
+		t := st.GetAppliedAt().AsTime()
+		at = fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), now.Sub(t).Round(time.Second))
+	}
+	fmt.Fprintf(w, "config     %s, revision %d, applied %s\n", st.GetConfigSource(), st.GetConfigRevision(), at)
+	if r := st.GetLastRejection(); r != nil {
+		note := ""
+		if r.GetRevision() <= st.GetConfigRevision() {
+			note = ", since superseded"
+		}
+		fmt.Fprintf(w, "rejected   revision %d at %s%s:\n", r.GetRevision(), r.GetAt().AsTime().UTC().Format(time.RFC3339), note)
+		for _, reason := range r.GetReasons() {
+			fmt.Fprintf(w, "             - %s\n", reason)
+		}
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BACKEND\tREGION\tZONE\tKIND\tDRAINED\tBREAKER\tIN-FLIGHT")
+	for _, b := range st.GetBackends() {
+		region := b.GetRegion()
+		if b.GetFallback() {
+			region = "(fallback)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", b.GetName(), region, orDash(b.GetZone()), kindName(b.GetKind()),
+			map[bool]string{true: "yes", false: "no"}[b.GetDrained()], b.GetBreakerState(), b.GetInFlight())
+	}
+	tw.Flush()
+}
+
+func kindName(k detourv1.ProviderKind) string {
+	switch k {
+	case detourv1.ProviderKind_PROVIDER_KIND_OPENAI:
+		return "openai"
+	case detourv1.ProviderKind_PROVIDER_KIND_DETOUR:
+		return "detour"
+	}
+	return "-"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

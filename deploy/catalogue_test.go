@@ -1,0 +1,82 @@
+package deploy_test
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// productMetricsFile is where detour registers its metrics.
+const productMetricsFile = "../metrics/metrics.go"
+
+// TestCatalogueMatchesProduct reads the metric definitions in detour's source
+// (prometheus.NewCounterVec(prometheus.CounterOpts{Name: ...}, []string{...})
+// and friends) and compares them with the catalogue the dashboard and rules
+// are checked against, so that renaming a metric or a label breaks this test
+// rather than a panel or an alert in production.
+func TestCatalogueMatchesProduct(t *testing.T) {
+	src, err := os.ReadFile(productMetricsFile)
+	if os.IsNotExist(err) {
+		t.Skipf("%s does not exist", productMetricsFile)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := parser.ParseFile(token.NewFileSet(), productMetricsFile, src, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok || len(call.Args) == 0 {
+			return true
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		if !ok || !strings.HasPrefix(sel.Sel.Name, "New") {
+			return true
+		}
+		opts, ok := call.Args[0].(*ast.CompositeLit)
+		if !ok {
+			return true
+		}
+		name := ""
+		for _, e := range opts.Elts {
+			if kv, ok := e.(*ast.KeyValueExpr); ok {
+				if k, ok := kv.Key.(*ast.Ident); ok && k.Name == "Name" {
+					if lit, ok := kv.Value.(*ast.BasicLit); ok {
+						name, _ = strconv.Unquote(lit.Value)
+					}
+				}
+			}
+		}
+		if !strings.HasPrefix(name, "detour_") {
+			return true
+		}
+		labels := []string{}
+		if len(call.Args) > 1 {
+			if lit, ok := call.Args[1].(*ast.CompositeLit); ok {
+				for _, e := range lit.Elts {
+					if s, ok := e.(*ast.BasicLit); ok {
+						l, _ := strconv.Unquote(s.Value)
+						labels = append(labels, l)
+					}
+				}
+			}
+		}
+		got[name] = labels
+		return true
+	})
+	if len(got) == 0 {
+		t.Fatalf("found no detour_ metric in %s: has the way metrics are defined changed?", productMetricsFile)
+	}
+	if diff := cmp.Diff(got, metricLabels); diff != "" {
+		t.Errorf("metrics in %s vs the catalogue in promql_test.go (-product +catalogue):\n%s\nUpdate the catalogue, then the dashboard, the rules and the README.", productMetricsFile, diff)
+	}
+}

@@ -1,0 +1,87 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "detour.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name; room is left for a "-<zone>" suffix. */}}
+{{- define "detour.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "detour.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "detour.labels" -}}
+helm.sh/chart: {{ include "detour.chart" . }}
+{{ include "detour.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: detour
+{{- end }}
+
+{{/* Labels that select every pod of the release, in every zone. */}}
+{{- define "detour.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "detour.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "detour.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "detour.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "detour.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "detour.configMapName" -}}
+{{- default (printf "%s-config" (include "detour.fullname" .)) .Values.config.existingConfigMap }}
+{{- end }}
+
+{{/*
+The Deployments to render, as JSON: one without a zone (its pods learn their
+zone from the downward API), or one per entry of .Values.zones, pinned to that
+zone. Each item: name (object name), zone ("" or the zone), replicas (also the
+autoscaler's minimum) and maxReplicas. In zone mode replicaCount and
+autoscaling.maxReplicas are split evenly, rounded up, unless a zone sets its own.
+*/}}
+{{- define "detour.deployments" -}}
+{{- $fullname := include "detour.fullname" . }}
+{{- $out := list }}
+{{- $n := len .Values.zones }}
+{{- if eq $n 0 }}
+{{- $out = append $out (dict "name" $fullname "zone" "" "replicas" (int .Values.replicaCount) "maxReplicas" (max (int .Values.autoscaling.maxReplicas) (int .Values.replicaCount))) }}
+{{- else }}
+{{- /* ceil(a/b) = (a+b-1)/b */}}
+{{- $perZone := div (add (int .Values.replicaCount) (sub $n 1)) $n }}
+{{- $maxPerZone := div (add (int .Values.autoscaling.maxReplicas) (sub $n 1)) $n }}
+{{- range .Values.zones }}
+{{- $r := int (default $perZone .replicas) }}
+{{- $out = append $out (dict "name" (printf "%s-%s" $fullname .name) "zone" .name "replicas" $r "maxReplicas" (max (int (default $maxPerZone .maxReplicas)) $r)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* "true" when detour reads its config from etcd, else empty. */}}
+{{- define "detour.etcdEnabled" -}}
+{{- if or .Values.etcd.endpoints .Values.etcd.endpointsSecret.name }}true{{ end }}
+{{- end }}
