@@ -47,8 +47,12 @@ func NewDetour(b regions.Backend) (*Detour, error) {
 	if !validKey(key) {
 		return nil, fmt.Errorf("backend %s: api key holds characters not allowed in gRPC metadata", b.Name)
 	}
+	creds, err := transportCredentials(b)
+	if err != nil {
+		return nil, err
+	}
 	conn, err := grpc.NewClient(b.Endpoint,
-		grpc.WithTransportCredentials(transportCredentials(b)),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithUserAgent("detour"),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxAnswerBytes)),
 	)
@@ -64,11 +68,18 @@ func NewDetour(b regions.Backend) (*Detour, error) {
 	}, nil
 }
 
-// transportCredentials is the seam for TLS: backends are plaintext for now.
-// When regions.Backend grows TLS settings, build credentials.NewTLS from them
-// here; the bearer key then travels encrypted.
-func transportCredentials(regions.Backend) credentials.TransportCredentials {
-	return insecure.NewCredentials()
+// transportCredentials verifies the backend with TLS when its config has a
+// tls block, and is plaintext otherwise (a detour in the same cluster behind
+// a mesh, or a local model server).
+func transportCredentials(b regions.Backend) (credentials.TransportCredentials, error) {
+	if b.TLS == nil {
+		return insecure.NewCredentials(), nil
+	}
+	cfg, err := clientTLS(b)
+	if err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(cfg), nil
 }
 
 // Close closes the connection. Calls in flight end with a Canceled status.

@@ -3,6 +3,7 @@ package provider
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,11 +79,18 @@ func NewOpenAI(b regions.Backend, opts ...Option) (*OpenAI, error) {
 	if !validKey(key) {
 		return nil, fmt.Errorf("backend %s: api key holds characters not allowed in an HTTP header", b.Name)
 	}
+	var tlsConfig *tls.Config
+	if b.TLS != nil {
+		if tlsConfig, err = clientTLS(b); err != nil {
+			return nil, err
+		}
+	}
 	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
+		TLSClientConfig:       tlsConfig, // nil: verified against the system roots
 		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
 		IdleConnTimeout:       idleConnTimeout,
 		TLSHandshakeTimeout:   tlsHandshakeTimeout,

@@ -112,6 +112,23 @@ type Backend struct {
 	// Breaker overrides the document's breaker policy for this backend. Nil
 	// uses the document's.
 	Breaker *BreakerPolicy `yaml:"breaker,omitempty" json:"breaker,omitempty"`
+	// TLS says how to verify the backend. Nil: https endpoints are verified
+	// against the system roots; detour endpoints are plaintext.
+	TLS *BackendTLS `yaml:"tls,omitempty" json:"tls,omitempty"`
+}
+
+// BackendTLS is how detour verifies a backend (always; there is no option to
+// skip verification) and which client certificate it presents.
+type BackendTLS struct {
+	// CAFile replaces the system roots with a private CA bundle. Empty means
+	// the system roots.
+	CAFile string `yaml:"ca_file,omitempty" json:"ca_file,omitempty"`
+	// ServerName is the name verified in the backend's certificate. Empty
+	// means the endpoint's host.
+	ServerName string `yaml:"server_name,omitempty" json:"server_name,omitempty"`
+	// CertFile and KeyFile are a client certificate for mutual TLS.
+	CertFile string `yaml:"cert_file,omitempty" json:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty" json:"key_file,omitempty"`
 }
 
 // RetryPolicy bounds how hard detour tries before it degrades.
@@ -455,6 +472,22 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 	}
 	if b.Breaker != nil {
 		v.breaker(where+".breaker", *b.Breaker)
+	}
+	if t := b.TLS; t != nil {
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			v.add("%s: tls.cert_file and tls.key_file go together", where)
+		}
+		for _, f := range []string{t.CAFile, t.CertFile, t.KeyFile} {
+			if f == "" {
+				continue
+			}
+			if _, err := os.Stat(f); err != nil {
+				v.add("%s: tls: %v", where, err)
+			}
+		}
+		if (b.Kind == "" || b.Kind == KindOpenAI) && strings.HasPrefix(b.Endpoint, "http://") {
+			v.add("%s: tls is set but endpoint %q is http://", where, b.Endpoint)
+		}
 	}
 	for i, m := range b.Models {
 		if strings.TrimSpace(m) == "" {
