@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/detour-dev/detour/cache"
 )
 
 // Backend kinds.
@@ -44,6 +46,9 @@ type Config struct {
 	Tenants []Tenant `yaml:"tenants,omitempty" json:"tenants,omitempty"`
 	// Admins may call the Admin service when authentication is on.
 	Admins []Principal `yaml:"admins,omitempty" json:"admins,omitempty"`
+	// Cache is the answer cache policy; the zero value caches deterministic
+	// requests for 5 minutes (see package cache).
+	Cache cache.Config `yaml:"cache,omitempty" json:"cache,omitempty"`
 }
 
 // Principal names who a caller is: an mTLS identity or a bearer token. Tokens
@@ -350,6 +355,11 @@ func (c *Config) Validate() error {
 	}
 	if !inRange(c.Limits.TenantQPS, 0, math.MaxFloat64) {
 		v.add("limits.tenant_qps: %g must be >= 0", c.Limits.TenantQPS)
+	}
+	if err := c.Cache.Validate(); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			v.add("%s", line)
+		}
 	}
 	principals := map[string]string{}
 	for i, t := range c.Tenants {

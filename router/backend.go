@@ -8,9 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
@@ -46,12 +45,11 @@ type backend struct {
 }
 
 // live is a backend's connection and counters. Reloads that keep a backend's
-// name, kind, endpoint and credentials keep its live state.
+// name, kind, endpoint, credentials and TLS settings keep its live state.
 type live struct {
 	id       liveID
 	prov     Provider
 	m        *metrics.Backend
-	lim      *rate.Limiter // rate.Inf when the backend has no qps cap
 	inflight atomic.Int64
 	load     ewma
 	removed  atomic.Bool
@@ -60,42 +58,34 @@ type live struct {
 
 type liveID struct {
 	name, kind, endpoint, keyEnv, keyFile string
+	tls                                   regions.BackendTLS
+	hasTLS                                bool
 }
 
 func idOf(b regions.Backend) liveID {
-	return liveID{name: b.Name, kind: b.Kind, endpoint: b.Endpoint, keyEnv: b.APIKeyEnv, keyFile: b.APIKeyFile}
+	id := liveID{name: b.Name, kind: b.Kind, endpoint: b.Endpoint, keyEnv: b.APIKeyEnv, keyFile: b.APIKeyFile}
+	if b.TLS != nil {
+		id.tls, id.hasTLS = *b.TLS, true
+	}
+	return id
 }
 
-// setQPS applies the backend's qps cap; the burst is a tenth of a second's
-// worth, at least 1, so a cap holds over short windows.
-func (l *live) setQPS(qps float64) {
-	limit, burst := rate.Inf, 1
-	if qps > 0 {
-		limit, burst = rate.Limit(qps), max(1, int(math.Ceil(qps/10)))
-	}
-	if l.lim == nil {
-		l.lim = rate.NewLimiter(limit, burst)
-		return
-	}
-	if l.lim.Limit() != limit || l.lim.Burst() != burst {
-		l.lim.SetLimit(limit)
-		l.lim.SetBurst(burst)
-	}
-}
-
-// acquire takes an in-flight slot unless the backend is at max_concurrency or
-// its qps cap; it reports which limit refused it.
-func (b *backend) acquire(now time.Time) (ok, qpsLimited bool) {
+// acquire takes an in-flight slot unless the backend is at max_concurrency
+// or its qps cap (fleet-wide through lim); qpsWait > 0 tells a qps refusal
+// and how long until a call would fit.
+func (b *backend) acquire(ctx context.Context, lim *fleet.Limiter) (ok bool, concurrency bool, qpsWait time.Duration) {
 	if n := b.inflight.Add(1); b.maxConc > 0 && n > b.maxConc {
 		b.inflight.Add(-1)
-		return false, false
+		return false, true, 0
 	}
-	if !b.lim.AllowN(now, 1) {
-		b.inflight.Add(-1)
-		return false, true
+	if b.cfg.QPS > 0 {
+		if ok, wait := lim.Allow(ctx, b.cfg.Name, b.cfg.QPS); !ok {
+			b.inflight.Add(-1)
+			return false, false, max(wait, time.Millisecond)
+		}
 	}
 	b.m.Inflight(1)
-	return true, false
+	return true, false, 0
 }
 
 // release ends one call; the last call on a removed backend closes its client.

@@ -12,8 +12,10 @@ type Code int
 const (
 	// Unavailable: no primary or fallback could answer (busy, open, failed).
 	Unavailable Code = iota + 1
-	// Exhausted: limits refused the call (backend limits, quotas).
+	// Exhausted: backend limits or upstream rate limits refused the call.
 	Exhausted
+	// OverQuota: the caller's tenant is over its quota.
+	OverQuota
 	// UnknownModel: no configured backend serves the requested model.
 	UnknownModel
 	// Rejected: the upstream refused the request itself (HTTP 4xx,
@@ -30,6 +32,8 @@ func (c Code) String() string {
 		return "unavailable"
 	case Exhausted:
 		return "exhausted"
+	case OverQuota:
+		return "over_quota"
 	case UnknownModel:
 		return "unknown_model"
 	case Rejected:

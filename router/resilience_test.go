@@ -255,7 +255,7 @@ func TestTenantQuota(t *testing.T) {
 			codes = append(codes, 0)
 		}
 	}
-	if diff := cmp.Diff(codes, []Code{0, 0, Exhausted}); diff != "" {
+	if diff := cmp.Diff(codes, []Code{0, 0, OverQuota}); diff != "" {
 		t.Errorf("codes of 3 calls at a 2-call burst (-got +want):\n%s", diff)
 	}
 	// Another tenant has its own quota.

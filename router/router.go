@@ -27,6 +27,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/cache"
+	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
@@ -53,17 +55,23 @@ type Options struct {
 	Now func() time.Time
 	// BreakerOptions are passed to every breaker (e.g. a clock for tests).
 	BreakerOptions []breaker.Option
+	// Fleet is the Redis store shared by the replicas: the cache's shared
+	// tier, breaker cooldowns and fleet-wide qps limits go through it. Nil
+	// keeps all of them local. The caller closes it after the Router.
+	Fleet *fleet.Store
 }
 
 // Router routes calls over the backends of the applied snapshot. It is safe
 // for concurrent use. Complete and Stream block until an answer, a final
 // error, or the end of ctx.
 type Router struct {
-	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	breakers *breaker.Set
-	budget   *budget
+	opts      Options
+	log       *slog.Logger
+	now       func() time.Time
+	breakers  *breaker.Set
+	budget    *budget
+	limiter   *fleet.Limiter
+	cooldowns *fleet.Cooldowns
 
 	mu     sync.Mutex // serializes Apply and Close
 	closed bool
@@ -79,9 +87,13 @@ func New(snap *regions.Snapshot, opts Options) (*Router, error) {
 	if r.now == nil {
 		r.now = time.Now
 	}
+	r.limiter = fleet.NewLimiter(opts.Fleet, 0, fleet.WithClock(r.now), fleet.WithLogger(r.log))
+	r.cooldowns = fleet.NewCooldowns(opts.Fleet, fleet.WithClock(r.now), fleet.WithLogger(r.log))
 	r.breakers = breaker.NewSet(append([]breaker.Option{breaker.WithOnChange(r.breakerChanged)}, opts.BreakerOptions...)...)
 	r.budget = newBudget(r.now)
 	if err := r.Apply(snap); err != nil {
+		r.limiter.Close()
+		r.cooldowns.Close()
 		return nil, err
 	}
 	return r, nil
@@ -145,40 +157,108 @@ func (r *Router) Close() error {
 		return nil
 	}
 	r.closed = true
-	for _, b := range r.tab.Load().byName {
+	t := r.tab.Load()
+	for _, b := range t.byName {
 		b.retire()
 	}
+	t.cache.Close()
+	r.limiter.Close()
+	r.cooldowns.Close()
 	return nil
 }
 
-// Complete answers req from the first backend that can, retrying busy
-// answers elsewhere and degrading to fallbacks.
+// Complete answers req: from the cache when a fresh answer is there, else
+// from the first backend that can (identical concurrent cacheable requests
+// share one upstream call), retrying busy answers elsewhere and degrading to
+// fallbacks, and last to a stale cached answer.
 func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
-	a, err := r.route(ctx, req, true, func(ctx context.Context, a *attempt) {
-		ctx, cancel := context.WithTimeout(ctx, a.timeout)
-		defer cancel()
-		res, err := a.b.prov.Complete(ctx, req)
-		if err != nil {
-			a.class, a.err = breaker.Classify(err), err
-			return
-		}
-		res.ServedBy, res.Source, res.Attempts = a.b.servedBy, a.src, int32(a.n)
-		a.resp, a.committed = res, true
-	})
-	if err != nil {
-		return nil, err
+	t := r.tab.Load()
+	p := t.cache.Plan(req)
+	if hit, ok := t.cache.Get(ctx, p); ok {
+		r.cacheHit(hit)
+		return hit.Response(), nil
 	}
-	return a.resp, nil
+	r.cacheMiss(p)
+	resp, err := t.cache.Do(ctx, p, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
+		a, err := r.route(ctx, t, req, true, func(ctx context.Context, a *attempt) {
+			ctx, cancel := context.WithTimeout(ctx, a.timeout)
+			defer cancel()
+			res, err := a.b.prov.Complete(ctx, req)
+			if err != nil {
+				a.class, a.err = breaker.Classify(err), err
+				return
+			}
+			res.ServedBy, res.Source, res.Attempts = a.b.servedBy, a.src, int32(a.n)
+			a.resp, a.committed = res, true
+		})
+		if err != nil {
+			return nil, err
+		}
+		return a.resp, nil
+	})
+	if err != nil && degradable(ctx, err) {
+		if hit, ok := t.cache.GetStale(ctx, p); ok {
+			r.cacheHit(hit)
+			return hit.Response(), nil
+		}
+	}
+	return resp, err
 }
 
-// Stream answers req as chunks passed to send. Until the first chunk is sent
-// a failure is retried like Complete; after that it ends the call with an
-// error. send is called from the calling goroutine.
+// Stream answers req as chunks passed to send, with the same path as
+// Complete: a cached stream is replayed; otherwise, until the first chunk is
+// sent, a failure is retried like Complete, and after that it ends the call
+// with an error. send is called from the calling goroutine.
 func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send func(*detourv1.CompleteChunk) error) error {
-	_, err := r.route(ctx, req, false, func(ctx context.Context, a *attempt) {
-		relay(ctx, a, req, send)
+	t := r.tab.Load()
+	p := t.cache.Plan(req)
+	if hit, ok := t.cache.Get(ctx, p); ok {
+		r.cacheHit(hit)
+		return hit.Replay(send)
+	}
+	r.cacheMiss(p)
+	sent := false
+	err := t.cache.Stream(ctx, p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
+		_, err := r.route(ctx, t, req, false, func(ctx context.Context, a *attempt) {
+			relay(ctx, a, req, send)
+		})
+		return err
+	}, func(ch *detourv1.CompleteChunk) error {
+		sent = true
+		return send(ch)
 	})
+	if err != nil && !sent && degradable(ctx, err) {
+		if hit, ok := t.cache.GetStale(ctx, p); ok {
+			r.cacheHit(hit)
+			return hit.Replay(send)
+		}
+	}
 	return err
+}
+
+// degradable reports whether a failed call may be answered from a stale
+// cached answer: every backend and fallback failed or was limited, and the
+// caller is still waiting.
+func degradable(ctx context.Context, err error) bool {
+	var re *Error
+	return ctx.Err() == nil && errors.As(err, &re) && (re.Code == Unavailable || re.Code == Exhausted)
+}
+
+func (r *Router) cacheHit(h *cache.Hit) {
+	tier, result := "local", "hit"
+	if h.Shared {
+		tier = "redis"
+	}
+	if h.Stale {
+		result = "stale"
+	}
+	r.opts.Metrics.Cache(tier, result)
+}
+
+func (r *Router) cacheMiss(p cache.Plan) {
+	if p.Cacheable {
+		r.opts.Metrics.Cache("local", "miss")
+	}
 }
 
 // attempt is one upstream call: its inputs, set by the router, and its
@@ -207,21 +287,20 @@ const minStart = time.Millisecond
 // route runs the decision of DESIGN.md: quota, primaries in order with
 // retries inside the budget and the deadline, then fallbacks, then an error
 // with a retry hint. It returns the attempt that answered.
-func (r *Router) route(ctx context.Context, req *detourv1.CompleteRequest, hedgeable bool, try tryFunc) (*attempt, error) {
-	t := r.tab.Load()
+func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequest, hedgeable bool, try tryFunc) (*attempt, error) {
 	stats := statsFrom(ctx)
 	if !t.serves(req.GetModel()) {
 		return nil, &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", req.GetModel())}
 	}
 	if ok, wait, label := t.quotas.allow(TenantFrom(ctx)); !ok {
 		r.opts.Metrics.QuotaRejected(label)
-		return nil, &Error{Code: Exhausted, Message: fmt.Sprintf("tenant %q is over its quota", TenantFrom(ctx)), RetryAfter: wait}
+		return nil, &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", TenantFrom(ctx)), RetryAfter: wait}
 	}
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
 		return nil, context.DeadlineExceeded
 	}
 	r.budget.request()
-	c := &call{r: r, t: t, stats: stats}
+	c := &call{ctx: ctx, r: r, t: t, stats: stats}
 	defer c.report()
 	prefer := r.opts.Region
 	if p := req.GetRouting().GetPreferRegion(); p != "" {
@@ -269,6 +348,7 @@ func (r *Router) route(ctx context.Context, req *detourv1.CompleteRequest, hedge
 
 // call is the state of one routed call. Only the call's goroutine touches it.
 type call struct {
+	ctx   context.Context // the caller's, for limiter waits
 	r     *Router
 	t     *table
 	stats *CallStats
@@ -281,6 +361,7 @@ type call struct {
 	retryAfter time.Duration // the longest upstream Retry-After seen
 	openFor    time.Duration // the soonest an open breaker admits a probe
 	limited    bool          // a backend was skipped at its limit
+	limitWait  time.Duration // the soonest a qps-limited backend takes a call
 	upstream   time.Duration // time spent waiting on upstreams
 	waited     time.Duration // time spent in backoff
 	last       *attempt
@@ -305,10 +386,13 @@ func (c *call) run(ctx context.Context, b *backend, src detourv1.Source, try try
 // start admits an attempt on b, or returns nil when b is at its limit or its
 // breaker refuses.
 func (c *call) start(b *backend, src detourv1.Source) *attempt {
-	ok, qps := b.acquire(c.r.now())
+	ok, conc, wait := b.acquire(c.ctx, c.r.limiter)
 	if !ok {
-		b.m.Limited(qps)
+		b.m.Limited(!conc)
 		c.limited = true
+		if wait > 0 && (c.limitWait == 0 || wait < c.limitWait) {
+			c.limitWait = wait
+		}
 		return nil
 	}
 	c.attempts++
@@ -448,6 +532,9 @@ func (c *call) failure() error {
 		ra = c.openFor
 	}
 	if ra <= 0 {
+		ra = c.limitWait
+	}
+	if ra <= 0 {
 		ra = time.Second
 	}
 	if c.attempts == 0 {
@@ -481,6 +568,9 @@ func (r *Router) breakerChanged(c breaker.Change) {
 	}
 	r.log.Log(context.Background(), level, "breaker state changed", "backend", c.Backend,
 		"from", c.From.String(), "to", c.To.String(), "open_until", c.OpenUntil)
+	if c.To == breaker.Open {
+		r.cooldowns.Publish(c.Backend, c.OpenUntil) // never blocks
+	}
 	r.opts.Metrics.BreakerChanged(c.Backend, int(c.To), c.To.String())
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/cache"
+	"github.com/detour-dev/detour/fleet"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -23,6 +25,8 @@ type table struct {
 	anyModel  bool            // some backend names no models: it serves all
 	policy    policy
 	quotas    *quotas
+	cache     *cache.Cache
+	cool      *fleet.Cooldowns
 }
 
 type group struct {
@@ -75,6 +79,12 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 		models: map[string]bool{},
 		policy: newPolicy(cfg.Retry),
 		quotas: newQuotas(cfg, old.quotasOrNil(), r.now),
+		cool:   r.cooldowns,
+	}
+	if old != nil && old.snap.Config.Cache == cfg.Cache {
+		t.cache = old.cache // keep the entries
+	} else {
+		t.cache = cache.New(cfg.Cache, r.opts.Fleet, cache.WithClock(r.now), cache.WithLogger(r.log))
 	}
 	add := func(bc regions.Backend, region string, fallback bool) (*backend, error) {
 		bp := cfg.Breaker
@@ -104,7 +114,6 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 			b.live = &live{id: idOf(bc), prov: p, m: m}
 			fresh = append(fresh, b.live)
 		}
-		b.setQPS(bc.QPS)
 		b.drained.Store(bc.Drained)
 		t.byName[bc.Name] = b
 		if !fallback {
@@ -177,7 +186,7 @@ func (t *table) pick(now time.Time, model, prefer, avoid, zone string, tried []*
 	if prefer != avoid {
 		for _, g := range t.groups {
 			if g.name == prefer {
-				if b := g.pick(now, model, zone, tried); b != nil {
+				if b := g.pick(now, t.cool, model, zone, tried); b != nil {
 					return b
 				}
 				break
@@ -188,24 +197,24 @@ func (t *table) pick(now time.Time, model, prefer, avoid, zone string, tried []*
 		if g.name == prefer || g.name == avoid {
 			continue
 		}
-		if b := g.pick(now, model, zone, tried); b != nil {
+		if b := g.pick(now, t.cool, model, zone, tried); b != nil {
 			return b
 		}
 	}
 	for _, g := range t.groups {
 		if g.name == avoid && avoid != "" {
-			return g.pick(now, model, zone, tried)
+			return g.pick(now, t.cool, model, zone, tried)
 		}
 	}
 	return nil
 }
 
-func (g *group) pick(now time.Time, model, zone string, tried []*backend) *backend {
+func (g *group) pick(now time.Time, cool *fleet.Cooldowns, model, zone string, tried []*backend) *backend {
 	var buf [16]*backend
 	ok := buf[:0]
 	total := 0
 	for _, b := range g.backends {
-		if b.available(model) && !slices.Contains(tried, b) {
+		if b.available(now, cool, model) && !slices.Contains(tried, b) {
 			ok = append(ok, b)
 			total += b.cfg.EffectiveWeight()
 		}
@@ -257,8 +266,15 @@ func (b *backend) serves(model string) bool {
 }
 
 // available reports whether b may take a new call for model now: serving
-// it, not drained, breaker not open, below max_concurrency. (The qps cap is
-// checked when the call is made, since checking takes a token.)
-func (b *backend) available(model string) bool {
-	return b.serves(model) && (b.maxConc == 0 || b.inflight.Load() < b.maxConc) && b.br.State() != breaker.Open
+// it, not drained, below max_concurrency, its breaker not open here nor held
+// open by another replica. (The qps cap is checked when the call is made,
+// since checking takes a token.)
+func (b *backend) available(now time.Time, cool *fleet.Cooldowns, model string) bool {
+	if !b.serves(model) || (b.maxConc > 0 && b.inflight.Load() >= b.maxConc) {
+		return false
+	}
+	if until := cool.OpenUntil(b.cfg.Name); !until.IsZero() && now.Before(until) {
+		return false
+	}
+	return b.br.State() != breaker.Open
 }

@@ -18,6 +18,7 @@ import (
 var codeOf = map[router.Code]codes.Code{
 	router.Unavailable:  codes.Unavailable,
 	router.Exhausted:    codes.ResourceExhausted,
+	router.OverQuota:    codes.ResourceExhausted,
 	router.UnknownModel: codes.NotFound,
 	router.Rejected:     codes.InvalidArgument,
 	router.Internal:     codes.Internal,

@@ -126,7 +126,7 @@ type liveConfig struct {
 // for a first config (from etcd, or the last-known-good file); it returns
 // nil, nil when ctx ends first.
 func (m *Main) openConfig(ctx context.Context, log *slog.Logger) (*liveConfig, error) {
-	opts := router.Options{Region: m.Region, Zone: m.Zone, Logger: log, Metrics: m.Live.Metrics}
+	opts := router.Options{Region: m.Region, Zone: m.Zone, Logger: log, Metrics: m.Live.Metrics, Fleet: m.fleet}
 	l := &liveConfig{}
 	if len(m.Live.Etcd.Endpoints) == 0 {
 		cfg, source := m.config, "inline"

@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/server"
 )
@@ -31,6 +32,10 @@ type Main struct {
 	Observe ObserveOptions
 	// Security holds the TLS and authentication settings (security.go).
 	Security SecurityOptions
+	// Redis holds the shared-state settings (redis.go).
+	Redis RedisOptions
+
+	fleet *fleet.Store // opened from Redis by Run
 
 	// config, when set, is used instead of reading ConfigPath (demo, tests).
 	config *regions.Config
@@ -52,6 +57,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	m.Live.register(fs)
 	m.Observe.register(fs)
 	m.Security.register(fs)
+	m.Redis.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -61,6 +67,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	problems := m.Live.check(m.ConfigPath)
 	problems = append(problems, m.Observe.problems()...)
 	problems = append(problems, m.Security.problems()...)
+	problems = append(problems, m.Redis.problems()...)
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments %q", fs.Args()))
 	}
@@ -92,6 +99,13 @@ func (m *Main) Run(ctx context.Context) error {
 		m.metricsReady(a)
 	}
 	m.Live.Metrics = ob.metrics
+	if m.fleet, err = fleet.Open(m.Redis.config()); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if m.fleet != nil {
+		defer m.fleet.Close()
+		log.Info("shared state in redis", "addr", m.Redis.Addr)
+	}
 	live, err := m.openConfig(ctx, log)
 	if err != nil || live == nil {
 		return err
