@@ -1,0 +1,51 @@
+package router
+
+import (
+	"context"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+// TestSpanPerAttempt: each upstream attempt is one client span under the
+// caller's span, with its backend and outcome.
+func TestSpanPerAttempt(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() { otel.SetTracerProvider(prev); tp.Shutdown(context.Background()) })
+
+	fx := &fixture{}
+	fx.provider("home-1").complete = busy
+	r := newTestRouter(t, fx, testConfig())
+	ctx, parent := tp.Tracer("test").Start(context.Background(), "caller")
+	if _, err := r.Complete(ctx, req()); err != nil {
+		t.Fatal(err)
+	}
+	parent.End()
+
+	type span struct{ Backend, Outcome string }
+	var got []span
+	for _, s := range exp.GetSpans() {
+		if s.Name != "detour.attempt" {
+			continue
+		}
+		if s.Parent.SpanID() != parent.SpanContext().SpanID() {
+			t.Errorf("attempt span's parent is %v, want the caller's span", s.Parent.SpanID())
+		}
+		attrs := map[attribute.Key]string{}
+		for _, a := range s.Attributes {
+			attrs[a.Key] = a.Value.Emit()
+		}
+		got = append(got, span{Backend: attrs["detour.backend"], Outcome: attrs["detour.outcome"]})
+	}
+	want := []span{{Backend: "home-1", Outcome: "busy"}, {Backend: "near-1", Outcome: "ok"}}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("attempt spans (-got +want):\n%s", diff)
+	}
+}
