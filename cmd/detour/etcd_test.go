@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -438,27 +437,10 @@ func (w *errWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p),
 // TestDemoDrainThroughEtcd follows the demo's banner: draining eu-west's
 // backends through the embedded etcd moves every call to other regions.
 func TestDemoDrainThroughEtcd(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan net.Addr, 1)
-	d := &Demo{Listen: "127.0.0.1:0", BusyRate: 0, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ready: func(a net.Addr) { addrc <- a }}
-	var banner strings.Builder
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, &banner) }()
-	var addr net.Addr
-	select {
-	case addr = <-addrc:
-	case err := <-done:
-		t.Fatalf("demo did not start: %v", err)
-	}
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("demo Run: %v", err)
-		}
-	}()
-	m := regexp.MustCompile(`go run ./cmd/detourctl --endpoints (\S+) drain eu-west-a\n`).FindStringSubmatch(banner.String())
+	addr, banner := startDemo(t, 0)
+	m := regexp.MustCompile(`go run ./cmd/detourctl --endpoints (\S+) drain eu-west-a\n`).FindStringSubmatch(banner)
 	if m == nil {
-		t.Fatalf("banner lacks the detourctl drain line:\n%s", banner.String())
+		t.Fatalf("banner lacks the detourctl drain line:\n%s", banner)
 	}
 	cli, err := regions.EtcdConfig{Endpoints: []string{m[1]}}.Client()
 	if err != nil {

@@ -65,32 +65,8 @@ func openaiBackend(name string, f *fakellm.Server) regions.Backend {
 // startDetour runs Main in process on a loopback port and returns a client.
 func startDetour(t *testing.T, cfg *regions.Config, region string) detourv1.RouterClient {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan net.Addr, 1)
-	m := &Main{Listen: "127.0.0.1:0", Region: region, Grace: 5 * time.Second, config: cfg,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		ready:  func(a net.Addr) { addrc <- a }}
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	var addr net.Addr
-	select {
-	case addr = <-addrc:
-	case err := <-done:
-		cancel()
-		t.Fatalf("detour did not start: %v", err)
-	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("detour Run: %v", err)
-		}
-	})
-	return detourv1.NewRouterClient(conn)
+	addr, _ := runMain(t, &Main{Listen: "127.0.0.1:0", Region: region, Grace: 5 * time.Second, config: cfg})
+	return dial(t, addr.String())
 }
 
 func userReq(prompt string) *detourv1.CompleteRequest {
@@ -511,10 +487,13 @@ func TestServeFlags(t *testing.T) {
 	}
 }
 
-func TestDemoAnswers(t *testing.T) {
+// startDemo runs the demo in process on a free port until the test ends and
+// returns its router address and banner.
+func startDemo(t *testing.T, busyRate float64) (net.Addr, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
-	d := &Demo{Listen: "127.0.0.1:0", BusyRate: 0.5, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ready: func(a net.Addr) { addrc <- a }}
+	d := &Demo{Listen: "127.0.0.1:0", BusyRate: busyRate, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ready: func(a net.Addr) { addrc <- a }}
 	var banner bytes.Buffer
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, &banner) }()
@@ -522,23 +501,24 @@ func TestDemoAnswers(t *testing.T) {
 	select {
 	case addr = <-addrc:
 	case err := <-done:
+		cancel()
 		t.Fatalf("demo did not start: %v", err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("demo Run: %v", err)
 		}
-	}()
-	if !strings.Contains(banner.String(), "grpcurl -plaintext") || !strings.Contains(banner.String(), addr.String()) {
-		t.Errorf("banner lacks a ready grpcurl line for %s:\n%s", addr, banner.String())
+	})
+	return addr, banner.String()
+}
+
+func TestDemoAnswers(t *testing.T) {
+	addr, bannerText := startDemo(t, 0.5)
+	if !strings.Contains(bannerText, "grpcurl -plaintext") || !strings.Contains(bannerText, addr.String()) {
+		t.Errorf("banner lacks a ready grpcurl line for %s:\n%s", addr, bannerText)
 	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := detourv1.NewRouterClient(conn)
+	c := dial(t, addr.String())
 	regionsSeen := map[string]int{}
 	for i := range 20 {
 		resp, err := c.Complete(callCtx(t), userReq(fmt.Sprint("demo ", i)))
