@@ -24,6 +24,7 @@ const (
 	chartDir         = "helm/detour"
 	threeZoneValues  = "helm/detour/ci/three-zones-values.yaml"
 	fileConfigValues = "helm/detour/ci/file-config-values.yaml"
+	mtlsValues       = "helm/detour/ci/mtls-values.yaml"
 	nonrootUID       = 65532
 )
 
@@ -218,6 +219,12 @@ func TestChartDefault(t *testing.T) {
 	if !slices.Contains(c.Args, "--config=/etc/detour/config/config.yaml") || !hasMount(c, "config", "/etc/detour/config") {
 		t.Errorf("config file not mounted and passed: %q", c.Args)
 	}
+	// Plaintext and no authentication unless values say otherwise.
+	if !slices.Contains(c.Args, "--auth=off") || slices.ContainsFunc(c.Args, func(a string) bool {
+		return strings.HasPrefix(a, "--tls-") || strings.HasPrefix(a, "--health-listen")
+	}) {
+		t.Errorf("default args %q, want --auth=off and no TLS or health flags", c.Args)
+	}
 	checkConfig(t, r)
 
 	checkHPAs(t, r)
@@ -340,6 +347,66 @@ func TestChartFileConfig(t *testing.T) {
 	}
 }
 
+// TestChartMTLS renders ci/mtls-values.yaml: mutual TLS and tokens on the
+// Router and Admin listeners, with the certificate and the client CA from
+// Secrets mounted whole (a rotation must reach the pod), and every probe on
+// the plaintext health port.
+func TestChartMTLS(t *testing.T) {
+	r := render(t, "-f", mtlsValues)
+	d := r.deployments[0]
+	c := checkDeployment(t, d)
+	for _, a := range []string{
+		"--auth=any",
+		"--tls-cert=/etc/detour/tls/tls.crt", "--tls-key=/etc/detour/tls/tls.key",
+		"--tls-client-ca=/etc/detour/client-ca/ca.crt",
+		"--tls-reload-interval=30s",
+		"--health-listen=:50063",
+	} {
+		if !slices.Contains(c.Args, a) {
+			t.Errorf("missing arg %s in %q", a, c.Args)
+		}
+	}
+	// Each file flag names a key of the right Secret, under its mount.
+	for flag, want := range map[string]struct{ secret, key string }{
+		"--tls-cert":      {"detour-tls", "tls.crt"},
+		"--tls-key":       {"detour-tls", "tls.key"},
+		"--tls-client-ca": {"detour-client-ca", "ca.crt"},
+	} {
+		file := argValue(c, flag)
+		dir, key := filepath.Split(file)
+		m := mountAt(c, strings.TrimSuffix(dir, "/"))
+		if m == nil || key != want.key {
+			t.Errorf("%s=%s: no volume mounted at %s, or key %q is not %s", flag, file, dir, key, want.key)
+			continue
+		}
+		v := volume(d, m.Name)
+		if v == nil || v.Secret == nil || v.Secret.SecretName != want.secret || len(v.Secret.Items) != 0 {
+			t.Errorf("%s: volume %+v, want the whole Secret %s", flag, v, want.secret)
+		}
+		if m.SubPath != "" || m.SubPathExpr != "" || !m.ReadOnly {
+			t.Errorf("%s: mount %+v, want the read-only directory (a subPath never sees a rotation)", flag, m)
+		}
+	}
+	// The probes cannot do TLS: they use the plaintext health port, which
+	// no Service exposes.
+	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe, "startup": c.StartupProbe} {
+		if p == nil || p.GRPC == nil || p.GRPC.Port != 50063 {
+			t.Errorf("%s probe %+v, want gRPC on the health port 50063", name, p)
+		}
+	}
+	for _, s := range r.services {
+		for _, p := range s.Spec.Ports {
+			if p.TargetPort.String() == "health" || p.Port == 50063 {
+				t.Errorf("Service %s exposes the health port: %+v", s.Name, p)
+			}
+			if (p.Name == "grpc" || p.Name == "admin") && (p.AppProtocol == nil || *p.AppProtocol != "https") {
+				t.Errorf("Service %s port %s: appProtocol %v, want https (detour terminates TLS)", s.Name, p.Name, p.AppProtocol)
+			}
+		}
+	}
+	checkServices(t, r)
+}
+
 // TestChartRejectsBadValues: values.schema.json stops mistakes before
 // anything reaches the cluster.
 func TestChartRejectsBadValues(t *testing.T) {
@@ -355,6 +422,11 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"privilege escalation", []string{"--set", "securityContext.allowPrivilegeEscalation=true"}, "allowPrivilegeEscalation"},
 		{"bad spread policy", []string{"--set", "topologySpread.zone.whenUnsatisfiable=Never"}, "whenUnsatisfiable"},
 		{"key in values", []string{"--set", "providerKeys[0].env=DEEPSEEK_API_KEY", "--set", "providerKeys[0].value=sk-1"}, "additional properties 'value' not allowed"},
+		{"unknown auth mode", []string{"--set", "auth.mode=mtls"}, "/auth/mode"},
+		{"bad reload interval", []string{"--set", "tls.secretName=detour-tls", "--set", "tls.reloadInterval=10"}, "/tls/reloadInterval"},
+		{"client CA without certificate", []string{"--set", "tls.clientCASecretName=detour-client-ca"}, "tls.clientCASecretName needs tls.secretName"},
+		{"auth tls without client CA", []string{"--set", "auth.mode=tls", "--set", "tls.secretName=detour-tls"}, "auth.mode=tls needs tls.clientCASecretName"},
+		{"health port taken", []string{"--set", "tls.secretName=detour-tls", "--set", "ports.health=50052"}, "ports.health (50052) must differ"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -435,7 +507,18 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) *corev1.Container {
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
-	if diff := cmp.Diff(ports, map[string]int32{"grpc": 50051, "metrics": 9090, "admin": 50052}); diff != "" {
+	// With TLS on, the kubelet's gRPC probes (plaintext only) need the
+	// plaintext health listener; without, they use the Router port.
+	wantPorts := map[string]int32{"grpc": 50051, "metrics": 9090, "admin": 50052}
+	probePort := int32(50051)
+	if argValue(c, "--tls-cert") != "" {
+		probePort = ports["health"]
+		wantPorts["health"] = probePort
+		if probePort == 0 || argValue(c, "--health-listen") != fmt.Sprintf(":%d", probePort) {
+			t.Errorf("%s: TLS on, but no health port served by --health-listen: ports %v, args %q", d.Name, ports, c.Args)
+		}
+	}
+	if diff := cmp.Diff(ports, wantPorts); diff != "" {
 		t.Errorf("%s: container ports (-got +want):\n%s", d.Name, diff)
 	}
 	for _, a := range []string{"--listen=:50051", "--metrics=:9090", "--admin-listen=:50052"} {
@@ -444,8 +527,8 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) *corev1.Container {
 		}
 	}
 	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe, "startup": c.StartupProbe} {
-		if p == nil || p.GRPC == nil || p.GRPC.Port != 50051 || p.HTTPGet != nil || p.Exec != nil || p.TCPSocket != nil {
-			t.Errorf("%s: %s probe %+v, want a gRPC probe on 50051", d.Name, name, p)
+		if p == nil || p.GRPC == nil || p.GRPC.Port != probePort || p.HTTPGet != nil || p.Exec != nil || p.TCPSocket != nil {
+			t.Errorf("%s: %s probe %+v, want a gRPC probe on %d", d.Name, name, p, probePort)
 		}
 	}
 	if l := c.Lifecycle; l == nil || l.PreStop == nil || l.PreStop.Sleep == nil || l.PreStop.Sleep.Seconds <= 0 {
@@ -458,9 +541,14 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) *corev1.Container {
 	}
 
 	// Mounts: a read-only root needs /tmp and the last-known-good directory.
+	// Secrets are mounted whole: a subPath mount never sees an update, so a
+	// rotated certificate or key would not reach the pod.
 	for _, m := range c.VolumeMounts {
-		if volume(d, m.Name) == nil {
+		v := volume(d, m.Name)
+		if v == nil {
 			t.Errorf("%s: mount %s has no volume", d.Name, m.Name)
+		} else if v.Secret != nil && (m.SubPath != "" || m.SubPathExpr != "") {
+			t.Errorf("%s: Secret volume %s mounted with a subPath", d.Name, m.Name)
 		}
 	}
 	for _, m := range []struct{ name, path string }{{"tmp", "/tmp"}, {"state", "/var/lib/detour"}} {
@@ -778,6 +866,25 @@ func volume(d *appsv1.Deployment, name string) *corev1.Volume {
 	for i, v := range d.Spec.Template.Spec.Volumes {
 		if v.Name == name {
 			return &d.Spec.Template.Spec.Volumes[i]
+		}
+	}
+	return nil
+}
+
+// argValue returns the value of a --flag=value argument, or "".
+func argValue(c *corev1.Container, flag string) string {
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func mountAt(c *corev1.Container, path string) *corev1.VolumeMount {
+	for i, m := range c.VolumeMounts {
+		if m.MountPath == path {
+			return &c.VolumeMounts[i]
 		}
 	}
 	return nil

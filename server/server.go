@@ -81,6 +81,12 @@ func New(r *router.Router, opts Options) *Server {
 // before Serve.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
+// HealthServer returns the grpc.health.v1 service of s, to serve the same
+// statuses on another listener too (detour serve --health-listen, a
+// plaintext port for the kubelet's probes): Shutdown's NOT_SERVING and
+// SetConfigLive show there as on s's own listener.
+func (s *Server) HealthServer() healthpb.HealthServer { return s.health }
+
 // Serve accepts connections on lis until Shutdown or Stop.
 func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
 

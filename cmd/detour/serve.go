@@ -11,6 +11,10 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/server"
@@ -23,6 +27,10 @@ type Main struct {
 	Listen     string
 	Region     string
 	Zone       string
+	// HealthListen is the address of a plaintext listener that serves only
+	// grpc.health.v1, with the Router listener's statuses, for probes that
+	// cannot speak TLS (the kubelet's). Empty means none.
+	HealthListen string
 	// Grace bounds the drain of in-flight calls at shutdown.
 	Grace  time.Duration
 	Logger *slog.Logger
@@ -43,6 +51,8 @@ type Main struct {
 	ready func(addr net.Addr)
 	// metricsReady, when set, receives the bound /metrics address.
 	metricsReady func(addr net.Addr)
+	// healthReady, when set, receives the bound --health-listen address.
+	healthReady func(addr net.Addr)
 }
 
 func parseServe(args []string, stderr io.Writer) (*Main, error) {
@@ -53,6 +63,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	fs.StringVar(&m.Listen, "listen", "127.0.0.1:50051", "address of the detour.v1.Router gRPC listener")
 	fs.StringVar(&m.Region, "region", os.Getenv("DETOUR_REGION"), "region of this instance (env DETOUR_REGION); its backends are tried first")
 	fs.StringVar(&m.Zone, "zone", os.Getenv("DETOUR_ZONE"), "zone of this instance (env DETOUR_ZONE); its backends are preferred")
+	fs.StringVar(&m.HealthListen, "health-listen", "", "address of a plaintext listener serving only grpc.health.v1, for the kubelet's gRPC probes when TLS is on (empty: off)")
 	fs.DurationVar(&m.Grace, "grace", 30*time.Second, "how long in-flight calls may run after SIGTERM")
 	m.Live.register(fs)
 	m.Observe.register(fs)
@@ -73,6 +84,11 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	}
 	if m.Grace < 0 {
 		problems = append(problems, "--grace must be >= 0")
+	}
+	if m.HealthListen != "" {
+		if _, _, err := net.SplitHostPort(m.HealthListen); err != nil {
+			problems = append(problems, fmt.Sprintf("--health-listen %q: %v", m.HealthListen, err))
+		}
 	}
 	if len(problems) > 0 {
 		for _, p := range problems {
@@ -135,6 +151,15 @@ func (m *Main) Run(ctx context.Context) error {
 		stopAdmin(ctx)
 		return fmt.Errorf("listen: %w", err)
 	}
+	// Stopped when Run returns: after the drain, so that probes see
+	// NOT_SERVING while it lasts.
+	stopHealth, err := m.startHealth(srv, log)
+	if err != nil {
+		lis.Close()
+		stopAdmin(ctx)
+		return err
+	}
+	defer stopHealth()
 	log.Info("detour serving", "addr", lis.Addr().String(), "region", m.Region, "zone", m.Zone,
 		"config", source, "transport", sec.transport)
 	if m.ready != nil {
@@ -155,4 +180,35 @@ func (m *Main) Run(ctx context.Context) error {
 	<-served
 	log.Info("detour stopped")
 	return nil
+}
+
+// startHealth serves srv's grpc.health.v1 statuses alone, in plaintext, on
+// HealthListen: the kubelet's native gRPC probes cannot do TLS. There is no
+// authentication there (health is public on every listener) and nothing but
+// health. stop ends the listener at once; health calls are instant.
+func (m *Main) startHealth(srv *server.Server, log *slog.Logger) (stop func(), err error) {
+	if m.HealthListen == "" {
+		return func() {}, nil
+	}
+	lis, err := net.Listen("tcp", m.HealthListen)
+	if err != nil {
+		return nil, fmt.Errorf("health listen: %w", err)
+	}
+	gs := grpc.NewServer(auth.ServerHardening(auth.Hardening{})...)
+	healthpb.RegisterHealthServer(gs, srv.HealthServer())
+	log.Info("detour health serving", "addr", lis.Addr().String(), "transport", "plaintext, grpc.health.v1 only")
+	if m.healthReady != nil {
+		m.healthReady(lis.Addr())
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			log.Error("health listener failed", "err", err)
+		}
+	}()
+	return func() {
+		gs.Stop()
+		<-served
+	}, nil
 }

@@ -17,12 +17,14 @@ import (
 // globals are the flags every command takes.
 type globals struct {
 	etcd    regions.EtcdConfig
+	admin   adminConn // for the commands that call detour.v1.Admin
 	timeout time.Duration
 	output  string
 }
 
 func newGlobals() *globals {
 	g := &globals{timeout: 10 * time.Second, output: "text"}
+	g.admin.addr = "127.0.0.1:50051"
 	g.etcd.Endpoints = []string{"127.0.0.1:2379"}
 	if env := os.Getenv("DETOUR_ETCD_ENDPOINTS"); env != "" {
 		g.etcd.Endpoints = splitList(env)
@@ -62,6 +64,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 		g.etcd.Password = strings.TrimSpace(string(b))
 		return nil
 	})
+	g.admin.register(fs)
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on the whole command")
 	fs.Func("o", "output format: text or json", func(s string) error {
 		if s != "text" && s != "json" {

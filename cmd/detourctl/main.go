@@ -8,6 +8,7 @@
 //	detourctl --endpoints 127.0.0.1:2379 config apply -f detour.yaml
 //	detourctl --endpoints 127.0.0.1:2379 drain eu-west-a
 //	detourctl status --addr 127.0.0.1:50051 -o json
+//	detourctl status --addr detour:50052 --tls-ca ca.crt --tls-cert me.crt --tls-key me.key
 package main
 
 import (
@@ -25,17 +26,23 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	code := exitCode(err)
+	if code == 1 && !errors.Is(err, errReported) {
+		fmt.Fprintln(os.Stderr, "detourctl:", err)
+	}
+	os.Exit(code)
+}
+
+// exitCode is the exit status for run's error: 0 done, 1 failed, 2 bad
+// command line.
+func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
+		return 0
 	case errors.Is(err, errUsage):
-		os.Exit(2)
-	case errors.Is(err, errReported):
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "detourctl:", err)
-		os.Exit(1)
+		return 2
 	}
+	return 1
 }
 
 var (
@@ -53,13 +60,18 @@ commands:
   config get                print the document in etcd (revision and drains on stderr)
   drain BACKEND             drain a backend on every replica (etcd drain key)
   undrain BACKEND           undrain it
-  status                    an instance's config and backends (detour.v1.Admin)
+  status                    an instance's config and backends (detour.v1.Admin, at --addr)
 
 global flags (before or after the command):
   --endpoints LIST          etcd endpoints (env DETOUR_ETCD_ENDPOINTS; default 127.0.0.1:2379)
   --key-prefix PREFIX       root of detour's keys (default /detour)
   --cacert, --cert, --key   etcd TLS: CA bundle, client certificate and key
   --user NAME[:PASSWORD]    etcd user (password also from --password-file or $DETOUR_ETCD_PASSWORD)
+  --addr HOST:PORT          detour.v1.Admin of an instance (default 127.0.0.1:50051)
+  --tls-ca FILE             Admin TLS: CA bundle for detour's certificate (any --tls-* flag turns TLS on)
+  --tls-cert, --tls-key     Admin mutual TLS: an admin's client certificate and key
+  --tls-server-name NAME    Admin TLS: name to verify in detour's certificate (default: the host of --addr)
+  --token-file FILE         Admin: an admin's bearer token (sent in the clear only to a loopback --addr)
   --timeout D               bound on each command (default 10s)
   -o text|json              output format (default text)
 

@@ -7,16 +7,13 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
 func statusCmd(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("status", g, stderr, "status [--addr HOST:PORT]")
-	addr := fs.String("addr", "127.0.0.1:50051", "address of the instance's detour.v1.Admin service (--listen, or --admin-listen when set)")
+	fs := newFlags("status", g, stderr, "status [--addr HOST:PORT] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--token-file FILE]")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -24,16 +21,19 @@ func statusCmd(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if len(pos) > 0 {
 		return usageError(stderr, "status", "unexpected arguments %q", pos)
 	}
+	if err := g.admin.check(); err != nil {
+		return usageError(stderr, "status", "%v", err)
+	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := g.admin.dial()
 	if err != nil {
-		return fmt.Errorf("admin %s: %w", *addr, err)
+		return err
 	}
 	defer conn.Close()
 	st, err := detourv1.NewAdminClient(conn).Status(ctx, &detourv1.StatusRequest{})
 	if err != nil {
-		return fmt.Errorf("admin %s: status: %w", *addr, err)
+		return g.admin.explain("status", err)
 	}
 	if g.json() {
 		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)

@@ -85,3 +85,41 @@ autoscaling.maxReplicas are split evenly, rounded up, unless a zone sets its own
 {{- define "detour.etcdEnabled" -}}
 {{- if or .Values.etcd.endpoints .Values.etcd.endpointsSecret.name }}true{{ end }}
 {{- end }}
+
+{{/* "true" when the listeners serve TLS (tls.secretName), else empty. */}}
+{{- define "detour.tlsEnabled" -}}
+{{- if .Values.tls.secretName }}true{{ end }}
+{{- end }}
+
+{{/* --auth: auth.mode, where a bare YAML `off` (read as false) means "off". */}}
+{{- define "detour.authMode" -}}
+{{- if eq (toString .Values.auth.mode) "false" }}off{{ else }}{{ .Values.auth.mode }}{{ end }}
+{{- end }}
+
+{{/* The port the kubelet probes: the plaintext health port with TLS on (its
+native gRPC probe cannot do TLS), else the Router port. */}}
+{{- define "detour.probePort" -}}
+{{- if include "detour.tlsEnabled" . }}{{ .Values.ports.health }}{{ else }}{{ .Values.ports.grpc }}{{ end }}
+{{- end }}
+
+{{/* Combinations that detour serve would refuse, refused at render time. */}}
+{{- define "detour.checkSecurity" -}}
+{{- if and .Values.tls.clientCASecretName (not .Values.tls.secretName) }}
+{{- fail "tls.clientCASecretName needs tls.secretName: mutual TLS is TLS with client certificates" }}
+{{- end }}
+{{- if and (eq (include "detour.authMode" .) "tls") (not .Values.tls.clientCASecretName) }}
+{{- fail "auth.mode=tls needs tls.clientCASecretName: callers are identified by client certificates checked against it" }}
+{{- end }}
+{{- if include "detour.tlsEnabled" . }}
+{{- $p := .Values.ports }}
+{{- if has (int $p.health) (list (int $p.grpc) (int $p.metrics) (int $p.admin)) }}
+{{- fail (printf "ports.health (%v) must differ from ports.grpc, ports.metrics and ports.admin" $p.health) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* appProtocol of the gRPC ports: cleartext HTTP/2, or TLS when detour
+terminates it itself (so that a mesh passes it through). */}}
+{{- define "detour.grpcAppProtocol" -}}
+{{- if include "detour.tlsEnabled" . }}https{{ else }}kubernetes.io/h2c{{ end }}
+{{- end }}

@@ -1,0 +1,333 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/detour-dev/detour/auth"
+	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/router"
+	"github.com/detour-dev/detour/server"
+)
+
+// testPKI is a CA and the certificates a test issues, as files in dir.
+type testPKI struct {
+	dir    string
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	serial int64
+}
+
+func newPKI(t *testing.T) *testPKI {
+	t.Helper()
+	p := &testPKI{dir: t.TempDir(), serial: 1}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ca, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
+	p.caKey = key
+	p.write(t, "ca.crt", "CERTIFICATE", der)
+	return p
+}
+
+func (p *testPKI) path(name string) string { return filepath.Join(p.dir, name) }
+
+func (p *testPKI) write(t *testing.T, name, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(p.path(name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// issue writes NAME.crt and NAME.key: a server certificate for 127.0.0.1,
+// or a client certificate with common name cn and an optional URI SAN.
+func (p *testPKI) issue(t *testing.T, name, cn, uri string, server bool) {
+	t.Helper()
+	p.serial++
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	if uri != "" {
+		u, err := url.Parse(uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.write(t, name+".crt", "CERTIFICATE", der)
+	p.write(t, name+".key", "EC PRIVATE KEY", kder)
+}
+
+// startAuthAdmin serves detour.v1.Admin on loopback as `detour serve
+// --admin-listen` does: the auth package's TLS (nil: plaintext), hardening
+// and interceptors in front of server.NewAdminServer. It returns the
+// address.
+func startAuthAdmin(t *testing.T, cfg *regions.Config, certs *auth.ServerTLS, mode auth.Mode) string {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	rt, err := router.New(&regions.Snapshot{Config: cfg, Revision: 3, Source: "inline", AppliedAt: time.Now()},
+		router.Options{NewProvider: func(regions.Backend) (router.Provider, error) { return idle{}, nil }, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	authn, err := auth.New(auth.Options{Mode: mode, Config: func() *regions.Config { return rt.Snapshot().Config }, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := auth.ServerHardening(auth.Hardening{})
+	if certs != nil {
+		opts = append(opts, grpc.Creds(certs.Credentials()))
+	}
+	opts = append(opts, grpc.ChainUnaryInterceptor(authn.UnaryInterceptor()), grpc.ChainStreamInterceptor(authn.StreamInterceptor()))
+	gs := server.NewAdminServer(server.NewAdmin(rt, server.AdminOptions{Region: "r", Logger: log}), opts...)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+func serverTLS(t *testing.T, p *testPKI, optionalClientCert bool) *auth.ServerTLS {
+	t.Helper()
+	certs, err := auth.NewServerTLS(auth.ServerTLSOptions{
+		CertFile: p.path("server.crt"), KeyFile: p.path("server.key"), ClientCAFile: p.path("ca.crt"),
+		OptionalClientCert: optionalClientCert, PollInterval: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { certs.Close() })
+	return certs
+}
+
+// TestStatusAuth calls Status through detourctl's --tls-* and --token-file
+// flags against real Admin listeners with mutual TLS and tokens: admins get
+// the status, everyone else a clear error and exit 1, and a token never
+// crosses the network in the clear.
+func TestStatusAuth(t *testing.T) {
+	const (
+		oncallToken  = "tok-oncall-51c7e2a9d04b83f6"
+		billingToken = "tok-billing-a83d0c6e72f915b4"
+	)
+	pki := newPKI(t)
+	pki.issue(t, "server", "detour", "", true)
+	pki.issue(t, "oncall", "oncall", "", false)
+	pki.issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
+	other := newPKI(t)
+	other.issue(t, "oncall", "oncall", "", false) // same name, another CA
+	oncallTok := writeFile(t, "oncall.token", oncallToken+"\n")
+	billingTok := writeFile(t, "billing.token", billingToken)
+	unknownTok := writeFile(t, "unknown.token", "tok-nobody-0000000000000000")
+	emptyTok := writeFile(t, "empty.token", "\n")
+
+	cfg, err := regions.Load([]byte(doc("a", "b")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Tenants = []regions.Tenant{
+		{Principal: regions.Principal{Name: "search", Identities: []string{"spiffe://corp/ns/search/sa/api"}}},
+		{Principal: regions.Principal{Name: "billing", TokenSHA256: []string{auth.TokenSHA256(billingToken)}}},
+	}
+	cfg.Admins = []regions.Principal{{Name: "oncall", Identities: []string{"CN=oncall"}, TokenSHA256: []string{auth.TokenSHA256(oncallToken)}}}
+
+	// As `detour serve --auth any` with a client CA: certificates optional
+	// at the handshake, tokens or certificates identify.
+	anyAddr := startAuthAdmin(t, cfg, serverTLS(t, pki, true), auth.ModeAny)
+	// As --auth tls: a client certificate is required at the handshake.
+	tlsAddr := startAuthAdmin(t, cfg, serverTLS(t, pki, false), auth.ModeTLS)
+	// As --auth token without TLS: tokens from loopback peers only.
+	plainAddr := startAuthAdmin(t, cfg, nil, auth.ModeToken)
+
+	ca := []string{"--tls-ca", pki.path("ca.crt")}
+	mtls := func(p *testPKI, name string) []string {
+		return append(ca, "--tls-cert", p.path(name+".crt"), "--tls-key", p.path(name+".key"))
+	}
+	tok := func(file string) []string { return []string{"--token-file", file} }
+	cat := func(parts ...[]string) []string {
+		var out []string
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	tests := []struct {
+		name     string
+		addr     string
+		flags    []string
+		wantExit int
+		wantCode codes.Code // of the Admin call, when it was made
+		want     []string   // in stdout (exit 0) or in the error and stderr
+	}{
+		{name: "admin certificate", addr: anyAddr, flags: mtls(pki, "oncall"),
+			want: []string{"config     inline, revision 3", "a        r       -     openai  no       closed   0"}},
+		{name: "admin token over TLS", addr: anyAddr, flags: cat(ca, tok(oncallTok)),
+			want: []string{"config     inline, revision 3"}},
+		{name: "admin certificate, certificate required", addr: tlsAddr, flags: mtls(pki, "oncall"),
+			want: []string{"config     inline, revision 3"}},
+		{name: "admin token over loopback plaintext", addr: plainAddr, flags: tok(oncallTok),
+			want: []string{"config     inline, revision 3"}},
+
+		{name: "tenant token", addr: anyAddr, flags: cat(ca, tok(billingTok)), wantExit: 1, wantCode: codes.PermissionDenied,
+			want: []string{"admin " + anyAddr + ": status: permission denied: billing is not an admin", "hint: the credential is valid but not an admin's"}},
+		{name: "tenant certificate", addr: anyAddr, flags: mtls(pki, "search"), wantExit: 1, wantCode: codes.PermissionDenied,
+			want: []string{"permission denied: search is not an admin"}},
+		{name: "no credential", addr: anyAddr, flags: ca, wantExit: 1, wantCode: codes.Unauthenticated,
+			want: []string{"status: unauthenticated: ", "hint: detour wants a credential it knows: an admin's --token-file, or --tls-cert and --tls-key"}},
+		{name: "unknown token", addr: anyAddr, flags: cat(ca, tok(unknownTok)), wantExit: 1, wantCode: codes.Unauthenticated,
+			want: []string{"status: unauthenticated: ", "hint: detour did not accept this credential"}},
+		{name: "plaintext to a TLS listener", addr: anyAddr, wantExit: 1, wantCode: codes.Unavailable,
+			want: []string{"status: unavailable: ", "hint: if detour's listener uses TLS, add --tls-ca"}},
+		{name: "no client certificate where one is required", addr: tlsAddr, flags: cat(ca, tok(oncallTok)), wantExit: 1, wantCode: codes.Unavailable,
+			want: []string{"status: unavailable: ", "add --tls-cert and --tls-key"}},
+		{name: "certificate from another CA", addr: tlsAddr, flags: mtls(other, "oncall"), wantExit: 1, wantCode: codes.Unavailable,
+			want: []string{"status: unavailable: ", "that detour trusts the CA of --tls-cert"}},
+		{name: "TLS to a plaintext listener", addr: plainAddr, flags: cat(ca, tok(oncallTok)), wantExit: 1, wantCode: codes.Unavailable,
+			want: []string{"status: unavailable: "}},
+
+		{name: "token in the clear to another host", addr: "192.0.2.7:50052", flags: tok(oncallTok), wantExit: 2,
+			want: []string{"refusing to send the --token-file token in the clear to 192.0.2.7:50052: add --tls-ca"}},
+		{name: "certificate without key", addr: anyAddr, flags: cat(ca, []string{"--tls-cert", pki.path("oncall.crt")}), wantExit: 2,
+			want: []string{"--tls-cert and --tls-key go together"}},
+		{name: "missing token file", addr: anyAddr, flags: cat(ca, tok(filepath.Join(t.TempDir(), "none"))), wantExit: 1,
+			want: []string{"--token-file: secret file: open "}},
+		{name: "empty token file", addr: anyAddr, flags: cat(ca, tok(emptyTok)), wantExit: 1,
+			want: []string{"--token-file: secret file " + emptyTok + ": secret is empty"}},
+		{name: "missing CA file", addr: anyAddr, flags: []string{"--tls-ca", filepath.Join(t.TempDir(), "none.crt")}, wantExit: 1,
+			want: []string{"--tls-ca, --tls-cert, --tls-key: "}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Global flags go before or after the command.
+			args := append(append([]string{"status", "--addr", tt.addr}, tt.flags...), "--timeout", "10s")
+			out, stderr, err := ctl(t, args...)
+			if got := exitCode(err); got != tt.wantExit {
+				t.Fatalf("exit %d (err %v, stderr %q), want %d", got, err, stderr, tt.wantExit)
+			}
+			text := out
+			if err != nil {
+				text = err.Error() + "\n" + stderr
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(text, w) {
+					t.Errorf("output lacks %q:\n%s", w, text)
+				}
+			}
+			if tt.wantCode != codes.OK {
+				if got := status.Code(err); got != tt.wantCode {
+					t.Errorf("status code %v, want %v (err %v)", got, tt.wantCode, err)
+				}
+				var ae *adminError
+				if !errors.As(err, &ae) {
+					t.Errorf("err %T is not explained as an adminError", err)
+				}
+			}
+			for _, secret := range []string{oncallToken, billingToken} {
+				if strings.Contains(out+stderr, secret) || err != nil && strings.Contains(err.Error(), secret) {
+					t.Errorf("a token appears in detourctl's output")
+				}
+			}
+		})
+	}
+	// The flags also go before the command, with -o json.
+	out, _, err := ctl(t, append(append([]string{"--addr", anyAddr}, mtls(pki, "oncall")...), "-o", "json", "status")...)
+	var js struct {
+		ConfigSource string `json:"config_source"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &js) != nil || js.ConfigSource != "inline" {
+		t.Errorf("flags before the command: %v\n%s", err, out)
+	}
+}
+
+func TestLoopback(t *testing.T) {
+	tests := []struct {
+		target string
+		want   bool
+	}{
+		{"127.0.0.1:50052", true},
+		{"127.9.9.9:1", true},
+		{"[::1]:50052", true},
+		{"localhost:50052", true},
+		{"dns:///localhost:50052", true},
+		{"passthrough:///127.0.0.1:50052", true},
+		{"unix:///run/detour/admin.sock", true},
+		{"10.0.0.5:50052", false},
+		{"detour-headless.llm.svc:50052", false},
+		{"dns:///detour.llm.svc:50052", false},
+		{"dns://8.8.8.8/localhost.evil.example:50052", false},
+		{"[::]:50052", false},
+	}
+	for _, tt := range tests {
+		if got := loopback(tt.target); got != tt.want {
+			t.Errorf("loopback(%q) = %v, want %v", tt.target, got, tt.want)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"done", nil, 0},
+		{"usage", errUsage, 2},
+		{"reported", errReported, 1},
+		{"admin refused", &adminError{err: status.Error(codes.PermissionDenied, "x is not an admin")}, 1},
+	}
+	for _, tt := range tests {
+		if got := exitCode(tt.err); got != tt.want {
+			t.Errorf("%s: exitCode = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
