@@ -180,6 +180,9 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 	}
 	r.cacheMiss(p)
 	resp, err := t.cache.Do(ctx, p, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
+		if p.Cacheable {
+			ctx = withoutStats(ctx) // shared by callers that may leave first
+		}
 		a, err := r.route(ctx, t, req, true, func(ctx context.Context, a *attempt) {
 			ctx, cancel := context.WithTimeout(ctx, a.timeout)
 			defer cancel()
@@ -219,6 +222,9 @@ func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send
 	r.cacheMiss(p)
 	sent := false
 	err := t.cache.Stream(ctx, p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
+		if p.Cacheable {
+			ctx = withoutStats(ctx) // shared by callers that may leave first
+		}
 		_, err := r.route(ctx, t, req, false, func(ctx context.Context, a *attempt) {
 			relay(ctx, a, req, send)
 		})

@@ -6,7 +6,9 @@ import (
 )
 
 // CallStats describes how a call was routed, for the caller's logs and
-// metrics. The router fills it before Complete or Stream returns.
+// metrics. The router fills it before Complete or Stream returns, except for
+// cacheable calls, whose upstream call may be shared with other callers (then
+// it stays zero; the answer's served_by and attempts still say who answered).
 type CallStats struct {
 	Attempts   int           // upstream attempts made
 	Backend    string        // backend of the last attempt
@@ -26,4 +28,11 @@ func WithStats(ctx context.Context, s *CallStats) context.Context {
 func statsFrom(ctx context.Context) *CallStats {
 	s, _ := ctx.Value(statsKey{}).(*CallStats)
 	return s
+}
+
+func withoutStats(ctx context.Context) context.Context {
+	if statsFrom(ctx) == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, statsKey{}, (*CallStats)(nil))
 }

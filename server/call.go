@@ -74,12 +74,20 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 	return c
 }
 
-// end records the call's metrics and log line.
-func (c *callInfo) end(source detourv1.Source, err error) {
+// end records the call's metrics and log line. served and attempts come from
+// the answer (nil and 0 for a failed call).
+func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attempts int32, err error) {
 	total := time.Since(c.start)
 	code := status.Code(err)
 	src := sourceLabel(source, err)
 	overhead := total - c.stats.Upstream - c.stats.Waited
+	if c.stats.Attempts == 0 && attempts > 0 {
+		overhead = -1 // a shared (coalesced) upstream call: detour's share is unknown
+	}
+	region, backend, n := c.stats.Region, c.stats.Backend, c.stats.Attempts
+	if served != nil {
+		region, backend, n = served.GetRegion(), served.GetBackend(), int(attempts)
+	}
 	c.s.opts.Metrics.Call(c.method, code.String(), src, total, overhead)
 	if c.method == "StreamComplete" && c.stats.FirstChunk > 0 {
 		c.s.opts.Metrics.FirstChunk(c.stats.FirstChunk)
@@ -96,9 +104,9 @@ func (c *callInfo) end(source detourv1.Source, err error) {
 		slog.String("method", c.method),
 		slog.String("tenant", c.tenant),
 		slog.String("model", clip(c.model)),
-		slog.String("region", c.stats.Region),
-		slog.String("backend", c.stats.Backend),
-		slog.Int("attempts", c.stats.Attempts),
+		slog.String("region", region),
+		slog.String("backend", backend),
+		slog.Int("attempts", n),
 		slog.String("source", src),
 		slog.Float64("latency_ms", float64(total.Microseconds())/1000),
 		slog.String("code", code.String()),

@@ -111,7 +111,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 // Complete implements detour.v1.Router.
 func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (resp *detourv1.CompleteResponse, err error) {
 	c := s.begin(ctx, "Complete", req)
-	defer func() { c.end(resp.GetSource(), err) }()
+	defer func() { c.end(resp.GetSource(), resp.GetServedBy(), resp.GetAttempts(), err) }()
 	if err := c.err; err != nil {
 		return nil, err
 	}
@@ -125,13 +125,15 @@ func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (r
 // StreamComplete implements detour.v1.Router.
 func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) (err error) {
 	c := s.begin(stream.Context(), "StreamComplete", req)
-	source := detourv1.Source_SOURCE_UNSPECIFIED
-	defer func() { c.end(source, err) }()
+	var first *detourv1.CompleteChunk
+	defer func() { c.end(first.GetSource(), first.GetServedBy(), first.GetAttempts(), err) }()
 	if err := c.err; err != nil {
 		return err
 	}
 	return toStatus(s.log, s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
-		source = ch.GetSource()
+		if first == nil {
+			first = ch
+		}
 		return stream.Send(ch)
 	}))
 }
