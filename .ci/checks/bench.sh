@@ -1,0 +1,67 @@
+# Reliability checks from bench/ (issue 7): the short soak, the chaos suite
+# and a short fuzz run of every fuzz target. Each exits non-zero when a pass
+# criterion fails, and so does this script.
+#
+# Run from the repository root: `bash .ci/checks/bench.sh`, or sourced by
+# .ci/run under `set -euo pipefail`. Everything runs in a subshell so that
+# sourcing changes neither the caller's directory, options nor variables.
+# Everything listens on 127.0.0.1 only and every load is bounded in time.
+# About 4 minutes on 2 cores. Tables go to stdout (Markdown); child logs are
+# kept under $DETOUR_BENCH_OUT (default: a temp dir) when a step fails.
+#
+# Knobs: DETOUR_BENCH_FUZZTIME (default 10s per target; 0 runs the seed
+# corpora only), DETOUR_BENCH_SKIP_SOAK=1, DETOUR_BENCH_SKIP_CHAOS=1.
+(
+  set -euo pipefail
+  cd "$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
+  started=$SECONDS
+  say() { printf 'bench: %s (%ds)\n' "$*" "$((SECONDS - started))"; }
+
+  out=${DETOUR_BENCH_OUT:-$(mktemp -d -t detour-bench-ci-XXXXXX)}
+  mkdir -p "$out"
+  bin=$out/bin
+  mkdir -p "$bin"
+  say "build bench, detour, fakellm"
+  go build -o "$bin/bench" ./bench
+  go build -o "$bin/" ./cmd/detour ./cmd/fakellm
+  export DETOUR_BENCH_BIN=$bin
+
+  fail=0
+  if [ "${DETOUR_BENCH_SKIP_SOAK:-}" != 1 ]; then
+    say "soak, 60 s"
+    if ! DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" soak --duration 60s --rate 200 \
+      --change-every 10s --sample-every 5s --warmup 15s; then
+      echo "bench: FAIL: soak (logs under $out)" >&2
+      fail=1
+    fi
+  fi
+  if [ "${DETOUR_BENCH_SKIP_CHAOS:-}" != 1 ]; then
+    say "chaos suite"
+    if ! DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" chaos --rate 200 --duration 8s; then
+      echo "bench: FAIL: chaos (logs under $out)" >&2
+      fail=1
+    fi
+  fi
+
+  fuzztime=${DETOUR_BENCH_FUZZTIME:-10s}
+  for target in server:FuzzValidate regions:FuzzLoad provider:FuzzSSEReader; do
+    pkg=./${target%%:*}
+    name=${target##*:}
+    if [ "$fuzztime" = 0 ]; then
+      say "fuzz seeds $pkg $name"
+      go test -count=1 -run="^${name}\$" "$pkg" || fail=1
+    else
+      say "fuzz $pkg $name for $fuzztime"
+      # -parallel 2: the machine's cores. A crasher is written to
+      # $pkg/testdata/fuzz/$name: commit it as a regression seed once fixed.
+      go test -count=1 -run="^${name}\$" -fuzz="^${name}\$" -fuzztime="$fuzztime" -parallel=2 "$pkg" || fail=1
+    fi
+  done
+
+  say "done"
+  if [ "$fail" != 0 ]; then
+    echo "bench: FAIL: a pass criterion failed (see above)" >&2
+    exit 1
+  fi
+  [ -n "${DETOUR_BENCH_OUT:-}" ] || rm -rf "$out"
+)

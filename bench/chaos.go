@@ -1,0 +1,601 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/detour-dev/detour/internal/fakellm"
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+)
+
+func init() {
+	register("chaos", "faults between detour and its backends (Toxiproxy in process), hangs, cuts, SIGTERM, a 10x burst: one table with verdicts", chaos)
+}
+
+// chaosOpts are the knobs every case shares.
+type chaosOpts struct {
+	rate           float64
+	dur            time.Duration
+	faultAt        time.Duration
+	attemptTimeout time.Duration
+	deadline       time.Duration
+	maxAmp         float64
+}
+
+// chaosStack is four fakellm processes (east-a, east-b in the router's own
+// region, west-a in a second region, a fallback), each behind its own
+// Toxiproxy proxy, which is the address detour knows them by.
+type chaosStack struct {
+	bg      sync.WaitGroup // faults that keep changing during a case
+	names   []string
+	fakes   map[string]*fake
+	proxies map[string]*toxiproxy.Proxy
+}
+
+var chaosBackends = []struct{ name, region string }{
+	{"east-a", "east"}, {"east-b", "east"}, {"west-a", "west"}, {"fallback", "fallback"},
+}
+
+// chaosBase is every fakellm's setting at the start of a case.
+var chaosBase = map[string]any{"latency": "20ms", "jitter": "5ms", "busy_rate": 0, "qps": 0, "hang_rate": 0,
+	"tokens_per_sec": 0, "garbage_rate": 0, "cut_rate": 0}
+
+func startChaosStack() (*chaosStack, error) {
+	s := &chaosStack{fakes: map[string]*fake{}, proxies: map[string]*toxiproxy.Proxy{}}
+	api := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
+	for _, b := range chaosBackends {
+		f, err := startFake(fakellm.Config{Name: b.name, Region: b.region,
+			Settings: fakellm.Settings{Latency: 20 * time.Millisecond, Jitter: 5 * time.Millisecond}}, false)
+		if err != nil {
+			s.stop()
+			return nil, err
+		}
+		s.names = append(s.names, b.name)
+		s.fakes[b.name] = f
+		p := toxiproxy.NewProxy(api, b.name, "127.0.0.1:0", f.http)
+		if err := p.Start(); err != nil {
+			s.stop()
+			return nil, fmt.Errorf("toxiproxy %s: %w", b.name, err)
+		}
+		s.proxies[b.name] = p
+	}
+	return s, nil
+}
+
+func (s *chaosStack) stop() {
+	for _, p := range s.proxies {
+		p.Stop()
+	}
+	for _, f := range s.fakes {
+		f.stop()
+	}
+}
+
+// reset removes every toxic and puts every fakellm back to chaosBase.
+func (s *chaosStack) reset(ctx context.Context) error {
+	s.bg.Wait()
+	for _, n := range s.names {
+		s.proxies[n].Toxics.ResetToxics(ctx)
+		if err := s.fakes[n].control(chaosBase); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// toxic adds a Toxiproxy toxic (see its README for types and attributes) to
+// the named backends' proxies.
+func (s *chaosStack) toxic(json string, backends ...string) error {
+	for _, b := range backends {
+		if _, err := s.proxies[b].Toxics.AddToxicJson(strings.NewReader(json)); err != nil {
+			return fmt.Errorf("toxic on %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+func (s *chaosStack) control(patch map[string]any, backends ...string) error {
+	for _, b := range backends {
+		if err := s.fakes[b].control(patch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *chaosStack) upstreamTotals() (map[string]fakellm.Stats, error) {
+	m := map[string]fakellm.Stats{}
+	for _, n := range s.names {
+		st, err := s.fakes[n].stats()
+		if err != nil {
+			return nil, err
+		}
+		m[n] = st
+	}
+	return m, nil
+}
+
+func (s *chaosStack) config(o chaosOpts) string {
+	var b strings.Builder
+	ep := func(n string) string { return "http://" + s.proxies[n].Listen + "/v1" }
+	fmt.Fprintf(&b, `regions:
+  - name: east
+    backends:
+      - {name: east-a, endpoint: %q, zone: east-1a}
+      - {name: east-b, endpoint: %q, zone: east-1b}
+  - name: west
+    priority: 1
+    backends:
+      - {name: west-a, endpoint: %q}
+fallbacks:
+  - {name: fallback, endpoint: %q}
+retry:
+  attempt_timeout: %s
+`, ep("east-a"), ep("east-b"), ep("west-a"), ep("fallback"), o.attemptTimeout)
+	return b.String()
+}
+
+// chaosCase is one fault with its pass criterion.
+type chaosCase struct {
+	name, fault string
+	stream      bool
+	// setup runs before the load (after reset); inject at faultAt.
+	setup func(s *chaosStack) error
+	// inject starts the fault at faultAt; a fault that keeps changing runs
+	// on s.bg until ctx (the load) ends.
+	inject func(ctx context.Context, s *chaosStack) error
+	// prompt replaces the standard prompt.
+	prompt string
+	// rateAt overrides the constant rate (burst).
+	rateAt func(o chaosOpts) func(time.Duration) float64
+	// sigterm sends SIGTERM to detour at faultAt (the SIGTERM case).
+	sigterm bool
+	// judge returns "" for pass or why it failed; it may add a note.
+	judge func(o chaosOpts, r *chaosRun) (fail, note string)
+}
+
+// chaosRun is what one case measured.
+type chaosRun struct {
+	run       *run
+	sum       summary
+	amp       float64
+	upstream  map[string]fakellm.Stats // deltas
+	faultRel  time.Duration
+	detourOK  bool // detour still running (or exited cleanly after SIGTERM)
+	exitNote  string
+	baseP99   time.Duration // p99 before the fault
+	afterSum  summary       // calls after the fault ended (burst) or after faultAt
+	recovery  summary       // burst: the last phase
+	sigtermAt time.Duration
+	upTotal   uint64
+	// success, when set by a judge, replaces the success column (SIGTERM:
+	// the share of accepted calls).
+	success string
+}
+
+func chaosCases() []chaosCase {
+	east := []string{"east-a", "east-b"}
+	successAmp := func(minSuccess float64) func(o chaosOpts, r *chaosRun) (string, string) {
+		return func(o chaosOpts, r *chaosRun) (string, string) {
+			var why []string
+			if r.sum.successRate() < minSuccess {
+				why = append(why, fmt.Sprintf("success < %s", pctText(minSuccess)))
+			}
+			if r.amp > o.maxAmp {
+				why = append(why, fmt.Sprintf("amplification > %.1f", o.maxAmp))
+			}
+			if !r.detourOK {
+				why = append(why, "detour died")
+			}
+			return strings.Join(why, "; "), ""
+		}
+	}
+	return []chaosCase{
+		{name: "baseline", fault: "none",
+			judge: func(o chaosOpts, r *chaosRun) (string, string) {
+				f, n := successAmp(1)(o, r)
+				if r.amp > 1.01 {
+					f = strings.TrimPrefix(f+"; amplification > 1.01", "; ")
+				}
+				return f, n
+			}},
+		{name: "latency", fault: "+200 ms (Toxiproxy latency, downstream) on both east backends",
+			inject: func(_ context.Context, s *chaosStack) error {
+				return s.toxic(`{"name":"lat","type":"latency","stream":"downstream","attributes":{"latency":200}}`, east...)
+			},
+			judge: func(o chaosOpts, r *chaosRun) (string, string) {
+				f, _ := successAmp(0.999)(o, r)
+				if r.amp > 1.05 {
+					f = strings.TrimPrefix(f+"; slow answers were retried (amplification > 1.05)", "; ")
+				}
+				return f, "slow but within the attempt timeout: served, not retried"
+			}},
+		{name: "bandwidth", fault: "1 KB/s both ways (Toxiproxy bandwidth) on both east backends; 2 KB prompts", prompt: strings.Repeat("lorem ipsum ", 170),
+			inject: func(_ context.Context, s *chaosStack) error {
+				if err := s.toxic(`{"name":"bw-up","type":"bandwidth","stream":"upstream","attributes":{"rate":1}}`, east...); err != nil {
+					return err
+				}
+				return s.toxic(`{"name":"bw-down","type":"bandwidth","stream":"downstream","attributes":{"rate":1}}`, east...)
+			},
+			judge: successAmpNote(successAmp(0.999), "a request that cannot cross the link within the attempt timeout moves to west")},
+		{name: "resets", fault: "TCP RST on every east connection that carries an answer during 100 ms of each second (Toxiproxy reset_peer, toggled)",
+			inject: func(ctx context.Context, s *chaosStack) error {
+				s.bg.Go(func() {
+					tick := time.NewTicker(time.Second)
+					defer tick.Stop()
+					for {
+						if err := s.toxic(`{"name":"rst","type":"reset_peer","stream":"downstream","attributes":{"timeout":0}}`, east...); err != nil {
+							fmt.Fprintln(stderr, "chaos: resets:", err)
+							return
+						}
+						select {
+						case <-time.After(100 * time.Millisecond):
+						case <-ctx.Done():
+						}
+						for _, b := range east {
+							s.proxies[b].Toxics.RemoveToxic(context.Background(), "rst")
+						}
+						select {
+						case <-tick.C:
+						case <-ctx.Done():
+							return
+						}
+					}
+				})
+				return nil
+			},
+			judge: successAmpNote(successAmp(0.999), "reset attempts are retried elsewhere")},
+		{name: "blackhole region", fault: "east region blackholed: connections accepted, every byte dropped both ways (Toxiproxy timeout 0)",
+			inject: func(_ context.Context, s *chaosStack) error {
+				if err := s.toxic(`{"name":"bh-up","type":"timeout","stream":"upstream","attributes":{"timeout":0}}`, east...); err != nil {
+					return err
+				}
+				return s.toxic(`{"name":"bh-down","type":"timeout","stream":"downstream","attributes":{"timeout":0}}`, east...)
+			},
+			judge: successAmpNote(successAmp(0.999), "attempts time out, breakers open, west serves")},
+		{name: "hang", fault: "both east backends accept 30% of requests and never answer (fakellm hang_rate 0.3)",
+			inject: func(_ context.Context, s *chaosStack) error {
+				return s.control(map[string]any{"hang_rate": 0.3}, east...)
+			},
+			judge: successAmpNote(successAmp(0.999), "hung attempts time out and are retried")},
+		{name: "cut (unary)", fault: "east backends cut 30% of answers half-way (fakellm cut_rate 0.3)",
+			inject: func(_ context.Context, s *chaosStack) error {
+				return s.control(map[string]any{"cut_rate": 0.3}, east...)
+			},
+			judge: successAmpNote(successAmp(0.999), "a cut body is a failed attempt, retried")},
+		{name: "cut mid-stream", fault: "east backends cut 30% of streams half-way (fakellm cut_rate 0.3); StreamComplete calls", stream: true,
+			inject: func(_ context.Context, s *chaosStack) error {
+				return s.control(map[string]any{"cut_rate": 0.3}, east...)
+			},
+			judge: func(o chaosOpts, r *chaosRun) (string, string) {
+				var why []string
+				for c, n := range r.sum.Codes {
+					if c != codes.OK && c != codes.Unavailable {
+						why = append(why, fmt.Sprintf("%d calls ended %s, want UNAVAILABLE", n, codeName(c)))
+					}
+				}
+				if !r.detourOK {
+					why = append(why, "detour died")
+				}
+				return strings.Join(why, "; "), "a stream cut after its first chunk cannot fail over: it must end UNAVAILABLE, never OK without finish_reason"
+			}},
+		{name: "SIGTERM under load", fault: "SIGTERM to detour mid-run (backends 300 ms, --grace 10s)", sigterm: true,
+			setup: func(s *chaosStack) error {
+				return s.control(map[string]any{"latency": "300ms", "jitter": "0s"}, s.names...)
+			},
+			judge: judgeSigterm},
+		{name: "burst 10x", fault: "offered rate x10 for 3 s, then back",
+			rateAt: func(o chaosOpts) func(time.Duration) float64 {
+				return func(t time.Duration) float64 {
+					if t >= o.faultAt && t < o.faultAt+3*time.Second {
+						return 10 * o.rate
+					}
+					return o.rate
+				}
+			},
+			judge: judgeBurst},
+	}
+}
+
+func successAmpNote(f func(chaosOpts, *chaosRun) (string, string), note string) func(chaosOpts, *chaosRun) (string, string) {
+	return func(o chaosOpts, r *chaosRun) (string, string) {
+		fail, _ := f(o, r)
+		return fail, note
+	}
+}
+
+func codeName(c codes.Code) string {
+	switch c {
+	case codeTruncated:
+		return "TRUNCATED-OK"
+	case codeGenOverload:
+		return "generator-overload"
+	}
+	return c.String()
+}
+
+// judgeSigterm: every call sent before SIGTERM (5 ms margin) succeeds; a
+// call after it either succeeds or is refused before it reached detour
+// (dial error); detour exits 0 within its grace; no upstream call was
+// abandoned.
+func judgeSigterm(o chaosOpts, r *chaosRun) (string, string) {
+	var why []string
+	before, refused, lost, inflight := 0, 0, 0, 0
+	for _, s := range r.run.Samples {
+		if s.Start < r.sigtermAt && s.End() > r.sigtermAt && s.Code != codeGenOverload {
+			inflight++
+		}
+		if s.Start < r.sigtermAt-5*time.Millisecond {
+			before++
+			if s.Code != codes.OK {
+				lost++
+			}
+			continue
+		}
+		if s.Code == codes.OK {
+			continue
+		}
+		if isRefused(s.Err) {
+			refused++
+		} else {
+			lost++
+		}
+	}
+	if lost > 0 {
+		why = append(why, fmt.Sprintf("%d accepted calls lost", lost))
+	}
+	accepted := len(r.run.Samples) - refused
+	if accepted > 0 {
+		r.success = pctText(float64(accepted-lost)/float64(accepted)) + " of accepted"
+		r.amp = float64(r.upTotal) / float64(accepted)
+	}
+	canceled := uint64(0)
+	for _, st := range r.upstream {
+		canceled += st.Canceled
+	}
+	if canceled > 0 {
+		why = append(why, fmt.Sprintf("%d upstream calls abandoned", canceled))
+	}
+	if !r.detourOK {
+		why = append(why, "detour did not exit 0 within its grace: "+r.exitNote)
+	}
+	return strings.Join(why, "; "), fmt.Sprintf("%d calls sent before SIGTERM (%d of them in flight at the signal), all must succeed; %d later calls refused at connect (never accepted)", before, inflight, refused)
+}
+
+// isRefused reports whether err is a call that never reached detour: the
+// connection could not be made.
+func isRefused(err error) bool {
+	if err == nil || status.Code(err) != codes.Unavailable {
+		return false
+	}
+	m := status.Convert(err).Message()
+	return strings.Contains(m, "connection refused") || strings.Contains(m, "while dialing")
+}
+
+// judgeBurst: detour stays up; during the burst it may shed (UNAVAILABLE,
+// RESOURCE_EXHAUSTED) or run out of deadline, nothing else; after it every
+// call succeeds again within the normal latency.
+func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
+	var why []string
+	if !r.detourOK {
+		why = append(why, "detour died")
+	}
+	for c, n := range r.sum.Codes {
+		switch c {
+		case codes.OK, codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codeGenOverload:
+		default:
+			why = append(why, fmt.Sprintf("%d calls ended %s", n, codeName(c)))
+		}
+	}
+	if r.recovery.successRate() < 1 {
+		why = append(why, fmt.Sprintf("recovery phase success %s < 100%%", pctText(r.recovery.successRate())))
+	}
+	limit := max(3*r.baseP99, 100*time.Millisecond)
+	if r.recovery.P99 > limit {
+		why = append(why, fmt.Sprintf("recovery p99 %s ms > %s ms", ms(r.recovery.P99), ms(limit)))
+	}
+	return strings.Join(why, "; "), fmt.Sprintf("before: p99 %s ms; last 2 s after the burst: success %s, p99 %s ms; during: %s",
+		ms(r.baseP99), pctText(r.recovery.successRate()), ms(r.recovery.P99), r.afterSum.codesText())
+}
+
+func chaos(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("chaos", flag.ContinueOnError)
+	o := chaosOpts{}
+	fs.Float64Var(&o.rate, "rate", 200, "offered calls per second (open loop); the burst case offers 10x for 3 s")
+	fs.DurationVar(&o.dur, "duration", 8*time.Second, "load per case")
+	fs.DurationVar(&o.faultAt, "fault-at", 2*time.Second, "when the fault starts, after the load")
+	fs.DurationVar(&o.attemptTimeout, "attempt-timeout", time.Second, "detour's retry.attempt_timeout in the cases' config")
+	fs.DurationVar(&o.deadline, "deadline", 10*time.Second, "client deadline per call")
+	fs.Float64Var(&o.maxAmp, "max-amp", 1.5, "pass bound on upstream requests per client call under a fault")
+	only := fs.String("cases", "", "comma-separated case names to run (default all); see -list")
+	list := fs.Bool("list", false, "list the cases and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cases := chaosCases()
+	if *list {
+		for _, c := range cases {
+			fmt.Printf("%-20s %s\n", c.name, c.fault)
+		}
+		return nil
+	}
+	if *only != "" {
+		want := map[string]bool{}
+		for _, n := range strings.Split(*only, ",") {
+			want[strings.TrimSpace(n)] = true
+		}
+		var sel []chaosCase
+		for _, c := range cases {
+			if want[c.name] {
+				sel = append(sel, c)
+				delete(want, c.name)
+			}
+		}
+		if len(want) > 0 {
+			return fmt.Errorf("--cases: unknown %v (see --list)", want)
+		}
+		cases = sel
+	}
+	st, err := startChaosStack()
+	if err != nil {
+		return err
+	}
+	defer st.stop()
+
+	var rows [][]string
+	failed := 0
+	started := time.Now()
+	for _, c := range cases {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		fmt.Fprintf(stderr, "chaos: %s...\n", c.name)
+		r, err := chaosRunCase(ctx, st, o, c)
+		if err != nil {
+			return fmt.Errorf("case %s: %w", c.name, err)
+		}
+		fail, note := c.judge(o, r)
+		v := "pass"
+		if fail != "" {
+			v, failed = "**FAIL**: "+fail, failed+1
+		}
+		succ := pctText(r.sum.successRate())
+		if r.success != "" {
+			succ = r.success
+		}
+		rows = append(rows, []string{c.name, c.fault, succ, ms(r.sum.P99), fmt.Sprintf("%.2f", r.amp), r.sum.codesText(), v, note})
+		fmt.Fprintf(stderr, "chaos: %s: %s\n", c.name, v)
+	}
+	fmt.Printf("### Chaos\n\n%s; load %s; %.0f calls/s offered (open loop) for %v per case, fault from t=%v; detour attempt timeout %v; client deadline %v; amplification = upstream requests (fakellm /stats, all four backends) per client call; took %v.\n\n",
+		machine(), loadavg(), o.rate, o.dur, o.faultAt, o.attemptTimeout, o.deadline, time.Since(started).Round(time.Second))
+	fmt.Println(mdTable([]string{"case", "fault", "client success", "p99 ms", "amplification", "errors", "verdict", "criterion / note"}, rows))
+	if failed > 0 {
+		return fmt.Errorf("%d of %d chaos cases failed", failed, len(cases))
+	}
+	return nil
+}
+
+func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase) (*chaosRun, error) {
+	if err := st.reset(ctx); err != nil {
+		return nil, err
+	}
+	if c.setup != nil {
+		if err := c.setup(st); err != nil {
+			return nil, err
+		}
+	}
+	extra := []string{}
+	if c.sigterm {
+		extra = append(extra, "--grace", "10s")
+	}
+	dt, err := startDetour(st.config(o), "east", true, extra...)
+	if err != nil {
+		return nil, err
+	}
+	defer dt.stop()
+	conn, err := dial(dt.addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	client := detourv1.NewRouterClient(conn)
+	req := request("hello, how are you today?")
+	if c.prompt != "" {
+		req = request(c.prompt)
+	}
+	var call callFunc
+	if c.stream {
+		call = streamCall(client, req, o.deadline)
+	} else {
+		call = unaryCall(client, req, o.deadline)
+	}
+	// One call first: detour answers before the clock starts.
+	if err := unaryCall(client, req, o.deadline)(ctx); err != nil {
+		return nil, fmt.Errorf("first call: %w", err)
+	}
+	before, err := st.upstreamTotals()
+	if err != nil {
+		return nil, err
+	}
+	var rateAt func(time.Duration) float64
+	if c.rateAt != nil {
+		rateAt = c.rateAt(o)
+	}
+	r := &chaosRun{detourOK: true}
+	var faultTime time.Time
+	injected := make(chan error, 1)
+	loadCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-time.After(o.faultAt):
+		case <-loadCtx.Done():
+			injected <- nil
+			return
+		}
+		var err error
+		switch {
+		case c.inject != nil:
+			err = c.inject(loadCtx, st)
+		case c.sigterm:
+			err = dt.signal(syscall.SIGTERM)
+		}
+		faultTime = time.Now()
+		injected <- err
+	}()
+	r.run = openLoop(loadCtx, o.rate, o.dur, 20000, rateAt, call)
+	cancel()
+	st.bg.Wait()
+	if err := <-injected; err != nil {
+		return nil, fmt.Errorf("inject: %w", err)
+	}
+	if !faultTime.IsZero() {
+		r.faultRel = faultTime.Sub(r.run.Began)
+	}
+	r.sum = summarize(r.run.Samples, r.run.Elapsed)
+	r.sigtermAt = r.faultRel
+	r.baseP99 = summarize(window(r.run.Samples, 0, o.faultAt), 0).P99
+	r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.dur), 0)
+	if c.rateAt != nil {
+		r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.faultAt+3*time.Second), 0)
+		r.recovery = summarize(window(r.run.Samples, o.dur-2*time.Second, o.dur), 0)
+	}
+	if c.sigterm {
+		ok := dt.wait(15 * time.Second)
+		switch {
+		case !ok:
+			r.detourOK, r.exitNote = false, "still running 15 s after SIGTERM"
+		case dt.err() != nil:
+			r.detourOK, r.exitNote = false, dt.err().Error()
+		}
+	} else {
+		r.detourOK = dt.alive()
+	}
+	after, err := st.upstreamTotals()
+	if err != nil {
+		return nil, err
+	}
+	r.upstream = map[string]fakellm.Stats{}
+	var up uint64
+	for n, a := range after {
+		b := before[n]
+		d := fakellm.Stats{Total: a.Total - b.Total, OK: a.OK - b.OK, Canceled: a.Canceled - b.Canceled}
+		r.upstream[n] = d
+		up += d.Total
+	}
+	r.upTotal = up
+	if n := r.sum.N - r.sum.Codes[codeGenOverload]; n > 0 {
+		r.amp = float64(up) / float64(n)
+	}
+	return r, nil
+}

@@ -1,0 +1,86 @@
+// Command bench is detour's measurement harness. Each scenario starts what it
+// needs on loopback (fakellm and detour as child processes built from
+// cmd/fakellm and cmd/detour, so the process measured does not share the load
+// generator's Go runtime), drives load bounded in count and time with a Go
+// load generator on the real gRPC client, prints a Markdown table on stdout,
+// and exits non-zero when a pass criterion or target is missed.
+//
+//	go run ./bench list                 # the scenarios
+//	go run ./bench <scenario> -h        # its flags
+//	go run ./bench hop | seq | busy | soak | chaos | propagation ...
+//
+// A scenario is a file that calls register from init. Helpers shared by
+// scenarios: startFake, startDetour (proc.go), closedLoop, openLoop,
+// summarize, mdTable (load.go). DETOUR_BENCH_BIN names a directory holding
+// prebuilt detour and fakellm binaries (CI); DETOUR_BENCH_KEEP=1 keeps the
+// child processes' logs and configs. Results and commands are recorded in
+// BENCHMARKS.md and RELIABILITY.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+type scenario struct {
+	name, summary string
+	run           func(ctx context.Context, args []string) error
+}
+
+var scenarios = map[string]scenario{}
+
+// stderr receives progress lines; stdout gets only the Markdown report.
+var stderr = os.Stderr
+
+// register adds a scenario; call it from init() in the scenario's file.
+func register(name, summary string, run func(context.Context, []string) error) {
+	if _, dup := scenarios[name]; dup {
+		panic("bench: scenario registered twice: " + name)
+	}
+	scenarios[name] = scenario{name: name, summary: summary, run: run}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: go run ./bench <scenario> [flags]\n\nscenarios:")
+	names := make([]string, 0, len(scenarios))
+	for n := range scenarios {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(os.Stderr, "  %-12s %s\n", n, scenarios[n].summary)
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "list" || os.Args[1] == "-h" || os.Args[1] == "--help" {
+		usage()
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	s, ok := scenarios[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := s.run(ctx, os.Args[2:])
+	stop()
+	cleanup()
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench %s: %v\n", s.name, err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+)
+
+func init() {
+	register("passthrough", "(helper for hop) serve a bare grpc-go pass-through proxy of detour.v1.Router: --listen ADDR --upstream ADDR", passthroughMain)
+}
+
+// passthrough forwards detour.v1.Router calls to one upstream over one
+// client connection: no validation, breaker, balancing or retry. It decodes
+// and re-encodes each message as detour must, so it is the floor of one extra
+// gRPC hop that does the same work on the wire.
+type passthrough struct {
+	detourv1.UnimplementedRouterServer
+	up detourv1.RouterClient
+}
+
+func (p *passthrough) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
+	return p.up.Complete(ctx, req)
+}
+
+func (p *passthrough) StreamComplete(req *detourv1.CompleteRequest, down grpc.ServerStreamingServer[detourv1.CompleteChunk]) error {
+	up, err := p.up.StreamComplete(down.Context(), req)
+	if err != nil {
+		return err
+	}
+	for {
+		ch, err := up.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := down.Send(ch); err != nil {
+			return err
+		}
+	}
+}
+
+func passthroughMain(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("passthrough", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
+	upstream := fs.String("upstream", "", "host:port of the upstream detour.v1.Router")
+	profile := fs.String("cpuprofile", "", "write a CPU profile here until the proxy stops")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *upstream == "" {
+		return errors.New("--upstream is required")
+	}
+	conn, err := dial(*upstream)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.Connect()
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	srv := grpc.NewServer()
+	detourv1.RegisterRouterServer(srv, &passthrough{up: detourv1.NewRouterClient(conn)})
+	fmt.Printf("passthrough listening on %s\n", lis.Addr())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}
+
+// startPassthrough runs this bench binary's passthrough scenario as a child
+// process in front of upstream.
+func startPassthrough(upstream string, extra ...string) (*child, string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	var addr string
+	c, err := startChild("passthrough", self, append([]string{"passthrough", "--listen", "127.0.0.1:0", "--upstream", upstream}, extra...),
+		func(line string) bool {
+			if a, ok := strings.CutPrefix(line, "passthrough listening on "); ok {
+				addr = a
+				return true
+			}
+			return false
+		}, 10*time.Second)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, addr, nil
+}
