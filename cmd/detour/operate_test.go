@@ -210,7 +210,7 @@ func TestMetricsAfterRealCalls(t *testing.T) {
 	if lines != calls+3 {
 		t.Errorf("%d call log lines, want %d", lines, calls+3)
 	}
-	for _, field := range []string{`"request_id"`, `"tenant":"default"`, `"backend":"away-1"`, `"attempts"`, `"source":"live"`, `"latency_ms"`, `"code":"OK"`} {
+	for _, field := range []string{`"request_id"`, `"tenant":"default"`, `"backend":"away-1"`, `"attempts"`, `"source":"live"`, `"latency_us"`, `"code":"OK"`} {
 		if !strings.Contains(logs.String(), field) {
 			t.Errorf("call log lacks %s", field)
 		}
