@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/fakellm"
+	"github.com/detour-dev/detour/internal/testpki"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/server"
@@ -30,9 +30,9 @@ import (
 // while the Router port refuses plaintext, reports NOT_SERVING while a
 // shutdown drains a call in flight, and is closed once detour stopped.
 func TestHealthListener(t *testing.T) {
-	pki := newPKI(t)
-	pki.issue(t, "server", "detour", "", true)
-	search := pki.issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
+	pki := testpki.New(t)
+	pki.Issue(t, "server", "detour", "", true)
+	search := pki.Issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
 	// Every call hangs until its caller gives up: one holds the drain open.
 	hang := startFake(t, fakellm.Config{Region: "a", Name: "a-1", Settings: fakellm.Settings{HangRate: 1}}, false)
 	cfg := &regions.Config{
@@ -43,8 +43,8 @@ func TestHealthListener(t *testing.T) {
 	m := &Main{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Region: "a", Grace: 30 * time.Second, config: cfg,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Security: SecurityOptions{
-			TLSCert: filepath.Join(pki.dir, "server.crt"), TLSKey: filepath.Join(pki.dir, "server.key"),
-			TLSClientCA: filepath.Join(pki.dir, "ca.crt"), TLSReload: time.Hour, Auth: auth.ModeTLS,
+			TLSCert: pki.Path("server.crt"), TLSKey: pki.Path("server.key"),
+			TLSClientCA: pki.Path("ca.crt"), TLSReload: time.Hour, Auth: auth.ModeTLS,
 		},
 		ready:       func(a net.Addr) { addrc <- a },
 		healthReady: func(a net.Addr) { healthc <- a },
@@ -105,7 +105,7 @@ func TestHealthListener(t *testing.T) {
 
 	// A call in flight over mTLS holds the drain open.
 	cc, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(
-		&tls.Config{RootCAs: pki.caPool, Certificates: []tls.Certificate{search}, MinVersion: tls.VersionTLS12})))
+		&tls.Config{RootCAs: pki.Pool, Certificates: []tls.Certificate{search}, MinVersion: tls.VersionTLS12})))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,22 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,76 +21,10 @@ import (
 
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/fakellm"
+	"github.com/detour-dev/detour/internal/testpki"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
-
-// testPKI is a CA with the certificates one test needs, written to dir.
-type testPKI struct {
-	dir    string
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	caPool *x509.CertPool
-	serial int64
-}
-
-func newPKI(t *testing.T) *testPKI {
-	t.Helper()
-	p := &testPKI{dir: t.TempDir(), serial: 1}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.ca, _ = x509.ParseCertificate(der)
-	p.caKey = key
-	p.caPool = x509.NewCertPool()
-	p.caPool.AddCert(p.ca)
-	p.write(t, "ca.crt", "CERTIFICATE", der)
-	return p
-}
-
-func (p *testPKI) write(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// issue makes a leaf certificate; server certs are for 127.0.0.1.
-func (p *testPKI) issue(t *testing.T, name, cn, uri string, server bool) tls.Certificate {
-	t.Helper()
-	p.serial++
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	if uri != "" {
-		u, _ := url.Parse(uri)
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	p.write(t, name+".crt", "CERTIFICATE", der)
-	p.write(t, name+".key", "EC PRIVATE KEY", kder)
-	c, err := tls.LoadX509KeyPair(filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 func sha(s string) string {
 	h := sha256.Sum256([]byte(s))
@@ -116,10 +40,10 @@ func TestSecurityEndToEnd(t *testing.T) {
 		upstreamKey  = "sk-upstream-5c1e8a7d3f9b2046"
 	)
 	t.Setenv("DETOUR_TEST_UPSTREAM_KEY", upstreamKey)
-	pki := newPKI(t)
-	pki.issue(t, "server", "detour", "", true)
-	search := pki.issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
-	other := newPKI(t).issue(t, "stranger", "stranger", "spiffe://corp/ns/x/sa/y", false)
+	pki := testpki.New(t)
+	pki.Issue(t, "server", "detour", "", true)
+	search := pki.Issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
+	other := testpki.New(t).Issue(t, "stranger", "stranger", "spiffe://corp/ns/x/sa/y", false)
 
 	live := startFake(t, fakellm.Config{Region: "home", Name: "home-1"}, false)
 	// A closed port: every call to "dead-1" fails, with the key configured.
@@ -142,13 +66,13 @@ func TestSecurityEndToEnd(t *testing.T) {
 		Logger:  slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Observe: ObserveOptions{LogCalls: true},
 		Security: SecurityOptions{
-			TLSCert: filepath.Join(pki.dir, "server.crt"), TLSKey: filepath.Join(pki.dir, "server.key"),
-			TLSClientCA: filepath.Join(pki.dir, "ca.crt"), TLSReload: time.Hour, Auth: auth.ModeAny,
+			TLSCert: pki.Path("server.crt"), TLSKey: pki.Path("server.key"),
+			TLSClientCA: pki.Path("ca.crt"), TLSReload: time.Hour, Auth: auth.ModeAny,
 		}}
 	addr, _ := runMain(t, m)
 
 	conn := func(cert *tls.Certificate) *grpc.ClientConn {
-		tc := &tls.Config{RootCAs: pki.caPool, MinVersion: tls.VersionTLS12}
+		tc := &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12}
 		if cert != nil {
 			tc.Certificates = []tls.Certificate{*cert}
 		}

@@ -1,20 +1,11 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,84 +16,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/auth"
+	"github.com/detour-dev/detour/internal/testpki"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/router"
 	"github.com/detour-dev/detour/server"
 )
-
-// testPKI is a CA and the certificates a test issues, as files in dir.
-type testPKI struct {
-	dir    string
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	serial int64
-}
-
-func newPKI(t *testing.T) *testPKI {
-	t.Helper()
-	p := &testPKI{dir: t.TempDir(), serial: 1}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.ca, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	p.caKey = key
-	p.write(t, "ca.crt", "CERTIFICATE", der)
-	return p
-}
-
-func (p *testPKI) path(name string) string { return filepath.Join(p.dir, name) }
-
-func (p *testPKI) write(t *testing.T, name, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(p.path(name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// issue writes NAME.crt and NAME.key: a server certificate for 127.0.0.1,
-// or a client certificate with common name cn and an optional URI SAN.
-func (p *testPKI) issue(t *testing.T, name, cn, uri string, server bool) {
-	t.Helper()
-	p.serial++
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	if uri != "" {
-		u, err := url.Parse(uri)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.write(t, name+".crt", "CERTIFICATE", der)
-	p.write(t, name+".key", "EC PRIVATE KEY", kder)
-}
 
 // startAuthAdmin serves detour.v1.Admin on loopback as `detour serve
 // --admin-listen` does: the auth package's TLS (nil: plaintext), hardening
@@ -137,10 +55,10 @@ func startAuthAdmin(t *testing.T, cfg *regions.Config, certs *auth.ServerTLS, mo
 	return lis.Addr().String()
 }
 
-func serverTLS(t *testing.T, p *testPKI, optionalClientCert bool) *auth.ServerTLS {
+func serverTLS(t *testing.T, p *testpki.PKI, optionalClientCert bool) *auth.ServerTLS {
 	t.Helper()
 	certs, err := auth.NewServerTLS(auth.ServerTLSOptions{
-		CertFile: p.path("server.crt"), KeyFile: p.path("server.key"), ClientCAFile: p.path("ca.crt"),
+		CertFile: p.Path("server.crt"), KeyFile: p.Path("server.key"), ClientCAFile: p.Path("ca.crt"),
 		OptionalClientCert: optionalClientCert, PollInterval: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -160,12 +78,12 @@ func TestStatusAuth(t *testing.T) {
 		oncallToken  = "tok-oncall-51c7e2a9d04b83f6"
 		billingToken = "tok-billing-a83d0c6e72f915b4"
 	)
-	pki := newPKI(t)
-	pki.issue(t, "server", "detour", "", true)
-	pki.issue(t, "oncall", "oncall", "", false)
-	pki.issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
-	other := newPKI(t)
-	other.issue(t, "oncall", "oncall", "", false) // same name, another CA
+	pki := testpki.New(t)
+	pki.Issue(t, "server", "detour", "", true)
+	pki.Issue(t, "oncall", "oncall", "", false)
+	pki.Issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
+	other := testpki.New(t)
+	other.Issue(t, "oncall", "oncall", "", false) // same name, another CA
 	oncallTok := writeFile(t, "oncall.token", oncallToken+"\n")
 	billingTok := writeFile(t, "billing.token", billingToken)
 	unknownTok := writeFile(t, "unknown.token", "tok-nobody-0000000000000000")
@@ -189,9 +107,9 @@ func TestStatusAuth(t *testing.T) {
 	// As --auth token without TLS: tokens from loopback peers only.
 	plainAddr := startAuthAdmin(t, cfg, nil, auth.ModeToken)
 
-	ca := []string{"--tls-ca", pki.path("ca.crt")}
-	mtls := func(p *testPKI, name string) []string {
-		return append(ca, "--tls-cert", p.path(name+".crt"), "--tls-key", p.path(name+".key"))
+	ca := []string{"--tls-ca", pki.Path("ca.crt")}
+	mtls := func(p *testpki.PKI, name string) []string {
+		return append(ca, "--tls-cert", p.Path(name+".crt"), "--tls-key", p.Path(name+".key"))
 	}
 	tok := func(file string) []string { return []string{"--token-file", file} }
 	cat := func(parts ...[]string) []string {
@@ -237,7 +155,7 @@ func TestStatusAuth(t *testing.T) {
 
 		{name: "token in the clear to another host", addr: "192.0.2.7:50052", flags: tok(oncallTok), wantExit: 2,
 			want: []string{"refusing to send the --token-file token in the clear to 192.0.2.7:50052: add --tls-ca"}},
-		{name: "certificate without key", addr: anyAddr, flags: cat(ca, []string{"--tls-cert", pki.path("oncall.crt")}), wantExit: 2,
+		{name: "certificate without key", addr: anyAddr, flags: cat(ca, []string{"--tls-cert", pki.Path("oncall.crt")}), wantExit: 2,
 			want: []string{"--tls-cert and --tls-key go together"}},
 		{name: "missing token file", addr: anyAddr, flags: cat(ca, tok(filepath.Join(t.TempDir(), "none"))), wantExit: 1,
 			want: []string{"--token-file: secret file: open "}},
