@@ -231,23 +231,17 @@ func cacheHit(ctx context.Context, args []string) error {
 
 	mark := markCPU()
 	res := make([][]chResult, len(targets))
-	for round := range *rounds {
-		order := []int{0, 1}
-		if round%2 == 1 {
-			order = []int{1, 0}
+	if err := alternate(ctx, *rounds, len(targets), func(round, i int) error {
+		r, err := measure(targets[i])
+		if err != nil {
+			return err
 		}
-		for _, i := range order {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r, err := measure(targets[i])
-			if err != nil {
-				return err
-			}
-			res[i] = append(res[i], r)
-			fmt.Fprintf(stderr, "cachehit round %d %-24s %8.0f calls/s p50 %s ms p99 %s ms (%d calls, %s)\n",
-				round+1, targets[i].name, r.sum.Throughput, ms(r.sum.P50), ms(r.sum.P99), r.sum.N, r.sum.codesText())
-		}
+		res[i] = append(res[i], r)
+		fmt.Fprintf(stderr, "cachehit round %d %-24s %8.0f calls/s p50 %s ms p99 %s ms (%d calls, %s)\n",
+			round+1, targets[i].name, r.sum.Throughput, ms(r.sum.P50), ms(r.sum.P99), r.sum.N, r.sum.codesText())
+		return nil
+	}); err != nil {
+		return err
 	}
 	foreign := mark.foreignCPU()
 
@@ -333,23 +327,8 @@ func chProc(pid int) procSample {
 
 // startConstSrv runs this bench binary's constsrv scenario as a child.
 func startConstSrv(respFile string, extra ...string) (*child, string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, "", err
-	}
-	var addr string
-	c, err := startChild("constsrv", self, append([]string{"constsrv", "--listen", "127.0.0.1:0", "--response", respFile}, extra...),
-		func(line string) bool {
-			if a, ok := strings.CutPrefix(line, "constsrv listening on "); ok {
-				addr = a
-				return true
-			}
-			return false
-		}, 10*time.Second, detourEnv...)
-	if err != nil {
-		return nil, "", err
-	}
-	return c, addr, nil
+	return startSelf(append([]string{"constsrv", "--listen", "127.0.0.1:0", "--response", respFile}, extra...),
+		"constsrv listening on ", "", detourEnv...)
 }
 
 // constSrv answers every Complete with the same response.
@@ -470,10 +449,6 @@ func cacheHitProfiled(ctx context.Context, args []string) error {
 // chProfile runs the closed loop against cachehit-profiled and against a
 // constsrv with --cpuprofile, one after the other, after warming the cache.
 func chProfile(ctx context.Context, cfgYAML, respFile, path string, reqs []*detourv1.CompleteRequest, conc int, dur time.Duration, logCalls bool) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	dir, err := workDir()
 	if err != nil {
 		return err
@@ -482,15 +457,8 @@ func chProfile(ctx context.Context, cfgYAML, respFile, path string, reqs []*deto
 	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o600); err != nil {
 		return err
 	}
-	var addr string
-	pc, err := startChild("cachehit-profiled", self, []string{"cachehit-profiled", "--config", cfgPath, "--region", "local", "--cpuprofile", path, fmt.Sprintf("--log-calls=%t", logCalls)},
-		func(line string) bool {
-			if a, ok := strings.CutPrefix(line, `{"msg":"detour serving","addr":"`); ok {
-				addr = strings.TrimSuffix(a, `"}`)
-				return true
-			}
-			return false
-		}, 10*time.Second, detourEnv...)
+	pc, addr, err := startSelf([]string{"cachehit-profiled", "--config", cfgPath, "--region", "local", "--cpuprofile", path, fmt.Sprintf("--log-calls=%t", logCalls)},
+		servingPrefix, servingSuffix, detourEnv...)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -108,21 +107,6 @@ func passthroughMain(ctx context.Context, args []string) error {
 // startPassthrough runs this bench binary's passthrough scenario as a child
 // process in front of upstream.
 func startPassthrough(upstream string, extra ...string) (*child, string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, "", err
-	}
-	var addr string
-	c, err := startChild("passthrough", self, append([]string{"passthrough", "--listen", "127.0.0.1:0", "--upstream", upstream}, extra...),
-		func(line string) bool {
-			if a, ok := strings.CutPrefix(line, "passthrough listening on "); ok {
-				addr = a
-				return true
-			}
-			return false
-		}, 10*time.Second)
-	if err != nil {
-		return nil, "", err
-	}
-	return c, addr, nil
+	return startSelf(append([]string{"passthrough", "--listen", "127.0.0.1:0", "--upstream", upstream}, extra...),
+		"passthrough listening on ", "")
 }

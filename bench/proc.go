@@ -608,3 +608,53 @@ func (m cpuMark) foreignCPU() float64 {
 	}
 	return max(0, float64((n.busy-m.busy)-(n.ours-m.ours))/float64(wall))
 }
+
+// startSelf runs this bench binary's scenario (args[0]) as a child and waits
+// for the log line that starts with readyPrefix; the address is the rest of
+// that line without readySuffix.
+func startSelf(args []string, readyPrefix, readySuffix string, env ...string) (*child, string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	var addr string
+	c, err := startChild(args[0], self, args, func(line string) bool {
+		if a, ok := strings.CutPrefix(line, readyPrefix); ok {
+			addr = strings.TrimSuffix(a, readySuffix)
+			return true
+		}
+		return false
+	}, 10*time.Second, env...)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, addr, nil
+}
+
+// servingPrefix and servingSuffix frame the address in detour's JSON
+// "detour serving" line as the profiled variants print it.
+const (
+	servingPrefix = `{"msg":"detour serving","addr":"`
+	servingSuffix = `"}`
+)
+
+// alternate runs measure for each of n targets in every round, reversing the
+// order on odd rounds (A B, B A, ...) so drift on a shared machine falls on
+// both alike. It stops at the first error or when ctx ends.
+func alternate(ctx context.Context, rounds, n int, measure func(round, i int) error) error {
+	for round := range rounds {
+		for k := range n {
+			i := k
+			if round%2 == 1 {
+				i = n - 1 - k
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := measure(round, i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -86,10 +85,6 @@ func detourProfiled(ctx context.Context, args []string) error {
 
 // startProfiledDetour runs detour-profiled as a child with cfgYAML.
 func startProfiledDetour(cfgYAML, region, profile string, extra ...string) (*detourProc, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := workDir()
 	if err != nil {
 		return nil, err
@@ -100,18 +95,10 @@ func startProfiledDetour(cfgYAML, region, profile string, extra ...string) (*det
 	}
 	io.WriteString(cf, cfgYAML)
 	cf.Close()
-	d := &detourProc{}
-	c, err := startChild("detour-profiled", self, append([]string{"detour-profiled", "--config", cf.Name(), "--region", region, "--cpuprofile", profile}, extra...),
-		func(line string) bool {
-			if a, ok := strings.CutPrefix(line, `{"msg":"detour serving","addr":"`); ok {
-				d.addr = strings.TrimSuffix(a, `"}`)
-				return true
-			}
-			return false
-		}, 10*time.Second, detourEnv...)
+	c, addr, err := startSelf(append([]string{"detour-profiled", "--config", cf.Name(), "--region", region, "--cpuprofile", profile}, extra...),
+		servingPrefix, servingSuffix, detourEnv...)
 	if err != nil {
 		return nil, err
 	}
-	d.child = c
-	return d, nil
+	return &detourProc{child: c, addr: addr}, nil
 }

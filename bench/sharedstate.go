@@ -255,23 +255,17 @@ func sharedState(ctx context.Context, args []string) error {
 
 	mark := markCPU()
 	res := make([][]ssResult, len(setups))
-	for round := range *rounds {
-		order := []int{0, 1}
-		if round%2 == 1 {
-			order = []int{1, 0}
+	if err := alternate(ctx, *rounds, len(setups), func(round, i int) error {
+		r, err := measure(setups[i])
+		if err != nil {
+			return err
 		}
-		for _, i := range order {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r, err := measure(setups[i])
-			if err != nil {
-				return err
-			}
-			res[i] = append(res[i], r)
-			fmt.Fprintf(stderr, "sharedstate round %d %-18s %6d calls, %s OK, p50 %s ms p99 %s ms, redis cmds %v\n",
-				round+1, setups[i].name, r.sum.N, pctText(r.sum.successRate()), ms(r.sum.P50), ms(r.sum.P99), r.cmds)
-		}
+		res[i] = append(res[i], r)
+		fmt.Fprintf(stderr, "sharedstate round %d %-18s %6d calls, %s OK, p50 %s ms p99 %s ms, redis cmds %v\n",
+			round+1, setups[i].name, r.sum.N, pctText(r.sum.successRate()), ms(r.sum.P50), ms(r.sum.P99), r.cmds)
+		return nil
+	}); err != nil {
+		return err
 	}
 	foreign := mark.foreignCPU()
 
