@@ -108,10 +108,6 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// Registry returns the registry, for tests and for registering more
-// collectors.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // Call records one finished call.
 func (m *Metrics) Call(method, code, source string, total, overhead time.Duration) {
 	if m == nil {
@@ -204,8 +200,8 @@ type Backend struct {
 	connDialed prometheus.Counter
 }
 
-// Outcomes are the outcome label values, indexed like breaker.Class.
-var Outcomes = [5]string{"ok", "busy", "failed", "client_error", "canceled"}
+// outcomes are the outcome label values, indexed like breaker.Class.
+var outcomes = [5]string{"ok", "busy", "failed", "client_error", "canceled"}
 
 // Backend returns the series of one backend.
 func (m *Metrics) Backend(name, region string) *Backend {
@@ -220,7 +216,7 @@ func (m *Metrics) Backend(name, region string) *Backend {
 		connReused: m.conns.WithLabelValues(name, "true"),
 		connDialed: m.conns.WithLabelValues(name, "false"),
 	}
-	for i, o := range Outcomes {
+	for i, o := range outcomes {
 		b.attempts[i] = m.attempts.WithLabelValues(name, region, o)
 	}
 	m.breakerState.WithLabelValues(name).Set(0)
@@ -239,7 +235,7 @@ func (m *Metrics) Forget(name string) {
 	}
 }
 
-// Attempt records one upstream attempt; outcome indexes Outcomes.
+// Attempt records one upstream attempt; outcome is a breaker.Class.
 func (b *Backend) Attempt(outcome int, d time.Duration) {
 	if b == nil {
 		return
