@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -142,11 +143,17 @@ func (d *Detour) wrap(err error) error {
 
 // detourStream adapts a Router.StreamComplete client stream.
 type detourStream struct {
-	d      *Detour
-	st     grpc.ServerStreamingClient[detourv1.CompleteChunk]
-	cancel context.CancelFunc
-	parent context.Context // the attempt's context, to tell a cut stream from a complete one
+	d        *Detour
+	st       grpc.ServerStreamingClient[detourv1.CompleteChunk]
+	cancel   context.CancelFunc
+	parent   context.Context // the attempt's context, to tell a cut stream from a complete one
+	finished bool            // a chunk carried a finish reason
 }
+
+// deadlineSlack is how close to the attempt's deadline a stream that ends
+// without a finish reason counts as cut by that deadline: the upstream gets
+// the same deadline (grpc-timeout) and may give up a moment before we do.
+const deadlineSlack = 50 * time.Millisecond
 
 func (s *detourStream) Recv() (*detourv1.CompleteChunk, error) {
 	c, err := s.st.Recv()
@@ -157,9 +164,15 @@ func (s *detourStream) Recv() (*detourv1.CompleteChunk, error) {
 			if cerr := s.parent.Err(); cerr != nil {
 				return nil, fmt.Errorf("backend %s: stream ended as the attempt expired: %w", s.d.name, cerr)
 			}
+			if dl, ok := s.parent.Deadline(); ok && !s.finished && time.Until(dl) < deadlineSlack {
+				return nil, fmt.Errorf("backend %s: stream ended at the attempt's deadline: %w", s.d.name, context.DeadlineExceeded)
+			}
 			return nil, io.EOF
 		}
 		return nil, s.d.wrap(err)
+	}
+	if c.GetFinishReason() != "" {
+		s.finished = true
 	}
 	return c, nil
 }
