@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"syscall"
@@ -11,6 +13,7 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -19,7 +22,7 @@ import (
 )
 
 func init() {
-	register("chaos", "faults between detour and its backends (Toxiproxy in process), hangs, cuts, SIGTERM, a 10x burst: one table with verdicts", chaos)
+	register("chaos", "faults between detour and its backends (Toxiproxy in process), hangs, cuts, SIGTERM, a 10x burst, etcd restarted, Redis killed: one table with verdicts", chaos)
 }
 
 // chaosOpts are the knobs every case shares.
@@ -30,7 +33,35 @@ type chaosOpts struct {
 	attemptTimeout time.Duration
 	deadline       time.Duration
 	maxAmp         float64
+	// maxInflight is detour's limits.max_inflight in the cases marked
+	// limited; 0 means none. See inflightLimit for the default.
+	maxInflight int
 }
+
+// inflightHeadroom sizes the default limits.max_inflight: this many times
+// the calls that 20 ms backends hold at the offered rate (Little's law:
+// rate x latency), so 32 at 200 calls/s. The normal rate stays far below
+// it (about 5.5 calls at 200 calls/s with jitter and detour's own time);
+// the 10x burst, holding at least 10 x rate x 20 ms, must exceed it.
+const inflightHeadroom = 8
+
+// inflightLimit turns the --max-inflight flag into the limit: 0 picks
+// inflightHeadroom x rate x 20 ms, negative means none.
+func inflightLimit(flag int, rate float64) int {
+	switch {
+	case flag < 0:
+		return 0
+	case flag == 0:
+		return int(math.Round(inflightHeadroom * rate * chaosBackendLatency.Seconds()))
+	}
+	return flag
+}
+
+// chaosBurstFor is how long the burst case offers 10x the rate.
+const chaosBurstFor = 3 * time.Second
+
+// chaosBackendLatency is the fakellm latency of every case but SIGTERM.
+const chaosBackendLatency = 20 * time.Millisecond
 
 // chaosStack is four fakellm processes (east-a, east-b in the router's own
 // region, west-a in a second region, a fallback), each behind its own
@@ -160,8 +191,17 @@ type chaosCase struct {
 	rateAt func(o chaosOpts) func(time.Duration) float64
 	// sigterm sends SIGTERM to detour at faultAt (the SIGTERM case).
 	sigterm bool
+	// limited runs detour with limits.max_inflight = --max-inflight. Only
+	// cases whose calls stay short set it: a fault that holds calls for up
+	// to the attempt timeout (latency, bandwidth, blackhole, hang) or 300 ms
+	// backends (SIGTERM) keep far more calls in flight at the same rate,
+	// beyond a limit sized for 20 ms backends.
+	limited bool
 	// judge returns "" for pass or why it failed; it may add a note.
 	judge func(o chaosOpts, r *chaosRun) (fail, note string)
+	// run, when set, replaces chaosRunCase (the etcd and Redis cases,
+	// chaos_state.go); a chaosSkipped error skips the case.
+	run func(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase) (*chaosRun, error)
 }
 
 // chaosRun is what one case measured.
@@ -201,7 +241,7 @@ func chaosCases() []chaosCase {
 		}
 	}
 	return []chaosCase{
-		{name: "baseline", fault: "none",
+		{name: "baseline", fault: "none", limited: true,
 			judge: func(o chaosOpts, r *chaosRun) (string, string) {
 				f, n := successAmp(1)(o, r)
 				if r.amp > 1.01 {
@@ -228,7 +268,7 @@ func chaosCases() []chaosCase {
 				return s.toxic(`{"name":"bw-down","type":"bandwidth","stream":"downstream","attributes":{"rate":1}}`, east...)
 			},
 			judge: successAmpNote(successAmp(0.999), "a request that cannot cross the link within the attempt timeout moves to west")},
-		{name: "resets", fault: "TCP RST on every east connection that carries an answer during 100 ms of each second (Toxiproxy reset_peer, toggled)",
+		{name: "resets", fault: "TCP RST on every east connection that carries an answer during 100 ms of each second (Toxiproxy reset_peer, toggled)", limited: true,
 			inject: func(ctx context.Context, s *chaosStack) error {
 				s.bg.Go(func() {
 					tick := time.NewTicker(time.Second)
@@ -268,12 +308,12 @@ func chaosCases() []chaosCase {
 				return s.control(map[string]any{"hang_rate": 0.3}, east...)
 			},
 			judge: successAmpNote(successAmp(0.999), "hung attempts time out and are retried")},
-		{name: "cut (unary)", fault: "east backends cut 30% of answers half-way (fakellm cut_rate 0.3)",
+		{name: "cut (unary)", fault: "east backends cut 30% of answers half-way (fakellm cut_rate 0.3)", limited: true,
 			inject: func(_ context.Context, s *chaosStack) error {
 				return s.control(map[string]any{"cut_rate": 0.3}, east...)
 			},
 			judge: successAmpNote(successAmp(0.999), "a cut body is a failed attempt, retried")},
-		{name: "cut mid-stream", fault: "east backends cut 30% of streams half-way (fakellm cut_rate 0.3); StreamComplete calls", stream: true,
+		{name: "cut mid-stream", fault: "east backends cut 30% of streams half-way (fakellm cut_rate 0.3); StreamComplete calls", stream: true, limited: true,
 			inject: func(_ context.Context, s *chaosStack) error {
 				return s.control(map[string]any{"cut_rate": 0.3}, east...)
 			},
@@ -294,10 +334,10 @@ func chaosCases() []chaosCase {
 				return s.control(map[string]any{"latency": "300ms", "jitter": "0s"}, s.names...)
 			},
 			judge: judgeSigterm},
-		{name: "burst 10x", fault: "offered rate x10 for 3 s, then back",
+		{name: "burst 10x", fault: "offered rate x10 for 3 s, then back", limited: true,
 			rateAt: func(o chaosOpts) func(time.Duration) float64 {
 				return func(t time.Duration) float64 {
-					if t >= o.faultAt && t < o.faultAt+3*time.Second {
+					if t >= o.faultAt && t < o.faultAt+chaosBurstFor {
 						return 10 * o.rate
 					}
 					return o.rate
@@ -382,20 +422,70 @@ func isRefused(err error) bool {
 	return strings.Contains(m, "connection refused") || strings.Contains(m, "while dialing")
 }
 
-// judgeBurst: detour stays up; during the burst it may shed (UNAVAILABLE,
-// RESOURCE_EXHAUSTED) or run out of deadline, nothing else; after it every
-// call succeeds again within the normal latency.
+// judgeBurst: detour stays up; during the burst it sheds what is beyond
+// limits.max_inflight, every refused call RESOURCE_EXHAUSTED at the
+// in-flight limit with a RetryInfo, and nothing else fails; no call is shed
+// before the burst, nor after it once the calls it admitted have ended
+// (until then they hold the limit); when the burst must exceed the limit
+// (by Little's law it keeps at least 10 x rate x 20 ms calls in flight),
+// some calls were shed; in the last 2 s every call succeeds again within
+// the normal latency.
 func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
 	var why []string
 	if !r.detourOK {
 		why = append(why, "detour died")
 	}
-	for c, n := range r.sum.Codes {
-		switch c {
-		case codes.OK, codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codeGenOverload:
-		default:
-			why = append(why, fmt.Sprintf("%d calls ended %s", n, codeName(c)))
+	from, to := o.faultAt, o.faultAt+chaosBurstFor
+	offered, noRetry := 0, 0
+	var shedAt []time.Duration // starts of the shed calls
+	failed := map[codes.Code]int{}
+	var admitted []sample // sent during the burst and not shed
+	for _, s := range r.run.Samples {
+		in := s.Start >= from && s.Start < to
+		if in {
+			offered++
 		}
+		if s.Code == codeGenOverload {
+			continue // never sent: the generator's bound, not detour
+		}
+		if isShed, retry := shedStatus(s.Err); isShed {
+			shedAt = append(shedAt, s.Start)
+			if !retry {
+				noRetry++
+			}
+			continue
+		}
+		if s.Code != codes.OK {
+			failed[s.Code]++
+		}
+		if in {
+			admitted = append(admitted, s)
+		}
+	}
+	adm := summarize(admitted, 0)
+	drained := to + adm.Max // the last call the burst admitted has ended
+	shed, shedAfter, shedOutside := 0, time.Duration(0), 0
+	for _, at := range shedAt {
+		switch {
+		case at >= from && at < to:
+			shed++
+		case at >= to && at < drained:
+			shedAfter++
+		default:
+			shedOutside++
+		}
+	}
+	for c, n := range failed {
+		why = append(why, fmt.Sprintf("%d calls ended %s (only a shed RESOURCE_EXHAUSTED may fail)", n, codeName(c)))
+	}
+	if noRetry > 0 {
+		why = append(why, fmt.Sprintf("%d shed calls without a RetryInfo", noRetry))
+	}
+	if shedOutside > 0 {
+		why = append(why, fmt.Sprintf("%d calls shed before the burst or after its admitted calls ended", shedOutside))
+	}
+	if least := 10 * o.rate * chaosBackendLatency.Seconds(); o.maxInflight > 0 && least > float64(o.maxInflight) && len(shedAt) == 0 {
+		why = append(why, fmt.Sprintf("nothing shed although the burst keeps at least %.0f calls in flight, above limits.max_inflight %d", least, o.maxInflight))
 	}
 	if r.recovery.successRate() < 1 {
 		why = append(why, fmt.Sprintf("recovery phase success %s < 100%%", pctText(r.recovery.successRate())))
@@ -404,8 +494,29 @@ func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
 	if r.recovery.P99 > limit {
 		why = append(why, fmt.Sprintf("recovery p99 %s ms > %s ms", ms(r.recovery.P99), ms(limit)))
 	}
-	return strings.Join(why, "; "), fmt.Sprintf("before: p99 %s ms; last 2 s after the burst: success %s, p99 %s ms; during: %s",
-		ms(r.baseP99), pctText(r.recovery.successRate()), ms(r.recovery.P99), r.afterSum.codesText())
+	shedShare := 0.0
+	if offered > 0 {
+		shedShare = float64(shed) / float64(offered)
+	}
+	return strings.Join(why, "; "), fmt.Sprintf("limits.max_inflight %d; before: p99 %s ms; burst: %d offered, %d shed (%s) with RESOURCE_EXHAUSTED + RetryInfo, %d not sent by the generator; admitted %d: success %s, p99 %s ms, max %s ms; shed in the %s ms after the burst while its admitted calls ended: %d, later or before it: %d; last 2 s: success %s, p99 %s ms",
+		o.maxInflight, ms(r.baseP99), offered, shed, pctText(shedShare), r.afterSum.Codes[codeGenOverload], adm.N, pctText(adm.successRate()), ms(adm.P99), ms(adm.Max),
+		ms(adm.Max), shedAfter, shedOutside, pctText(r.recovery.successRate()), ms(r.recovery.P99))
+}
+
+// shedStatus reports whether err is detour's refusal of a call at its
+// in-flight limit, and whether that refusal carries a RetryInfo with a
+// positive delay.
+func shedStatus(err error) (shed, retryInfo bool) {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "in-flight limit") {
+		return false, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().AsDuration() > 0 {
+			return true, true
+		}
+	}
+	return true, false
 }
 
 func chaos(ctx context.Context, args []string) error {
@@ -417,12 +528,14 @@ func chaos(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.attemptTimeout, "attempt-timeout", time.Second, "detour's retry.attempt_timeout in the cases' config")
 	fs.DurationVar(&o.deadline, "deadline", 10*time.Second, "client deadline per call")
 	fs.Float64Var(&o.maxAmp, "max-amp", 1.5, "pass bound on upstream requests per client call under a fault")
+	fs.IntVar(&o.maxInflight, "max-inflight", 0, "detour's limits.max_inflight in the baseline, resets, cut and burst cases; 0: 8 x rate x 20 ms, the calls 20 ms backends hold at 8x the offered rate (32 at 200 calls/s); negative: none")
 	only := fs.String("cases", "", "comma-separated case names to run (default all); see -list")
 	list := fs.Bool("list", false, "list the cases and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cases := chaosCases()
+	o.maxInflight = inflightLimit(o.maxInflight, o.rate)
+	cases := append(chaosCases(), chaosStateCases()...)
 	if *list {
 		for _, c := range cases {
 			fmt.Printf("%-20s %s\n", c.name, c.fault)
@@ -460,7 +573,16 @@ func chaos(ctx context.Context, args []string) error {
 			return ctx.Err()
 		}
 		fmt.Fprintf(stderr, "chaos: %s...\n", c.name)
-		r, err := chaosRunCase(ctx, st, o, c)
+		runCase := chaosRunCase
+		if c.run != nil {
+			runCase = c.run
+		}
+		r, err := runCase(ctx, st, o, c)
+		if skip := chaosSkipped(""); errors.As(err, &skip) {
+			rows = append(rows, []string{c.name, c.fault, "-", "-", "-", "-", skip.Error(), ""})
+			fmt.Fprintf(stderr, "chaos: %s: %v\n", c.name, skip)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("case %s: %w", c.name, err)
 		}
@@ -476,8 +598,8 @@ func chaos(ctx context.Context, args []string) error {
 		rows = append(rows, []string{c.name, c.fault, succ, ms(r.sum.P99), fmt.Sprintf("%.2f", r.amp), r.sum.codesText(), v, note})
 		fmt.Fprintf(stderr, "chaos: %s: %s\n", c.name, v)
 	}
-	fmt.Printf("### Chaos\n\n%s; load %s; %.0f calls/s offered (open loop) for %v per case, fault from t=%v; detour attempt timeout %v; client deadline %v; amplification = upstream requests (fakellm /stats, all four backends) per client call; took %v.\n\n",
-		machine(), loadavg(), o.rate, o.dur, o.faultAt, o.attemptTimeout, o.deadline, time.Since(started).Round(time.Second))
+	fmt.Printf("### Chaos\n\n%s; load %s; %.0f calls/s offered (open loop) for %v per case, fault from t=%v; detour attempt timeout %v; detour limits.max_inflight %d in the baseline, resets, cut and burst cases, none in the others; client deadline %v; amplification = upstream requests (fakellm /stats, all four backends) per client call; took %v.\n\n",
+		machine(), loadavg(), o.rate, o.dur, o.faultAt, o.attemptTimeout, o.maxInflight, o.deadline, time.Since(started).Round(time.Second))
 	fmt.Println(mdTable([]string{"case", "fault", "client success", "p99 ms", "amplification", "errors", "verdict", "criterion / note"}, rows))
 	if failed > 0 {
 		return fmt.Errorf("%d of %d chaos cases failed", failed, len(cases))
@@ -498,7 +620,11 @@ func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase)
 	if c.sigterm {
 		extra = append(extra, "--grace", "10s")
 	}
-	dt, err := startDetour(st.config(o), "east", true, extra...)
+	cfg := st.config(o)
+	if c.limited && o.maxInflight > 0 {
+		cfg += fmt.Sprintf("limits:\n  max_inflight: %d\n", o.maxInflight)
+	}
+	dt, err := startDetour(cfg, "east", true, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -567,7 +693,7 @@ func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase)
 	r.baseP99 = summarize(window(r.run.Samples, 0, o.faultAt), 0).P99
 	r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.dur), 0)
 	if c.rateAt != nil {
-		r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.faultAt+3*time.Second), 0)
+		r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.faultAt+chaosBurstFor), 0)
 		r.recovery = summarize(window(r.run.Samples, o.dur-2*time.Second, o.dur), 0)
 	}
 	if c.sigterm {

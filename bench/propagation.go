@@ -103,7 +103,7 @@ func propagation(ctx context.Context, args []string) error {
 	for r := range *replicas {
 		l := &applyLog{at: map[int64]time.Time{}, ch: make(chan struct{})}
 		logs[r] = l
-		d, err := startEtcdDetour(etcd.Endpoints()[0], filepath.Join(dir, fmt.Sprintf("lkg-%d.yaml", r)))
+		d, err := startEtcdDetour(etcd.Endpoints()[0], filepath.Join(dir, fmt.Sprintf("lkg-%d.yaml", r)), "a")
 		if err != nil {
 			return err
 		}
@@ -297,13 +297,14 @@ func propagation(ctx context.Context, args []string) error {
 	return nil
 }
 
-// startEtcdDetour runs `detour serve` reading its config from etcd.
-func startEtcdDetour(endpoint, lkg string) (*detourProc, error) {
+// startEtcdDetour runs `detour serve` in region reading its config from
+// etcd; extra are more serve flags.
+func startEtcdDetour(endpoint, lkg, region string, extra ...string) (*detourProc, error) {
 	bin, _, err := buildBinaries()
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"serve", "--etcd-endpoints", endpoint, "--lkg", lkg, "--listen", "127.0.0.1:0", "--region", "a"}
+	args := append([]string{"serve", "--etcd-endpoints", endpoint, "--lkg", lkg, "--listen", "127.0.0.1:0", "--region", region}, extra...)
 	d := &detourProc{}
 	ready := func(line string) bool {
 		var l struct {

@@ -57,17 +57,26 @@ type ssRedis struct {
 }
 
 // ssStartRedis starts `redis-server --port P --bind 127.0.0.1 --save ”
-// --appendonly no` as a child process.
+// --appendonly no` as a child process, on a free loopback port.
 func ssStartRedis() (*ssRedis, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("redis-server not found (Debian: apt-get install redis-server; CI: .ci/services/redis.sh): %w", err)
-	}
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	_, port, _ := net.SplitHostPort(addr)
+	return ssStartRedisOn(addr)
+}
+
+// ssStartRedisOn is ssStartRedis on addr (127.0.0.1:port), e.g. to start
+// Redis again where a killed one listened.
+func ssStartRedisOn(addr string) (*ssRedis, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found (Debian: apt-get install redis-server; CI: .ci/services/redis.sh): %w", err)
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
 	dir, err := workDir()
 	if err != nil {
 		return nil, err

@@ -281,6 +281,7 @@ func TestRulesUseKnownMetrics(t *testing.T) {
 		"DetourFirstChunkP99High":    "warning",
 		"DetourConfigRejected":       "warning",
 		"DetourServingLastKnownGood": "warning",
+		"DetourShedding":             "warning",
 	}
 	for a, sev := range want {
 		if got, ok := alerts[a]; !ok || got != sev {

@@ -15,6 +15,9 @@ import (
 // README, "Operating detour"). Histograms are listed by base name.
 var metricLabels = map[string][]string{
 	"detour_calls_total":                      {"method", "code", "source"},
+	"detour_calls_shed_total":                 {"method"},
+	"detour_calls_inflight":                   {},
+	"detour_calls_inflight_limit":             {},
 	"detour_call_duration_seconds":            {"method"},
 	"detour_first_chunk_seconds":              {},
 	"detour_overhead_seconds":                 {"method"},

@@ -9,6 +9,8 @@ package metrics
 
 import (
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,9 +23,11 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	calls        *prometheus.CounterVec
+	shed         *prometheus.CounterVec
 	callDuration *prometheus.HistogramVec
 	firstChunk   prometheus.Histogram
 	overhead     *prometheus.HistogramVec
+	callSeries   sync.Map // callKey -> *callSeries
 	attempts     *prometheus.CounterVec
 	upstreamDur  *prometheus.HistogramVec
 	breakerState *prometheus.GaugeVec
@@ -40,7 +44,12 @@ type Metrics struct {
 	cfgRejects   prometheus.Counter
 	cfgLKG       prometheus.Gauge
 	cfgAppliedAt prometheus.Gauge
+
+	// admission is what the in-flight gauges read; see Admission.
+	admission atomic.Pointer[admission]
 }
+
+type admission struct{ inflight, limit func() int }
 
 // latencyBuckets span a cache hit (sub-millisecond) to a long LLM answer.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
@@ -57,6 +66,22 @@ func New() *Metrics {
 	m := &Metrics{reg: reg}
 	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_calls_total",
 		Help: "Calls answered, by method, gRPC code and source of the answer."}, []string{"method", "code", "source"})
+	m.shed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_calls_shed_total",
+		Help: "Calls refused with RESOURCE_EXHAUSTED because the replica was at limits.max_inflight (also counted in detour_calls_total)."}, []string{"method"})
+	callsInflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "detour_calls_inflight",
+		Help: "detour.v1.Router calls (Complete and StreamComplete) this replica runs now."}, func() float64 {
+		if a := m.admission.Load(); a != nil {
+			return float64(a.inflight())
+		}
+		return 0
+	})
+	inflightLimit := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "detour_calls_inflight_limit",
+		Help: "The live limits.max_inflight: the most Router calls this replica runs at once (0: no limit)."}, func() float64 {
+		if a := m.admission.Load(); a != nil {
+			return float64(a.limit())
+		}
+		return 0
+	})
 	m.callDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "detour_call_duration_seconds",
 		Help: "End-to-end call latency as detour sees it.", Buckets: latencyBuckets}, []string{"method"})
 	m.firstChunk = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "detour_first_chunk_seconds",
@@ -95,7 +120,7 @@ func New() *Metrics {
 		Help: "1 while serving from the last-known-good file because the config store is unreachable."})
 	m.cfgAppliedAt = prometheus.NewGauge(prometheus.GaugeOpts{Name: "detour_config_applied_timestamp_seconds",
 		Help: "Unix time the applied config document was applied."})
-	for _, c := range []prometheus.Collector{m.calls, m.callDuration, m.firstChunk, m.overhead, m.attempts,
+	for _, c := range []prometheus.Collector{m.calls, m.shed, callsInflight, inflightLimit, m.callDuration, m.firstChunk, m.overhead, m.attempts,
 		m.upstreamDur, m.breakerState, m.breakerTrans, m.retries, m.budgetOut, m.limitRejects, m.quotaRejects,
 		m.inflight, m.conns, m.cache, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
 		f(c)
@@ -113,10 +138,57 @@ func (m *Metrics) Call(method, code, source string, total, overhead time.Duratio
 	if m == nil {
 		return
 	}
-	m.calls.WithLabelValues(method, code, source).Inc()
-	m.callDuration.WithLabelValues(method).Observe(total.Seconds())
+	cs := m.callSeriesFor(method, code, source)
+	cs.count.Inc()
+	cs.duration.Observe(total.Seconds())
 	if overhead >= 0 {
-		m.overhead.WithLabelValues(method).Observe(overhead.Seconds())
+		cs.overhead.Observe(overhead.Seconds())
+	}
+}
+
+// callKey names the series one finished call records into.
+type callKey struct{ method, code, source string }
+
+// callSeries are those series, resolved once per key so that a call does
+// no label hashing: there are a few dozen keys (2 methods, the gRPC codes,
+// 5 sources).
+type callSeries struct {
+	count              prometheus.Counter
+	duration, overhead prometheus.Observer
+}
+
+func (m *Metrics) callSeriesFor(method, code, source string) *callSeries {
+	k := callKey{method, code, source}
+	if v, ok := m.callSeries.Load(k); ok {
+		return v.(*callSeries)
+	}
+	cs := &callSeries{
+		count:    m.calls.WithLabelValues(method, code, source),
+		duration: m.callDuration.WithLabelValues(method),
+		overhead: m.overhead.WithLabelValues(method),
+	}
+	v, _ := m.callSeries.LoadOrStore(k, cs)
+	return v.(*callSeries)
+}
+
+// Shed records a call refused at the in-flight limit before it ran: it is
+// counted in detour_calls_shed_total and, as ResourceExhausted with source
+// none, in detour_calls_total (so that error ratios see it), but not in the
+// duration histograms (it took no time worth recording).
+func (m *Metrics) Shed(method string) {
+	if m == nil {
+		return
+	}
+	m.shed.WithLabelValues(method).Inc()
+	m.calls.WithLabelValues(method, "ResourceExhausted", "none").Inc()
+}
+
+// Admission makes detour_calls_inflight and detour_calls_inflight_limit
+// read inflight and limit at each scrape. Both must be safe for concurrent
+// use and must not block. A later call replaces the earlier functions.
+func (m *Metrics) Admission(inflight, limit func() int) {
+	if m != nil {
+		m.admission.Store(&admission{inflight: inflight, limit: limit})
 	}
 }
 

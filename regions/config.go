@@ -188,6 +188,14 @@ type LimitPolicy struct {
 	// TenantQPS is the quota of each caller not listed in tenants (keyed by
 	// its tenant name). Zero means no quota.
 	TenantQPS float64 `yaml:"tenant_qps,omitempty" json:"tenant_qps,omitempty"`
+	// MaxInflight caps the detour.v1.Router calls (Complete and
+	// StreamComplete together, streams until they end) one replica runs at
+	// once; a call beyond it is refused at once with RESOURCE_EXHAUSTED and a
+	// RetryInfo, before it is read, routed or counted against a quota. Size
+	// it as the peak calls per second a replica should carry times the
+	// longest call it should carry at that rate (upstream latency, not
+	// detour's). Zero means no limit.
+	MaxInflight int `yaml:"max_inflight,omitempty" json:"max_inflight,omitempty"`
 }
 
 // Defaults.
@@ -355,6 +363,9 @@ func (c *Config) Validate() error {
 	}
 	if !inRange(c.Limits.TenantQPS, 0, math.MaxFloat64) {
 		v.add("limits.tenant_qps: %g must be >= 0", c.Limits.TenantQPS)
+	}
+	if c.Limits.MaxInflight < 0 {
+		v.add("limits.max_inflight: %d must be >= 0", c.Limits.MaxInflight)
 	}
 	if err := c.Cache.Validate(); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

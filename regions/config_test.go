@@ -16,8 +16,8 @@ func TestLoadFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := c.Regions[0].Backends[0]
-	got := []any{len(c.Regions), b.Timeout.D(), b.Breaker.ConsecutiveBusy, c.Retry.BackoffBase.D(), c.Limits.DefaultDeadline.D(), c.Regions[1].Backends[0].Kind}
-	want := []any{2, 20 * time.Second, 3, 10 * time.Millisecond, time.Minute, KindDetour}
+	got := []any{len(c.Regions), b.Timeout.D(), b.Breaker.ConsecutiveBusy, c.Retry.BackoffBase.D(), c.Limits.DefaultDeadline.D(), c.Limits.MaxInflight, c.Regions[1].Backends[0].Kind}
+	want := []any{2, 20 * time.Second, 3, 10 * time.Millisecond, time.Minute, 512, KindDetour}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("decoded fields (-got +want):\n%s", diff)
 	}
@@ -63,6 +63,8 @@ retry:
   budget_ratio: 2
 breaker:
   busy_ratio: 1.5
+limits:
+  max_inflight: -1
 `,
 			want: []string{
 				`regions[0].backends[0] (x): endpoint "ftp://nowhere" must be an http:// or https:// URL`,
@@ -78,6 +80,7 @@ breaker:
 				"retry.max_attempts: 11 must be in 0..10",
 				"retry.budget_ratio: 2 must be in 0..1",
 				"breaker.busy_ratio: 1.5 must be in 0..1",
+				"limits.max_inflight: -1 must be >= 0",
 			},
 		},
 		{

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -33,22 +34,33 @@ type Options struct {
 	MaxRequestBytes int
 	// Logger receives errors and panics. Nil uses slog.Default().
 	Logger *slog.Logger
-	// GRPCOptions are appended to the server's own options.
+	// GRPCOptions are appended to the server's own options. They must not
+	// set grpc.InTapHandle: the server's admission control is one.
 	GRPCOptions []grpc.ServerOption
 	// Metrics records per-call metrics. Nil records nothing.
 	Metrics *metrics.Metrics
 	// LogCalls logs one line per call (never prompts, answers or keys).
 	LogCalls bool
+	// CallLogger receives those lines; nil means Logger.
+	CallLogger *slog.Logger
+	// StreamWorkers is the number of goroutines kept to run calls
+	// (grpc.NumStreamWorkers): a call reuses a goroutine whose stack has
+	// already grown to the depth of detour's call path instead of growing a
+	// fresh one, and a call that finds every worker busy gets its own
+	// goroutine as without workers. Zero means max(64, 16 x GOMAXPROCS);
+	// negative means none (a new goroutine per call).
+	StreamWorkers int
 }
 
 // Server is the gRPC front of detour. It is safe for concurrent use.
 type Server struct {
 	detourv1.UnimplementedRouterServer
-	router *router.Router
-	opts   Options
-	log    *slog.Logger
-	grpc   *grpc.Server
-	health *health.Server
+	router  *router.Router
+	opts    Options
+	log     *slog.Logger
+	callLog *slog.Logger
+	grpc    *grpc.Server
+	health  *health.Server
 }
 
 // New returns a Server routing through r.
@@ -60,14 +72,29 @@ func New(r *router.Router, opts Options) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	gopts := append([]grpc.ServerOption{
+	s.callLog = opts.CallLogger
+	if s.callLog == nil {
+		s.callLog = s.log
+	}
+	workers := opts.StreamWorkers
+	if workers == 0 {
+		workers = max(64, 16*runtime.GOMAXPROCS(0))
+	}
+	gopts := []grpc.ServerOption{}
+	if workers > 0 {
+		gopts = append(gopts, grpc.NumStreamWorkers(uint32(workers)))
+	}
+	gopts = append(append(gopts,
 		// The live limit (limits.max_request_bytes) is checked per call with a
 		// field-level INVALID_ARGUMENT; this ceiling stops the transport from
 		// reading anything larger at all (RESOURCE_EXHAUSTED).
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
+		// Admission control (limits.max_inflight, see admit.go) refuses a
+		// call before its goroutine starts or its request is read.
+		grpc.InTapHandle(newAdmission(r, opts.Metrics, s.log).tap),
 		grpc.ChainUnaryInterceptor(s.unaryGuard),
 		grpc.ChainStreamInterceptor(s.streamGuard),
-	}, opts.GRPCOptions...)
+	), opts.GRPCOptions...)
 	s.grpc = grpc.NewServer(gopts...)
 	detourv1.RegisterRouterServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
