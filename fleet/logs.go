@@ -1,0 +1,27 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RouteRedisLogs sends go-redis's own log lines (connection pool and
+// reconnect messages, which it otherwise prints with the standard log
+// package) to log as warnings, so that they come out as JSON lines with the
+// rest. go-redis has one logger per process, set without synchronisation,
+// so only the first call takes effect.
+func RouteRedisLogs(log *slog.Logger) {
+	routeOnce.Do(func() { redis.SetLogger(redisLogger{log}) })
+}
+
+var routeOnce sync.Once
+
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client", "detail", fmt.Sprintf(format, v...))
+}
