@@ -297,11 +297,10 @@ func (a *Authenticator) Authenticate(ctx context.Context, method string) (Identi
 	if svc == servicePublic {
 		return Identity{}, false, nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	if a.mode == ModeOff {
-		return a.anonymous(ctx, svc, md)
+		return a.anonymous(ctx, svc)
 	}
-	p, cred, err := a.credential(ctx, md)
+	p, cred, err := a.credential(ctx)
 	if err != nil {
 		return Identity{}, false, err
 	}
@@ -319,19 +318,20 @@ func (a *Authenticator) Authenticate(ctx context.Context, method string) (Identi
 }
 
 // anonymous resolves a call with authentication off.
-func (a *Authenticator) anonymous(ctx context.Context, svc service, md metadata.MD) (Identity, bool, error) {
+func (a *Authenticator) anonymous(ctx context.Context, svc service) (Identity, bool, error) {
 	if svc == serviceAdmin {
 		if !loopbackPeer(ctx) {
 			return Identity{}, false, status.Error(codes.PermissionDenied, "the Admin service answers only loopback callers while authentication is off")
 		}
 		return Identity{Principal: "anonymous", Admin: true, Credential: "loopback"}, true, nil
 	}
-	tenant, err := tenantFromMetadata(md)
+	vals := metadata.ValueFromIncomingContext(ctx, TenantKey)
+	tenant, err := tenantFromMetadata(vals)
 	if err != nil {
 		return Identity{}, false, err
 	}
 	cred := "none"
-	if len(md.Get(TenantKey)) > 0 {
+	if len(vals) > 0 {
 		cred = "metadata"
 	}
 	return Identity{Principal: tenant, Tenant: tenant, Credential: cred}, true, nil
@@ -340,8 +340,7 @@ func (a *Authenticator) anonymous(ctx context.Context, svc service, md metadata.
 // tenantFromMetadata returns the tenant named by x-detour-tenant, or
 // "default". The name is bounded and limited to [A-Za-z0-9._-] because it
 // becomes a quota key, a log field and a metric label.
-func tenantFromMetadata(md metadata.MD) (string, error) {
-	vals := md.Get(TenantKey)
+func tenantFromMetadata(vals []string) (string, error) {
 	switch {
 	case len(vals) == 0 || (len(vals) == 1 && vals[0] == ""):
 		return DefaultTenant, nil
@@ -374,10 +373,10 @@ func validTenant(s string) bool {
 // token, when the mode accepts tokens and the call carries one, wins over the
 // connection's certificate: it is the more specific credential, and a bad
 // token fails the call rather than falling back.
-func (a *Authenticator) credential(ctx context.Context, md metadata.MD) (*principal, string, error) {
+func (a *Authenticator) credential(ctx context.Context) (*principal, string, error) {
 	idx := a.index()
 	if a.mode.tokens() {
-		if vals := md.Get(authorizationKey); len(vals) > 0 {
+		if vals := metadata.ValueFromIncomingContext(ctx, authorizationKey); len(vals) > 0 {
 			return a.token(ctx, idx, vals)
 		}
 	}
@@ -596,8 +595,14 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 // handlers see the resolved tenant, never a caller's claim, and never the
 // caller's token.
 func withIdentity(ctx context.Context, id Identity) context.Context {
-	md, _ := metadata.FromIncomingContext(ctx)
-	md = md.Copy()
+	if len(metadata.ValueFromIncomingContext(ctx, authorizationKey)) == 0 &&
+		tenantSays(metadata.ValueFromIncomingContext(ctx, TenantKey), id.Tenant) {
+		return NewContext(ctx, id) // nothing to rewrite: spare copying the metadata
+	}
+	md, ok := metadata.FromIncomingContext(ctx) // a copy
+	if !ok {
+		md = metadata.MD{}
+	}
 	md.Delete(authorizationKey)
 	if id.Tenant != "" {
 		md.Set(TenantKey, id.Tenant)
@@ -605,6 +610,15 @@ func withIdentity(ctx context.Context, id Identity) context.Context {
 		md.Delete(TenantKey)
 	}
 	return NewContext(metadata.NewIncomingContext(ctx, md), id)
+}
+
+// tenantSays reports whether the x-detour-tenant values v are exactly
+// tenant (none when tenant is "").
+func tenantSays(v []string, tenant string) bool {
+	if tenant == "" {
+		return len(v) == 0
+	}
+	return len(v) == 1 && v[0] == tenant
 }
 
 type stream struct {

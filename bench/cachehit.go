@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,19 +18,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/fakellm"
-	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
-	"github.com/detour-dev/detour/regions"
-	"github.com/detour-dev/detour/router"
-	"github.com/detour-dev/detour/server"
 )
 
 func init() {
 	register("cachehit", "issue 5: cache-hit throughput and latency through detour vs a bare grpc-go server answering a constant (closed loop, same run)", cacheHit)
 	register("constsrv", "(helper for cachehit) serve detour.v1.Router/Complete answering the CompleteResponse in --response FILE", constSrvMain)
-	register("cachehit-profiled", "(helper for cachehit --cpuprofile) router+server as `detour serve` builds them (metrics, call logs, hardening), under the CPU profiler until SIGTERM", cacheHitProfiled)
 }
 
 // errNotHit is an answer from detour that was not a fresh cache hit.
@@ -107,7 +100,7 @@ func cacheHit(ctx context.Context, args []string) error {
 	maxCalls := fs.Int("max-calls", 5_000_000, "bound on calls per run")
 	withMetrics := fs.Bool("detour-metrics", true, "run detour with --metrics on a loopback port, as deployed")
 	logCalls := fs.Bool("detour-log-calls", true, "detour's --log-calls (one JSON line per call; on by default in serve)")
-	cpuprofile := fs.String("cpuprofile", "", "after the rounds, run the same router+server in process (bench cachehit-profiled) under the same closed loop and write its CPU profile here; the constant server's goes to FILE.const")
+	cpuprofile := fs.String("cpuprofile", "", "after the rounds, profile detour (its --pprof) and the constant server under one more closed loop each; detour's CPU profile goes here, the constant server's to FILE.const")
 	fs.Func("server-env", "KEY=VALUE added to the environment of both servers, detour and the constant one (repeatable), e.g. GODEBUG=adaptivestackstart=1", func(v string) error {
 		if !strings.Contains(v, "=") {
 			return fmt.Errorf("want KEY=VALUE")
@@ -128,7 +121,14 @@ func cacheHit(ctx context.Context, args []string) error {
 	}
 	defer fk.stop()
 	cfg := chConfig(fk.grpc)
-	dt, err := startDetour(cfg, "local", *withMetrics, fmt.Sprintf("--log-calls=%t", *logCalls))
+	dtArgs := []string{fmt.Sprintf("--log-calls=%t", *logCalls)}
+	if *cpuprofile != "" {
+		if !*withMetrics {
+			return errors.New("--cpuprofile needs --detour-metrics: detour serves its profiler on the metrics listener")
+		}
+		dtArgs = append(dtArgs, "--pprof")
+	}
+	dt, err := startDetour(cfg, "local", *withMetrics, dtArgs...)
 	if err != nil {
 		return err
 	}
@@ -246,7 +246,7 @@ func cacheHit(ctx context.Context, args []string) error {
 	foreign := mark.foreignCPU()
 
 	if *cpuprofile != "" {
-		if err := chProfile(ctx, cfg, respFile, *cpuprofile, reqs, *conc, *dur, *logCalls); err != nil {
+		if err := chProfile(ctx, dt, chCall(dc, reqs, 5*time.Second), respFile, *cpuprofile, reqs, *conc, *dur); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 	}
@@ -400,87 +400,17 @@ func chServe(ctx context.Context, serve func(net.Listener) error, lis net.Listen
 	return nil
 }
 
-// cacheHitProfiled serves the router and server the way `detour serve
-// --config` builds them without etcd, Admin, TLS or auth: JSON logs to
-// stderr, Prometheus metrics recorded (no listener), call logs, the
-// transport hardening, under the CPU profiler.
-func cacheHitProfiled(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("cachehit-profiled", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "config document")
-	region := fs.String("region", "", "own region")
-	listen := fs.String("listen", "127.0.0.1:0", "listen address")
-	out := fs.String("cpuprofile", "", "where to write the CPU profile")
-	logCalls := fs.Bool("log-calls", true, "one JSON line per call, as detour serve")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *cfgPath == "" || *out == "" {
-		return errors.New("--config and --cpuprofile are required")
-	}
-	cfg, err := regions.LoadFile(*cfgPath)
-	if err != nil {
-		return err
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	m := metrics.New()
-	rt, err := router.New(&regions.Snapshot{Config: cfg, Source: "file:" + *cfgPath, AppliedAt: time.Now()}, router.Options{Region: *region, Logger: log, Metrics: m})
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	srv := server.New(rt, server.Options{Logger: log, Metrics: m, LogCalls: *logCalls, GRPCOptions: auth.ServerHardening(auth.Hardening{})})
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
-	f, err := os.Create(*out)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := pprof.StartCPUProfile(f); err != nil {
-		return err
-	}
-	defer pprof.StopCPUProfile()
-	fmt.Printf(`{"msg":"detour serving","addr":%q}`+"\n", lis.Addr().String())
-	return chServe(ctx, srv.Serve, lis, srv.Shutdown, func() {})
-}
-
-// chProfile runs the closed loop against cachehit-profiled and against a
-// constsrv with --cpuprofile, one after the other, after warming the cache.
-func chProfile(ctx context.Context, cfgYAML, respFile, path string, reqs []*detourv1.CompleteRequest, conc int, dur time.Duration, logCalls bool) error {
-	dir, err := workDir()
-	if err != nil {
-		return err
-	}
-	cfgPath := filepath.Join(dir, "cachehit-profiled.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o600); err != nil {
-		return err
-	}
-	pc, addr, err := startSelf([]string{"cachehit-profiled", "--config", cfgPath, "--region", "local", "--cpuprofile", path, fmt.Sprintf("--log-calls=%t", logCalls)},
-		servingPrefix, servingSuffix, detourEnv...)
-	if err != nil {
-		return err
-	}
-	defer pc.stop()
-	conn, err := dial(addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	c := detourv1.NewRouterClient(conn)
-	for i, req := range reqs {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := c.Complete(cctx, req)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("profiled: warm prompt %d: %w", i, err)
-		}
-	}
-	r := closedLoop(ctx, conc, dur, 0, chCall(c, reqs, 5*time.Second))
+// chProfile profiles detour (running, with --pprof, its cache warm) under one
+// more closed loop through call, then a constsrv with --cpuprofile under the
+// same load; the profiles go to path and path.const.
+func chProfile(ctx context.Context, dt *detourProc, call callFunc, respFile, path string, reqs []*detourv1.CompleteRequest, conc int, dur time.Duration) error {
+	wait := profileDetour(ctx, dt, dur, path)
+	r := closedLoop(ctx, conc, dur, 0, call)
 	s := summarize(r.Samples, r.Elapsed)
-	pc.stop()
-	fmt.Fprintf(stderr, "cachehit: profiled router+server: %.0f calls/s (%s); CPU profile in %s\n", s.Throughput, s.codesText(), path)
+	if err := wait(); err != nil {
+		return fmt.Errorf("detour profile: %w", err)
+	}
+	fmt.Fprintf(stderr, "cachehit: profiled detour serve: %.0f calls/s (%s); CPU profile in %s\n", s.Throughput, s.codesText(), path)
 
 	cs, caddr, err := startConstSrv(respFile, "--cpuprofile", path+".const")
 	if err != nil {

@@ -44,9 +44,8 @@ func hop(ctx context.Context, args []string) error {
 	rounds := fs.Int("rounds", 3, "rounds; each runs every target once, in turn")
 	rpc := fs.String("rpc", "unary", "unary (Complete) or stream (StreamComplete)")
 	maxCalls := fs.Int("max-calls", 5_000_000, "bound on calls per run")
-	profWorkers := fs.Uint("profile-stream-workers", 0, "with --cpuprofile: grpc.NumStreamWorkers for the profiled router+server (an experiment; detour serve uses 0)")
 	withMetrics := fs.Bool("detour-metrics", true, "run detour with --metrics on a loopback port, as deployed (the Helm chart always sets it)")
-	cpuprofile := fs.String("cpuprofile", "", "after the rounds, run the same router+server (bench detour-profiled) under the closed loop and write its CPU profile here")
+	cpuprofile := fs.String("cpuprofile", "", "after the rounds, profile detour (its --pprof) and the proxy under one more closed loop each; detour's CPU profile goes here, the proxy's to FILE.proxy")
 	fs.Func("detour-env", "KEY=VALUE added to detour's environment (repeatable), e.g. GODEBUG=adaptivestackstart=1", func(v string) error {
 		if !strings.Contains(v, "=") {
 			return fmt.Errorf("want KEY=VALUE")
@@ -71,7 +70,14 @@ func hop(ctx context.Context, args []string) error {
 		return err
 	}
 	defer px.stop()
-	dt, err := startDetour(hopConfig(fk.grpc), "local", *withMetrics)
+	var dtArgs []string
+	if *cpuprofile != "" {
+		if !*withMetrics {
+			return errors.New("--cpuprofile needs --detour-metrics: detour serves its profiler on the metrics listener")
+		}
+		dtArgs = append(dtArgs, "--pprof")
+	}
+	dt, err := startDetour(hopConfig(fk.grpc), "local", *withMetrics, dtArgs...)
 	if err != nil {
 		return err
 	}
@@ -148,7 +154,7 @@ func hop(ctx context.Context, args []string) error {
 	}
 
 	if *cpuprofile != "" {
-		if err := hopProfile(ctx, fk.grpc, *cpuprofile, *conc, *dur, *rpc, *profWorkers); err != nil {
+		if err := hopProfile(ctx, dt, clients[2], fk.grpc, *cpuprofile, *conc, *dur, *rpc); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 	}
@@ -317,31 +323,17 @@ func streamCall(c detourv1.RouterClient, req *detourv1.CompleteRequest, timeout 
 // silently cut short.
 var errTruncated = errors.New("stream ended OK without finish_reason")
 
-// hopProfile runs the closed loop against a profiled router+server child and
-// leaves its CPU profile in path.
-func hopProfile(ctx context.Context, upstream, path string, conc int, dur time.Duration, rpc string, workers uint) error {
-	dt, err := startProfiledDetour(hopConfig(upstream), "local", path, "--stream-workers", fmt.Sprint(workers))
-	if err != nil {
-		return err
-	}
-	defer dt.stop()
-	conn, err := dial(dt.addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	c := detourv1.NewRouterClient(conn)
-	call := unaryCall(c, request("hello, how are you today?"), 5*time.Second)
-	if rpc == "stream" {
-		call = streamCall(c, request("hello, how are you today?"), 5*time.Second)
-	}
+// hopProfile profiles detour (running, with --pprof) under one more closed
+// loop through call, then a fresh proxy under the same load, and leaves the
+// CPU profiles in path and path.proxy.
+func hopProfile(ctx context.Context, dt *detourProc, call callFunc, upstream, path string, conc int, dur time.Duration, rpc string) error {
+	wait := profileDetour(ctx, dt, dur, path)
 	r := closedLoop(ctx, conc, dur, 0, call)
 	s := summarize(r.Samples, r.Elapsed)
-	dt.stop()
-	if err := dt.err(); err != nil {
-		return fmt.Errorf("profiled detour: %w", err)
+	if err := wait(); err != nil {
+		return fmt.Errorf("detour profile: %w", err)
 	}
-	fmt.Fprintf(stderr, "hop: profiled router+server (stream workers %d): %.0f calls/s; CPU profile in %s (go tool pprof -top %s)\n", workers, s.Throughput, path, path)
+	fmt.Fprintf(stderr, "hop: profiled detour serve: %.0f calls/s; CPU profile in %s (go tool pprof -top %s)\n", s.Throughput, path, path)
 
 	px, addr, err := startPassthrough(upstream, "--cpuprofile", path+".proxy")
 	if err != nil {

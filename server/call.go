@@ -2,7 +2,8 @@ package server
 
 import (
 	"context"
-	"fmt"
+	"encoding/binary"
+	"encoding/hex"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/auth"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/router"
 )
@@ -46,15 +48,16 @@ type callInfo struct {
 // router's context.
 func (s *Server) begin(ctx context.Context, method string, req *detourv1.CompleteRequest) *callInfo {
 	c := &callInfo{s: s, method: method, model: req.GetModel(), start: time.Now()}
-	md, _ := metadata.FromIncomingContext(ctx)
-	c.reqID = first(md, RequestIDKey)
+	c.reqID = first(ctx, RequestIDKey)
 	if c.reqID == "" || len(c.reqID) > 128 {
-		c.reqID = fmt.Sprintf("%016x", rand.Uint64())
+		c.reqID = newRequestID()
 	}
-	grpc.SetHeader(ctx, metadata.Pairs(RequestIDKey, c.reqID))
+	grpc.SetHeader(ctx, metadata.MD{RequestIDKey: []string{c.reqID}})
 	var v []*errdetails.BadRequest_FieldViolation
-	c.tenant = first(md, TenantKey)
-	if c.tenant == "" {
+	if t, ok := auth.TenantFrom(ctx); ok {
+		// The authentication interceptor resolved (and checked) it.
+		c.tenant = t
+	} else if c.tenant = first(ctx, TenantKey); c.tenant == "" {
 		c.tenant = "default"
 	} else if !validTenant(c.tenant) {
 		v = append(v, &errdetails.BadRequest_FieldViolation{Field: TenantKey,
@@ -99,6 +102,10 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 	if code == codes.Internal || code == codes.Unknown {
 		level = slog.LevelError
 	}
+	h := c.s.callLog.Handler()
+	if !h.Enabled(context.Background(), level) {
+		return
+	}
 	attrs := []slog.Attr{
 		slog.String("request_id", c.reqID),
 		slog.String("method", c.method),
@@ -118,7 +125,11 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 	if err != nil && code != codes.OK {
 		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
 	}
-	c.s.log.LogAttrs(context.Background(), level, "call", attrs...)
+	// A record made here, with no caller PC, spares Logger.LogAttrs's
+	// runtime.Callers walk of this deep stack on every call.
+	r := slog.NewRecord(c.start.Add(total), level, "call", 0)
+	r.AddAttrs(attrs...)
+	h.Handle(context.Background(), r)
 }
 
 func (c *callInfo) ctxOrBackground() context.Context {
@@ -145,8 +156,10 @@ func sourceLabel(s detourv1.Source, err error) string {
 	return "none"
 }
 
-func first(md metadata.MD, key string) string {
-	if v := md.Get(key); len(v) > 0 {
+// first returns the first incoming value of metadata key, trimmed. Unlike
+// metadata.FromIncomingContext it copies one value, not the whole map.
+func first(ctx context.Context, key string) string {
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
 		return strings.TrimSpace(v[0])
 	}
 	return ""
@@ -162,4 +175,11 @@ func validTenant(t string) bool {
 		}
 	}
 	return true
+}
+
+// newRequestID returns 16 random hex digits.
+func newRequestID() string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], rand.Uint64())
+	return hex.EncodeToString(b[:])
 }

@@ -463,6 +463,7 @@ func TestServeFlags(t *testing.T) {
 		{name: "bad grace", args: []string{"serve", "--config", "x.yaml", "--grace", "-1s"}},
 		{name: "bad flag", args: []string{"serve", "--nope"}},
 		{name: "bad busy rate", args: []string{"demo", "--busy-rate", "2"}},
+		{name: "pprof without metrics", args: []string{"serve", "--config", "x.yaml", "--pprof"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

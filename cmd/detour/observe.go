@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -35,6 +36,9 @@ type ObserveOptions struct {
 	TraceSample float64
 	// LogCalls logs one JSON line per call.
 	LogCalls bool
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// listener.
+	Pprof bool
 }
 
 func (o *ObserveOptions) register(fs *flag.FlagSet) {
@@ -43,6 +47,7 @@ func (o *ObserveOptions) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.OTLPInsecure, "otlp-insecure", false, "send traces to the collector without TLS")
 	fs.Float64Var(&o.TraceSample, "trace-sample", 1, "share of new traces sampled, 0..1 (callers' sampled traces are always kept)")
 	fs.BoolVar(&o.LogCalls, "log-calls", true, "log one JSON line per call (never prompts, answers or keys)")
+	fs.BoolVar(&o.Pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the --metrics listener; keep that port private")
 }
 
 func (o *ObserveOptions) problems() []string {
@@ -54,6 +59,9 @@ func (o *ObserveOptions) problems() []string {
 		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
 			p = append(p, fmt.Sprintf("--metrics %q: %v", o.MetricsAddr, err))
 		}
+	}
+	if o.Pprof && o.MetricsAddr == "" {
+		p = append(p, "--pprof needs --metrics: the profiler is served on the metrics listener")
 	}
 	return p
 }
@@ -99,6 +107,14 @@ func startObservability(ctx context.Context, o ObserveOptions, log *slog.Logger)
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", ob.metrics.Handler())
+		if o.Pprof {
+			mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+			mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+			log.Warn("profiler on the metrics listener: /debug/pprof/ (keep the port private)", "addr", lis.Addr().String())
+		}
 		ob.lis, ob.served = lis, make(chan struct{})
 		ob.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {

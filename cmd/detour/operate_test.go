@@ -229,3 +229,26 @@ func dial(t *testing.T, addr string) detourv1.RouterClient {
 	t.Cleanup(func() { conn.Close() })
 	return detourv1.NewRouterClient(conn)
 }
+
+// TestPprofOptIn: the profiler is on the metrics listener only with --pprof.
+func TestPprofOptIn(t *testing.T) {
+	fk := startFake(t, fakellm.Config{Region: "home", Name: "home-1"}, false)
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "home", Backends: []regions.Backend{openaiBackend("home-1", fk)}}}}
+	for _, on := range []bool{false, true} {
+		m := &Main{Listen: "127.0.0.1:0", Region: "home", Grace: time.Second, config: cfg,
+			Observe: ObserveOptions{MetricsAddr: "127.0.0.1:0", Pprof: on}}
+		_, maddr := runMain(t, m)
+		resp, err := http.Get("http://" + maddr.String() + "/debug/pprof/cmdline")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := http.StatusNotFound
+		if on {
+			want = http.StatusOK
+		}
+		if resp.StatusCode != want {
+			t.Errorf("--pprof=%t: GET /debug/pprof/cmdline = %d, want %d", on, resp.StatusCode, want)
+		}
+	}
+}

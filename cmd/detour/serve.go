@@ -34,6 +34,9 @@ type Main struct {
 	// Grace bounds the drain of in-flight calls at shutdown.
 	Grace  time.Duration
 	Logger *slog.Logger
+	// CallLogger receives the per-call lines; nil means Logger. serve
+	// gives it a buffered side of Logger's output (logsink.go).
+	CallLogger *slog.Logger
 	// Live holds the etcd and Admin settings (etcd.go).
 	Live LiveOptions
 	// Observe holds the metrics, tracing and call-log settings (observe.go).
@@ -43,7 +46,8 @@ type Main struct {
 	// Redis holds the shared-state settings (redis.go).
 	Redis RedisOptions
 
-	fleet *fleet.Store // opened from Redis by Run
+	fleet  *fleet.Store // opened from Redis by Run
+	logOut io.Writer    // where Run writes JSON logs when Logger is nil
 
 	// config, when set, is used instead of reading ConfigPath (demo, tests).
 	config *regions.Config
@@ -96,12 +100,19 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 		}
 		return nil, errUsage
 	}
-	m.Logger = slog.New(slog.NewJSONHandler(stderr, nil))
+	m.logOut = stderr
 	return m, nil
 }
 
 // Run serves until ctx ends, then drains in-flight calls for at most Grace.
 func (m *Main) Run(ctx context.Context) error {
+	if m.Logger == nil && m.logOut != nil {
+		// JSON lines; the per-call ones are buffered (logsink.go).
+		sink := newLogSink(m.logOut)
+		defer sink.Close()
+		m.Logger = slog.New(slog.NewJSONHandler(sink, nil))
+		m.CallLogger = slog.New(slog.NewJSONHandler(sink.Buffered(), nil))
+	}
 	log := m.Logger
 	if log == nil {
 		log = slog.Default()
@@ -120,6 +131,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	if m.fleet != nil {
 		defer m.fleet.Close()
+		fleet.RouteRedisLogs(log)
 		log.Info("shared state in redis", "addr", m.Redis.Addr)
 	}
 	live, err := m.openConfig(ctx, log)
@@ -137,6 +149,7 @@ func (m *Main) Run(ctx context.Context) error {
 	gopts := append(sec.serverOptions(), ob.grpcOpts...)
 	srv := server.New(rt, server.Options{
 		Logger:      log,
+		CallLogger:  m.CallLogger,
 		Metrics:     ob.metrics,
 		LogCalls:    m.Observe.LogCalls,
 		GRPCOptions: gopts,
