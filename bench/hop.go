@@ -18,6 +18,9 @@ func init() {
 	register("hop", "cost of one hop: direct to fakellm gRPC vs a bare grpc-go proxy vs detour (closed and open loop)", hop)
 }
 
+// hopDetourFlags are the --detour-flag values.
+var hopDetourFlags []string
+
 // hopTarget is one way to reach fakellm.
 type hopTarget struct {
 	name string
@@ -46,6 +49,13 @@ func hop(ctx context.Context, args []string) error {
 	maxCalls := fs.Int("max-calls", 5_000_000, "bound on calls per run")
 	withMetrics := fs.Bool("detour-metrics", true, "run detour with --metrics on a loopback port, as deployed (the Helm chart always sets it)")
 	cpuprofile := fs.String("cpuprofile", "", "after the rounds, profile detour (its --pprof) and the proxy under one more closed loop each; detour's CPU profile goes here, the proxy's to FILE.proxy")
+	fs.Func("detour-flag", "a flag added to detour serve's command line (repeatable), e.g. --gc-heap-floor=0", func(v string) error {
+		if !strings.HasPrefix(v, "-") {
+			return fmt.Errorf("want a flag such as --name=value")
+		}
+		hopDetourFlags = append(hopDetourFlags, v)
+		return nil
+	})
 	fs.Func("detour-env", "KEY=VALUE added to detour's environment (repeatable), e.g. GODEBUG=adaptivestackstart=1", func(v string) error {
 		if !strings.Contains(v, "=") {
 			return fmt.Errorf("want KEY=VALUE")
@@ -70,7 +80,7 @@ func hop(ctx context.Context, args []string) error {
 		return err
 	}
 	defer px.stop()
-	var dtArgs []string
+	dtArgs := hopDetourFlags
 	if *cpuprofile != "" {
 		if !*withMetrics {
 			return errors.New("--cpuprofile needs --detour-metrics: detour serves its profiler on the metrics listener")
@@ -163,6 +173,9 @@ func hop(ctx context.Context, args []string) error {
 	envNote := " detour --metrics on;"
 	if !*withMetrics {
 		envNote = " detour --metrics off;"
+	}
+	if len(hopDetourFlags) > 0 {
+		envNote += fmt.Sprintf(" detour flags: %s;", strings.Join(hopDetourFlags, " "))
 	}
 	if len(detourEnv) > 0 {
 		envNote += fmt.Sprintf(" detour env: %s;", strings.Join(detourEnv, " "))

@@ -343,7 +343,14 @@ func gomaxprocs() int   { return runtime.GOMAXPROCS(0) }
 func goVersion() string { return runtime.Version() }
 
 // loadavg is the 1-minute load average, to show what else ran.
-func loadavg() string {
+func loadavg() string { return startLoad }
+
+// startLoad is the 1-min load average when bench started, before it put any
+// load on the machine (read at the end of a run, it would mostly measure
+// the run itself).
+var startLoad = readLoadavg()
+
+func readLoadavg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "?"

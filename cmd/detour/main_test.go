@@ -464,6 +464,7 @@ func TestServeFlags(t *testing.T) {
 		{name: "bad flag", args: []string{"serve", "--nope"}},
 		{name: "bad busy rate", args: []string{"demo", "--busy-rate", "2"}},
 		{name: "pprof without metrics", args: []string{"serve", "--config", "x.yaml", "--pprof"}},
+		{name: "negative gc floor", args: []string{"serve", "--config", "x.yaml", "--gc-heap-floor", "-1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

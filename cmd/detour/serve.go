@@ -16,6 +16,7 @@ import (
 
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/fleet"
+	"github.com/detour-dev/detour/internal/gcfloor"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/server"
 )
@@ -32,8 +33,12 @@ type Main struct {
 	// cannot speak TLS (the kubelet's). Empty means none.
 	HealthListen string
 	// Grace bounds the drain of in-flight calls at shutdown.
-	Grace  time.Duration
-	Logger *slog.Logger
+	Grace time.Duration
+	// GCHeapFloorMiB keeps the garbage collector's heap goal at least this
+	// many MiB (internal/gcfloor); 0 leaves GOGC alone. The GOGC
+	// environment variable, when set, wins.
+	GCHeapFloorMiB int
+	Logger         *slog.Logger
 	// CallLogger receives the per-call lines; nil means Logger. serve
 	// gives it a buffered side of Logger's output (logsink.go).
 	CallLogger *slog.Logger
@@ -69,6 +74,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	fs.StringVar(&m.Zone, "zone", os.Getenv("DETOUR_ZONE"), "zone of this instance (env DETOUR_ZONE); its backends are preferred")
 	fs.StringVar(&m.HealthListen, "health-listen", "", "address of a plaintext listener serving only grpc.health.v1, for the kubelet's gRPC probes when TLS is on (empty: off)")
 	fs.DurationVar(&m.Grace, "grace", 30*time.Second, "how long in-flight calls may run after SIGTERM")
+	fs.IntVar(&m.GCHeapFloorMiB, "gc-heap-floor", 16, "MiB below which the garbage collector's heap goal never falls (fewer GC cycles for a small live heap; 0: plain GOGC; an explicit GOGC env wins)")
 	m.Live.register(fs)
 	m.Observe.register(fs)
 	m.Security.register(fs)
@@ -88,6 +94,9 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	}
 	if m.Grace < 0 {
 		problems = append(problems, "--grace must be >= 0")
+	}
+	if m.GCHeapFloorMiB < 0 || m.GCHeapFloorMiB > 1<<20 {
+		problems = append(problems, "--gc-heap-floor must be between 0 and 1048576 (MiB)")
 	}
 	if m.HealthListen != "" {
 		if _, _, err := net.SplitHostPort(m.HealthListen); err != nil {
@@ -116,6 +125,9 @@ func (m *Main) Run(ctx context.Context) error {
 	log := m.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	if m.GCHeapFloorMiB > 0 {
+		defer gcfloor.Start(uint64(m.GCHeapFloorMiB)<<20, 100)()
 	}
 	ob, err := startObservability(ctx, m.Observe, log)
 	if err != nil {
