@@ -25,8 +25,9 @@ import (
 const (
 	// TenantKey names the caller's tenant while authentication is off.
 	TenantKey = "x-detour-tenant"
-	// RequestIDKey carries the caller's request id; detour makes one when it
-	// is absent and returns it in the response header.
+	// RequestIDKey carries the caller's request id, which the call's log
+	// line shows; detour makes one when it is absent. With
+	// Options.ReturnRequestID the response header carries it back.
 	RequestIDKey = "x-request-id"
 )
 
@@ -52,7 +53,9 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 	if c.reqID == "" || len(c.reqID) > 128 {
 		c.reqID = newRequestID()
 	}
-	grpc.SetHeader(ctx, metadata.MD{RequestIDKey: []string{c.reqID}})
+	if s.opts.ReturnRequestID {
+		grpc.SetHeader(ctx, metadata.MD{RequestIDKey: []string{c.reqID}})
+	}
 	var v []*errdetails.BadRequest_FieldViolation
 	if t, ok := auth.TenantFrom(ctx); ok {
 		// The authentication interceptor resolved (and checked) it.

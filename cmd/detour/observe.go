@@ -36,6 +36,8 @@ type ObserveOptions struct {
 	TraceSample float64
 	// LogCalls logs one JSON line per call.
 	LogCalls bool
+	// ReturnRequestID sends x-request-id back in each answer's headers.
+	ReturnRequestID bool
 	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
 	// listener.
 	Pprof bool
@@ -47,6 +49,7 @@ func (o *ObserveOptions) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.OTLPInsecure, "otlp-insecure", false, "send traces to the collector without TLS")
 	fs.Float64Var(&o.TraceSample, "trace-sample", 1, "share of new traces sampled, 0..1 (callers' sampled traces are always kept)")
 	fs.BoolVar(&o.LogCalls, "log-calls", true, "log one JSON line per call (never prompts, answers or keys)")
+	fs.BoolVar(&o.ReturnRequestID, "return-request-id", false, "send each call's request id (the caller's x-request-id, or the one detour made for its log line) back in an x-request-id response header")
 	fs.BoolVar(&o.Pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the --metrics listener; keep that port private")
 }
 

@@ -160,11 +160,12 @@ func (m *Main) Run(ctx context.Context) error {
 	defer sec.Close()
 	gopts := append(sec.serverOptions(), ob.grpcOpts...)
 	srv := server.New(rt, server.Options{
-		Logger:      log,
-		CallLogger:  m.CallLogger,
-		Metrics:     ob.metrics,
-		LogCalls:    m.Observe.LogCalls,
-		GRPCOptions: gopts,
+		Logger:          log,
+		CallLogger:      m.CallLogger,
+		Metrics:         ob.metrics,
+		LogCalls:        m.Observe.LogCalls,
+		ReturnRequestID: m.Observe.ReturnRequestID,
+		GRPCOptions:     gopts,
 	})
 	live.serving(srv)
 	stopAdmin, err := m.startAdmin(live, srv, log, gopts)
