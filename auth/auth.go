@@ -535,8 +535,9 @@ func newIndex(cfg *regions.Config) *index {
 // UnaryInterceptor authenticates and authorizes each unary call, checks the
 // model allow-list of requests with a model field, puts the Identity in the
 // handler's context, and logs every Admin call. In the handler's incoming
-// metadata, x-detour-tenant holds the resolved tenant and authorization is
-// removed. Chain it after the server's panic and deadline guard and before
+// metadata, x-detour-tenant is absent or holds the resolved tenant (never
+// a caller's other claim) and authorization is removed; read the tenant with
+// TenantFrom. Chain it after the server's panic and deadline guard and before
 // anything that reads the tenant.
 func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -592,11 +593,13 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 }
 
 // withIdentity puts id in ctx and rewrites the incoming metadata so that
-// handlers see the resolved tenant, never a caller's claim, and never the
-// caller's token.
+// handlers never see a caller's claim of another tenant, nor the caller's
+// token. Metadata that needs no rewrite (no token, and no tenant or the
+// resolved one) is left as it is: copying it costs more than the rest of
+// the interceptor.
 func withIdentity(ctx context.Context, id Identity) context.Context {
 	if len(metadata.ValueFromIncomingContext(ctx, authorizationKey)) == 0 &&
-		tenantSays(metadata.ValueFromIncomingContext(ctx, TenantKey), id.Tenant) {
+		tenantAgrees(metadata.ValueFromIncomingContext(ctx, TenantKey), id.Tenant) {
 		return NewContext(ctx, id) // nothing to rewrite: spare copying the metadata
 	}
 	md, ok := metadata.FromIncomingContext(ctx) // a copy
@@ -612,13 +615,10 @@ func withIdentity(ctx context.Context, id Identity) context.Context {
 	return NewContext(metadata.NewIncomingContext(ctx, md), id)
 }
 
-// tenantSays reports whether the x-detour-tenant values v are exactly
-// tenant (none when tenant is "").
-func tenantSays(v []string, tenant string) bool {
-	if tenant == "" {
-		return len(v) == 0
-	}
-	return len(v) == 1 && v[0] == tenant
+// tenantAgrees reports whether the x-detour-tenant values v may stay as
+// they are for a call resolved to tenant: absent, or exactly tenant.
+func tenantAgrees(v []string, tenant string) bool {
+	return len(v) == 0 || (tenant != "" && len(v) == 1 && v[0] == tenant)
 }
 
 type stream struct {

@@ -467,7 +467,7 @@ func TestAuthOff(t *testing.T) {
 		want     string
 		wantCode codes.Code
 	}{
-		{name: "default", want: "default|default|default|"},
+		{name: "default", want: "default|default||"}, // no claim: metadata left as it is
 		{name: "named", md: []string{TenantKey, "team-a"}, want: "team-a|team-a|team-a|"},
 		{name: "token dropped before the handler", md: append(bearer(tokSearch), TenantKey, "team-a"), want: "team-a|team-a|team-a|"},
 		{name: "bad name", md: []string{TenantKey, "team a;drop"}, wantCode: codes.InvalidArgument},

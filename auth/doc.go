@@ -32,8 +32,8 @@
 //	)...)
 //
 // Handlers then read the caller with IdentityFrom or TenantFrom; the incoming
-// x-detour-tenant metadata holds the same tenant, and authorization metadata is
-// gone. With ModeOff the tenant is whatever x-detour-tenant says (checked for
+// x-detour-tenant metadata is absent or holds the same tenant, and
+// authorization metadata is gone. With ModeOff the tenant is whatever x-detour-tenant says (checked for
 // length and characters) or "default", and the Admin service answers loopback
 // callers only.
 //

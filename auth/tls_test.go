@@ -38,8 +38,8 @@ func TestMutualTLS(t *testing.T) {
 		want     string
 		wantCode codes.Code
 	}{
-		{name: "SPIFFE identity", cert: cert(ca, leaf{cn: "not-used", uri: spiffeSearch}), want: "search|search|search|"},
-		{name: "common name", cert: cert(ca, leaf{cn: "billing"}), want: "billing|billing|billing|"},
+		{name: "SPIFFE identity", cert: cert(ca, leaf{cn: "not-used", uri: spiffeSearch}), want: "search|search||"}, // no claim: metadata left as it is
+		{name: "common name", cert: cert(ca, leaf{cn: "billing"}), want: "billing|billing||"},
 		{name: "no certificate", wantCode: codes.Unavailable},
 		{name: "certificate from another CA", cert: cert(other, leaf{uri: spiffeSearch}), wantCode: codes.Unavailable},
 		{name: "unknown identity", cert: cert(ca, leaf{cn: "mallory"}), wantCode: codes.PermissionDenied},
