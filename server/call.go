@@ -101,37 +101,65 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 	if !c.s.opts.LogCalls {
 		return
 	}
+	l := callLine{
+		at:        c.start.Add(total),
+		errLevel:  code == codes.Internal || code == codes.Unknown,
+		reqID:     c.reqID,
+		method:    c.method,
+		tenant:    c.tenant,
+		model:     clip(c.model),
+		region:    region,
+		backend:   backend,
+		attempts:  n,
+		source:    src,
+		latencyUS: total.Microseconds(),
+		code:      code.String(),
+	}
+	if sc := trace.SpanContextFromContext(c.ctxOrBackground()); sc.HasTraceID() {
+		l.traceID = sc.TraceID().String()
+	}
+	if err != nil && code != codes.OK {
+		l.errMsg = status.Convert(err).Message()
+	}
+	if w := c.s.opts.CallLog; w != nil {
+		l.writeTo(w)
+		return
+	}
+	l.log(c.s.log)
+}
+
+// log writes l through an slog.Logger (Options.CallLog unset): the same
+// line when the logger has a JSON handler.
+func (l *callLine) log(lg *slog.Logger) {
 	level := slog.LevelInfo
-	if code == codes.Internal || code == codes.Unknown {
+	if l.errLevel {
 		level = slog.LevelError
 	}
-	h := c.s.callLog.Handler()
+	h := lg.Handler()
 	if !h.Enabled(context.Background(), level) {
 		return
 	}
-	attrs := []slog.Attr{
-		slog.String("request_id", c.reqID),
-		slog.String("method", c.method),
-		slog.String("tenant", c.tenant),
-		slog.String("model", clip(c.model)),
-		slog.String("region", region),
-		slog.String("backend", backend),
-		slog.Int("attempts", n),
-		slog.String("source", src),
-		// An integer: formatting a float costs a deep strconv frame per call.
-		slog.Int64("latency_us", total.Microseconds()),
-		slog.String("code", code.String()),
-	}
-	if sc := trace.SpanContextFromContext(c.ctxOrBackground()); sc.HasTraceID() {
-		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
-	}
-	if err != nil && code != codes.OK {
-		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
-	}
 	// A record made here, with no caller PC, spares Logger.LogAttrs's
 	// runtime.Callers walk of this deep stack on every call.
-	r := slog.NewRecord(c.start.Add(total), level, "call", 0)
-	r.AddAttrs(attrs...)
+	r := slog.NewRecord(l.at, level, "call", 0)
+	r.AddAttrs(
+		slog.String("request_id", l.reqID),
+		slog.String("method", l.method),
+		slog.String("tenant", l.tenant),
+		slog.String("model", l.model),
+		slog.String("region", l.region),
+		slog.String("backend", l.backend),
+		slog.Int("attempts", l.attempts),
+		slog.String("source", l.source),
+		slog.Int64("latency_us", l.latencyUS),
+		slog.String("code", l.code),
+	)
+	if l.traceID != "" {
+		r.AddAttrs(slog.String("trace_id", l.traceID))
+	}
+	if l.errMsg != "" {
+		r.AddAttrs(slog.String("error", l.errMsg))
+	}
 	h.Handle(context.Background(), r)
 }
 

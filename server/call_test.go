@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -36,8 +35,7 @@ func (s *syncBuffer) String() string {
 func TestRequestID(t *testing.T) {
 	for _, ret := range []bool{false, true} {
 		var logs syncBuffer
-		fx := startAdmit(t, regions.LimitPolicy{}, Options{LogCalls: true, ReturnRequestID: ret,
-			CallLogger: slog.New(slog.NewJSONHandler(&logs, nil))})
+		fx := startAdmit(t, regions.LimitPolicy{}, Options{LogCalls: true, ReturnRequestID: ret, CallLog: &logs})
 		fx.openGate()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

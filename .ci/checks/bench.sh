@@ -50,7 +50,7 @@
     fi
   fi
 
-  for target in server:FuzzValidate:80000x regions:FuzzLoad:25000x provider:FuzzSSEReader:80000x; do
+  for target in server:FuzzValidate:80000x server:FuzzCallLine:50000x regions:FuzzLoad:25000x provider:FuzzSSEReader:80000x; do
     IFS=: read -r pkg name fuzztime <<<"$target"
     pkg=./$pkg
     fuzztime=${DETOUR_BENCH_FUZZTIME:-$fuzztime}

@@ -39,9 +39,9 @@ type Main struct {
 	// environment variable, when set, wins.
 	GCHeapFloorMiB int
 	Logger         *slog.Logger
-	// CallLogger receives the per-call lines; nil means Logger. serve
-	// gives it a buffered side of Logger's output (logsink.go).
-	CallLogger *slog.Logger
+	// CallLog receives the per-call JSON lines; nil means through Logger.
+	// serve gives it a buffered side of Logger's output (logsink.go).
+	CallLog io.Writer
 	// Live holds the etcd and Admin settings (etcd.go).
 	Live LiveOptions
 	// Observe holds the metrics, tracing and call-log settings (observe.go).
@@ -120,7 +120,7 @@ func (m *Main) Run(ctx context.Context) error {
 		sink := newLogSink(m.logOut)
 		defer sink.Close()
 		m.Logger = slog.New(slog.NewJSONHandler(sink, nil))
-		m.CallLogger = slog.New(slog.NewJSONHandler(sink.Buffered(), nil))
+		m.CallLog = sink.Buffered()
 	}
 	log := m.Logger
 	if log == nil {
@@ -161,7 +161,7 @@ func (m *Main) Run(ctx context.Context) error {
 	gopts := append(sec.serverOptions(), ob.grpcOpts...)
 	srv := server.New(rt, server.Options{
 		Logger:          log,
-		CallLogger:      m.CallLogger,
+		CallLog:         m.CallLog,
 		Metrics:         ob.metrics,
 		LogCalls:        m.Observe.LogCalls,
 		ReturnRequestID: m.Observe.ReturnRequestID,
