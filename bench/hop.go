@@ -56,6 +56,13 @@ func hop(ctx context.Context, args []string) error {
 		hopDetourFlags = append(hopDetourFlags, v)
 		return nil
 	})
+	fs.Func("proxy-env", "KEY=VALUE added to the grpc-go proxy's environment (repeatable), e.g. GOGC=400", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return fmt.Errorf("want KEY=VALUE")
+		}
+		proxyEnv = append(proxyEnv, v)
+		return nil
+	})
 	fs.Func("detour-env", "KEY=VALUE added to detour's environment (repeatable), e.g. GODEBUG=adaptivestackstart=1", func(v string) error {
 		if !strings.Contains(v, "=") {
 			return fmt.Errorf("want KEY=VALUE")
@@ -176,6 +183,9 @@ func hop(ctx context.Context, args []string) error {
 	}
 	if len(hopDetourFlags) > 0 {
 		envNote += fmt.Sprintf(" detour flags: %s;", strings.Join(hopDetourFlags, " "))
+	}
+	if len(proxyEnv) > 0 {
+		envNote += fmt.Sprintf(" proxy env: %s;", strings.Join(proxyEnv, " "))
 	}
 	if len(detourEnv) > 0 {
 		envNote += fmt.Sprintf(" detour env: %s;", strings.Join(detourEnv, " "))

@@ -108,5 +108,9 @@ func passthroughMain(ctx context.Context, args []string) error {
 // process in front of upstream.
 func startPassthrough(upstream string, extra ...string) (*child, string, error) {
 	return startSelf(append([]string{"passthrough", "--listen", "127.0.0.1:0", "--upstream", upstream}, extra...),
-		"passthrough listening on ", "")
+		"passthrough listening on ", "", proxyEnv...)
 }
+
+// proxyEnv is added to the pass-through proxy's environment (hop
+// --proxy-env).
+var proxyEnv []string

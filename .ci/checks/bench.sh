@@ -6,7 +6,7 @@
 # .ci/run under `set -euo pipefail`. Everything runs in a subshell so that
 # sourcing changes neither the caller's directory, options nor variables.
 # Everything listens on 127.0.0.1 only and every load is bounded in time.
-# About 4 minutes on 2 cores. Tables go to stdout (Markdown); child logs are
+# About 4-5 minutes on 2 cores. Tables go to stdout (Markdown); child logs are
 # kept under $DETOUR_BENCH_OUT (default: a temp dir) when a step fails.
 #
 # Knobs: DETOUR_BENCH_FUZZTIME (default: a per-target execution count, about
