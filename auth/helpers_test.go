@@ -31,6 +31,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/detour-dev/detour/internal/testwait"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -74,17 +75,7 @@ func newLogger() (*slog.Logger, *logBuffer) {
 // waitFor polls cond until it holds or timeout passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		case <-tick.C:
-		}
-	}
+	testwait.Until(t, timeout, what, cond)
 }
 
 // testCA is a certificate authority made for one test.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/fleet/fleettest"
+	"github.com/detour-dev/detour/internal/testwait"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -44,17 +45,7 @@ func (c *clock) Advance(d time.Duration) {
 // eventually waits until cond holds, failing t after a deadline.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
+	testwait.Until(t, 5*time.Second, what, cond)
 }
 
 func newCache(t *testing.T, cfg Config, store *fleet.Store, opts ...Option) *Cache {

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/detour-dev/detour/fleet/fleettest"
+	"github.com/detour-dev/detour/internal/testwait"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -41,17 +42,7 @@ func (c *clock) Advance(d time.Duration) {
 // cond reads state another goroutine changes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
+	testwait.Until(t, 5*time.Second, what, cond)
 }
 
 // openStore opens a Store on addr under prefix and closes it at the end.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/detour-dev/detour/internal/fakellm"
+	"github.com/detour-dev/detour/internal/testwait"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -92,15 +93,7 @@ func (f *fixture) chat(t *testing.T, body string) reply {
 // waitFor waits until cond holds, or fails the test after a deadline.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
+	testwait.Until(t, 5*time.Second, what, cond)
 }
 
 // settled waits until srv has no request in flight, and returns its Stats:
