@@ -534,6 +534,9 @@ func chaos(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if o.faultAt <= 0 || o.faultAt >= o.dur {
+		return fmt.Errorf("--fault-at %v must be > 0 and under --duration %v", o.faultAt, o.dur)
+	}
 	o.maxInflight = inflightLimit(o.maxInflight, o.rate)
 	cases := append(chaosCases(), chaosStateCases()...)
 	if *list {

@@ -375,6 +375,9 @@ func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etc
 // made after etcd's return applied within chaosRecoverWithin.
 func judgeEtcdRestart(_ chaosOpts, r *chaosRun, e *etcdOutcome) (string, string) {
 	why := stateJudge(r)
+	if e.stopped.IsZero() {
+		why = append(why, "the fault was never injected (the load ended first: --fault-at must be under --duration)")
+	}
 	if e.failure != "" {
 		why = append(why, e.failure)
 	}
@@ -397,7 +400,8 @@ type redisOutcome struct {
 	used           time.Duration // back -> detour's first command on the new Redis
 	after, keys    int64         // on the new Redis at the end
 	outage         summary       // calls started while Redis was down, and 1 s after
-	probeFailed    int           // calls made after the load while waiting, failed
+	probes         int           // calls made after the load while waiting (each a new prompt: one upstream request)
+	probeFailed    int           // of those, failed
 	failure        string
 }
 
@@ -493,6 +497,7 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 			if load.Err() != nil {
 				// The load is over: keep detour calling, or it has
 				// nothing to use Redis for.
+				out.probes++
 				if err := call(ctx); err != nil {
 					out.probeFailed++
 				}
@@ -524,6 +529,11 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 		return nil, err
 	}
 	out.killAt, out.backAt = out.killed.Sub(r.run.Began), out.back.Sub(r.run.Began)
+	if n := r.sum.N - r.sum.Codes[codeGenOverload] + out.probes; out.probes > 0 && n > 0 {
+		// The upstream totals include the probes' requests: count the
+		// probes as client calls too.
+		r.amp = float64(r.upTotal) / float64(n)
+	}
 	out.outage = summarize(window(r.run.Samples, out.killAt, out.backAt+time.Second), 0)
 	if out.after, err = rd.dataCmds(ctx); err != nil {
 		return nil, err

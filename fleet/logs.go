@@ -12,8 +12,8 @@ import (
 // RouteRedisLogs sends go-redis's own log lines (connection pool and
 // reconnect messages, which it otherwise prints with the standard log
 // package) to log as warnings, so that they come out as JSON lines with the
-// rest. go-redis has one logger per process, set without synchronisation,
-// so only the first call takes effect.
+// rest. go-redis has one logger per process; only the first call takes
+// effect, so that replicas run in one process (tests) do not swap it.
 func RouteRedisLogs(log *slog.Logger) {
 	routeOnce.Do(func() { redis.SetLogger(redisLogger{log}) })
 }

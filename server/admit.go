@@ -130,7 +130,9 @@ func (a *admission) shed(method string, limit int) error {
 	now := time.Now().UnixNano()
 	if last := a.logged.Load(); now-last >= int64(shedLogEvery) && a.logged.CompareAndSwap(last, now) {
 		a.shedCount.Add(-n)
-		a.log.Warn("shedding calls at the in-flight limit", "max_inflight", limit, "shed_since_last_line", n)
+		// Not here: the tap runs under the connection's lock, and a log
+		// write may wait on a slow stderr.
+		go a.log.Warn("shedding calls at the in-flight limit", "max_inflight", limit, "shed_since_last_line", n)
 	}
 	delay := shedDelay + rand.N(shedJitter)
 	delay = delay.Round(time.Millisecond)

@@ -13,12 +13,13 @@ import (
 // write(2) per call. A line written at once first flushes what is waiting,
 // so the output keeps the order of the calls to Write. Close flushes.
 type logSink struct {
-	mu     sync.Mutex
-	w      io.Writer
-	buf    []byte
-	closed bool // after Close, buffered lines go out at once too
-	stop   chan struct{}
-	done   chan struct{}
+	mu        sync.Mutex
+	w         io.Writer
+	buf       []byte
+	closed    bool // after Close, buffered lines go out at once too
+	stop      chan struct{}
+	closeOnce sync.Once
+	done      chan struct{}
 }
 
 const (
@@ -91,11 +92,7 @@ func (s *logSink) flushLoop() {
 // Close stops the periodic flush and writes what is waiting. It is safe to
 // call more than once; later writes go out at once.
 func (s *logSink) Close() error {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
+	s.closeOnce.Do(func() { close(s.stop) })
 	<-s.done
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -95,8 +95,8 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	if m.Grace < 0 {
 		problems = append(problems, "--grace must be >= 0")
 	}
-	if m.GCHeapFloorMiB < 0 || m.GCHeapFloorMiB > 1<<20 {
-		problems = append(problems, "--gc-heap-floor must be between 0 and 1048576 (MiB)")
+	if maxMiB := gcfloor.MaxFloor >> 20; m.GCHeapFloorMiB < 0 || m.GCHeapFloorMiB > maxMiB {
+		problems = append(problems, fmt.Sprintf("--gc-heap-floor must be between 0 and %d (MiB)", maxMiB))
 	}
 	if m.HealthListen != "" {
 		if _, _, err := net.SplitHostPort(m.HealthListen); err != nil {
@@ -167,6 +167,12 @@ func (m *Main) Run(ctx context.Context) error {
 		ReturnRequestID: m.Observe.ReturnRequestID,
 		GRPCOptions:     gopts,
 	})
+	serving := false
+	defer func() {
+		if !serving { // a start-up error: end the server's stream workers
+			srv.GRPC().Stop()
+		}
+	}()
 	live.serving(srv)
 	stopAdmin, err := m.startAdmin(live, srv, log, gopts)
 	if err != nil {
@@ -192,6 +198,7 @@ func (m *Main) Run(ctx context.Context) error {
 		m.ready(lis.Addr())
 	}
 	served := make(chan error, 1)
+	serving = true
 	go func() { served <- srv.Serve(lis) }()
 	select {
 	case err := <-served:

@@ -21,7 +21,11 @@ import (
 	"sync/atomic"
 )
 
-// maxPercent bounds the GOGC set (a floor of 200 MiB).
+// maxPercent bounds the GOGC set: with the runtime's 4 MiB heap minimum it
+// allows floors up to MaxFloor.
+const MaxFloor = heapMinimum * maxPercent / 100
+
+// maxPercent bounds the GOGC set.
 const maxPercent = 5000
 
 // Start keeps the heap goal at least floor bytes until stop is called, which
@@ -48,6 +52,8 @@ func start(floor uint64, base int) *tuner {
 }
 
 func (t *tuner) stop() {
+	t.mu.Lock() // after any tuning in progress, so that base is the last word
+	defer t.mu.Unlock()
 	t.stopped.Store(true)
 	debug.SetGCPercent(t.base)
 }
@@ -56,7 +62,7 @@ type tuner struct {
 	floor   uint64
 	base    int
 	stopped atomic.Bool
-	mu      sync.Mutex // guards sample
+	mu      sync.Mutex // guards sample and orders tunings against stop
 	sample  []metrics.Sample
 	percent atomic.Int64 // last GOGC set, for tests
 	cycles  atomic.Int64 // tunings done, for tests
@@ -82,10 +88,12 @@ func (t *tuner) arm() {
 
 func (t *tuner) tune() {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped.Load() {
+		return
+	}
 	metrics.Read(t.sample)
-	live := t.sample[0].Value.Uint64()
-	t.mu.Unlock()
-	p := percentFor(live, t.floor, t.base)
+	p := percentFor(t.sample[0].Value.Uint64(), t.floor, t.base)
 	debug.SetGCPercent(p)
 	t.percent.Store(int64(p))
 	t.cycles.Add(1)
