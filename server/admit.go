@@ -34,7 +34,15 @@ import (
 // grpc-go cancels the stream's context, which it does on every way out
 // (status written, reset by the client, deadline, connection closed), so a
 // call whose request fails to decode before any interceptor runs is not
-// leaked either.
+// leaked either. When a client resets a call or its deadline passes, the
+// slot frees at that moment, while the handler may still be finishing its
+// work: for that moment the work in progress can exceed the limit a little.
+//
+// Known cost in grpc-go v1.85: a refused call's stream context is not
+// cancelled, so when the caller sent a deadline its timer lives until that
+// deadline (a few hundred bytes per refused call). The tap cannot release
+// it; bounded by the callers' deadlines, it was not visible in the burst
+// chaos case.
 
 // Retry hint of a refused call: shedDelay plus up to shedJitter. A slot frees
 // when any call ends, which for LLM calls may be milliseconds or seconds
