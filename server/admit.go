@@ -40,9 +40,8 @@ import (
 //
 // Known cost in grpc-go v1.85: a refused call's stream context is not
 // cancelled, so when the caller sent a deadline its timer lives until that
-// deadline (a few hundred bytes per refused call). The tap cannot release
-// it; bounded by the callers' deadlines, it was not visible in the burst
-// chaos case.
+// deadline (a few hundred bytes per refused call, an estimate). The tap
+// cannot release it; it is bounded by the callers' deadlines.
 
 // Retry hint of a refused call: shedDelay plus up to shedJitter. A slot frees
 // when any call ends, which for LLM calls may be milliseconds or seconds
