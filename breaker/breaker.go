@@ -73,6 +73,7 @@ type Option func(*options)
 type options struct {
 	now      func() time.Time
 	onChange func(Change)
+	onExtend func(backend string, openUntil time.Time)
 }
 
 // WithClock sets the clock that times the open period, the Retry-After floor
@@ -95,6 +96,14 @@ func WithClock(now func() time.Time) Option {
 // into the Breaker.
 func WithOnChange(hook func(Change)) Option {
 	return func(o *options) { o.onChange = hook }
+}
+
+// WithOnExtend sets the hook called when a busy answer's Retry-After pushes
+// an open breaker's OpenUntil later (no state changes, so no Change is
+// sent). The default is none. It runs under the breaker's lock, with the
+// same rules as WithOnChange's hook.
+func WithOnExtend(hook func(backend string, openUntil time.Time)) Option {
+	return func(o *options) { o.onExtend = hook }
 }
 
 func logChange(c Change) {
@@ -132,6 +141,7 @@ type Breaker struct {
 	openFor  time.Duration
 	now      func() time.Time
 	onChange func(Change)
+	onExtend func(backend string, openUntil time.Time)
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
 
 	// mu serialises every call into cb, so gobreaker's own mutex is always
@@ -170,6 +180,7 @@ func New(name string, p regions.BreakerPolicy, opts ...Option) *Breaker {
 		openFor:  p.OpenFor.D(),
 		now:      o.now,
 		onChange: o.onChange,
+		onExtend: o.onExtend,
 	}
 	consecutive := uint32(p.ConsecutiveBusy)
 	minRequests := uint32(p.MinRequests)
@@ -263,6 +274,9 @@ func (b *Breaker) finish(cbDone func(error), class Class, retryAfter time.Durati
 		}
 		if b.state == Open && b.retryAfter.After(b.openUntil) {
 			b.openUntil = b.retryAfter
+			if b.onExtend != nil {
+				b.onExtend(b.name, b.openUntil)
+			}
 		}
 	}
 	if b.state == Open {

@@ -3,6 +3,7 @@ package breaker
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime"
 	"sync"
 	"testing"
@@ -630,5 +631,45 @@ func TestStateMatchesGobreaker(t *testing.T) {
 	got := []State{State(gobreaker.StateClosed), State(gobreaker.StateHalfOpen), State(gobreaker.StateOpen)}
 	if diff := cmp.Diff([]State{Closed, HalfOpen, Open}, got); diff != "" {
 		t.Errorf("states (-want +got):\n%s", diff)
+	}
+}
+
+// TestBreakerOnExtend: a Retry-After that arrives while the breaker is open
+// (from a call admitted before the trip) and pushes OpenUntil later is
+// reported once, with the new OpenUntil; one that does not extend it is not,
+// and neither is a transition.
+func TestBreakerOnExtend(t *testing.T) {
+	clk := newClock()
+	type ext struct {
+		backend string
+		until   time.Time
+	}
+	var got []ext
+	b := New("b1", testPolicy, WithClock(clk.Now), WithOnChange(nil),
+		WithOnExtend(func(backend string, until time.Time) { got = append(got, ext{backend, until}) }))
+	var late []func(Class, time.Duration)
+	for range 2 {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		late = append(late, done)
+	}
+	for range 3 {
+		call(b, Busy, 0) // trips at t0: open until t0+5s
+	}
+	if len(got) != 0 {
+		t.Fatalf("a trip was reported as an extension: %v", got)
+	}
+	late[0](Busy, 2*time.Second) // until t0+2s: not later than t0+5s
+	if len(got) != 0 {
+		t.Fatalf("a Retry-After inside the open period was reported: %v", got)
+	}
+	late[1](Busy, 30*time.Second)
+	if want := []ext{{"b1", t0.Add(30 * time.Second)}}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("extensions = %v, want %v", got, want)
+	}
+	if u := b.OpenUntil(); !u.Equal(t0.Add(30 * time.Second)) {
+		t.Errorf("OpenUntil = %v, want t0+30s", u)
 	}
 }

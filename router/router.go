@@ -89,7 +89,7 @@ func New(snap *regions.Snapshot, opts Options) (*Router, error) {
 	}
 	r.limiter = fleet.NewLimiter(opts.Fleet, 0, fleet.WithClock(r.now), fleet.WithLogger(r.log))
 	r.cooldowns = fleet.NewCooldowns(opts.Fleet, fleet.WithClock(r.now), fleet.WithLogger(r.log))
-	r.breakers = breaker.NewSet(append([]breaker.Option{breaker.WithOnChange(r.breakerChanged)}, opts.BreakerOptions...)...)
+	r.breakers = breaker.NewSet(append([]breaker.Option{breaker.WithOnChange(r.breakerChanged), breaker.WithOnExtend(r.breakerExtended)}, opts.BreakerOptions...)...)
 	r.budget = newBudget(r.now)
 	if err := r.Apply(snap); err != nil {
 		r.limiter.Close()
@@ -578,6 +578,14 @@ func (r *Router) breakerChanged(c breaker.Change) {
 		r.cooldowns.Publish(c.Backend, c.OpenUntil) // never blocks
 	}
 	r.opts.Metrics.BreakerChanged(c.Backend, int(c.To), c.To.String())
+}
+
+// breakerExtended records a Retry-After that kept an open breaker open
+// longer, and tells the fleet, so that other replicas hold off as long too.
+// It runs under the breaker's lock.
+func (r *Router) breakerExtended(backend string, until time.Time) {
+	r.log.Info("breaker open extended by Retry-After", "backend", backend, "open_until", until)
+	r.cooldowns.Publish(backend, until) // never blocks
 }
 
 func rejected(b *backend, attempts int, err error) error {
