@@ -5,10 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -357,74 +355,16 @@ func constSrvMain(ctx context.Context, args []string) error {
 	if err := proto.Unmarshal(b, resp); err != nil {
 		return fmt.Errorf("%s: %w", *respFile, err)
 	}
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
-	if *profile != "" {
-		f, err := os.Create(*profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	srv := grpc.NewServer()
-	detourv1.RegisterRouterServer(srv, &constSrv{resp: resp})
-	fmt.Printf("constsrv listening on %s\n", lis.Addr())
-	return chServe(ctx, srv.Serve, lis, func(context.Context) { srv.GracefulStop() }, srv.Stop)
-}
-
-// chServe serves until ctx ends, then stops gracefully within 5 s.
-func chServe(ctx context.Context, serve func(net.Listener) error, lis net.Listener, graceful func(context.Context), stop func()) error {
-	served := make(chan error, 1)
-	go func() { served <- serve(lis) }()
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	stopped := make(chan struct{})
-	go func() { graceful(sctx); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-sctx.Done():
-		stop()
-	}
-	<-served
-	return nil
+	return serveBenchServer(ctx, *listen, *profile, "constsrv listening on ", func(srv *grpc.Server) {
+		detourv1.RegisterRouterServer(srv, &constSrv{resp: resp})
+	})
 }
 
 // chProfile profiles detour (running, with --pprof, its cache warm) under one
-// more closed loop through call, then a constsrv with --cpuprofile under the
-// same load; the profiles go to path and path.const.
+// more closed loop through call, then a constsrv under the same load; the
+// profiles go to path and path.const.
 func chProfile(ctx context.Context, dt *detourProc, call callFunc, respFile, path string, reqs []*detourv1.CompleteRequest, conc int, dur time.Duration) error {
-	wait := profileDetour(ctx, dt, dur, path)
-	r := closedLoop(ctx, conc, dur, 0, call)
-	s := summarize(r.Samples, r.Elapsed)
-	if err := wait(); err != nil {
-		return fmt.Errorf("detour profile: %w", err)
-	}
-	fmt.Fprintf(stderr, "cachehit: profiled detour serve: %.0f calls/s (%s); CPU profile in %s\n", s.Throughput, s.codesText(), path)
-
-	cs, caddr, err := startConstSrv(respFile, "--cpuprofile", path+".const")
-	if err != nil {
-		return err
-	}
-	defer cs.stop()
-	cconn, err := dial(caddr)
-	if err != nil {
-		return err
-	}
-	defer cconn.Close()
-	r = closedLoop(ctx, conc, dur, 0, chCall(detourv1.NewRouterClient(cconn), reqs, 5*time.Second))
-	s = summarize(r.Samples, r.Elapsed)
-	cs.stop()
-	fmt.Fprintf(stderr, "cachehit: profiled constant server: %.0f calls/s; CPU profile in %s.const\n", s.Throughput, path)
-	return nil
+	return profilePair(ctx, "cachehit", dt, call, path, ".const", conc, dur,
+		func(profile string) (*child, string, error) { return startConstSrv(respFile, "--cpuprofile", profile) },
+		func(c detourv1.RouterClient) callFunc { return chCall(c, reqs, 5*time.Second) })
 }

@@ -347,35 +347,17 @@ func streamCall(c detourv1.RouterClient, req *detourv1.CompleteRequest, timeout 
 var errTruncated = errors.New("stream ended OK without finish_reason")
 
 // hopProfile profiles detour (running, with --pprof) under one more closed
-// loop through call, then a fresh proxy under the same load, and leaves the
-// CPU profiles in path and path.proxy.
+// loop through call, then a fresh proxy under the same load; the profiles go
+// to path and path.proxy.
 func hopProfile(ctx context.Context, dt *detourProc, call callFunc, upstream, path string, conc int, dur time.Duration, rpc string) error {
-	wait := profileDetour(ctx, dt, dur, path)
-	r := closedLoop(ctx, conc, dur, 0, call)
-	s := summarize(r.Samples, r.Elapsed)
-	if err := wait(); err != nil {
-		return fmt.Errorf("detour profile: %w", err)
-	}
-	fmt.Fprintf(stderr, "hop: profiled detour serve: %.0f calls/s; CPU profile in %s (go tool pprof -top %s)\n", s.Throughput, path, path)
-
-	px, addr, err := startPassthrough(upstream, "--cpuprofile", path+".proxy")
-	if err != nil {
-		return err
-	}
-	defer px.stop()
-	pconn, err := dial(addr)
-	if err != nil {
-		return err
-	}
-	defer pconn.Close()
-	pc := detourv1.NewRouterClient(pconn)
-	call = unaryCall(pc, request("hello, how are you today?"), 5*time.Second)
-	if rpc == "stream" {
-		call = streamCall(pc, request("hello, how are you today?"), 5*time.Second)
-	}
-	r = closedLoop(ctx, conc, dur, 0, call)
-	s = summarize(r.Samples, r.Elapsed)
-	px.stop()
-	fmt.Fprintf(stderr, "hop: profiled proxy: %.0f calls/s; CPU profile in %s.proxy\n", s.Throughput, path)
-	return nil
+	return profilePair(ctx, "hop", dt, call, path, ".proxy", conc, dur,
+		func(profile string) (*child, string, error) {
+			return startPassthrough(upstream, "--cpuprofile", profile)
+		},
+		func(c detourv1.RouterClient) callFunc {
+			if rpc == "stream" {
+				return streamCall(c, request("hello, how are you today?"), 5*time.Second)
+			}
+			return unaryCall(c, request("hello, how are you today?"), 5*time.Second)
+		})
 }

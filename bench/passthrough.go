@@ -4,12 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
-	"net"
-	"os"
-	"runtime/pprof"
-	"time"
 
 	"google.golang.org/grpc"
 
@@ -69,39 +64,9 @@ func passthroughMain(ctx context.Context, args []string) error {
 	}
 	defer conn.Close()
 	conn.Connect()
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
-	if *profile != "" {
-		f, err := os.Create(*profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	srv := grpc.NewServer()
-	detourv1.RegisterRouterServer(srv, &passthrough{up: detourv1.NewRouterClient(conn)})
-	fmt.Printf("passthrough listening on %s\n", lis.Addr())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-	}
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(5 * time.Second):
-		srv.Stop()
-	}
-	return nil
+	return serveBenchServer(ctx, *listen, *profile, "passthrough listening on ", func(srv *grpc.Server) {
+		detourv1.RegisterRouterServer(srv, &passthrough{up: detourv1.NewRouterClient(conn)})
+	})
 }
 
 // startPassthrough runs this bench binary's passthrough scenario as a child

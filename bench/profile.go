@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"time"
+
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"google.golang.org/grpc"
 )
 
 // profileDetour fetches a CPU profile of d (a `detour serve --metrics ADDR
@@ -48,4 +53,78 @@ func fetchProfile(ctx context.Context, addr string, dur time.Duration, path stri
 		return err
 	}
 	return f.Close()
+}
+
+// serveBenchServer is the body of the comparison servers bench runs as
+// children (passthrough, constsrv): it listens on listen, writes a CPU
+// profile to profile (when set) until it stops, registers its services with
+// register, prints banner and the address, and serves until ctx ends, then
+// stops gracefully within 5 s.
+func serveBenchServer(ctx context.Context, listen, profile, banner string, register func(*grpc.Server)) error {
+	lis, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	srv := grpc.NewServer()
+	register(srv)
+	fmt.Printf("%s%s\n", banner, lis.Addr())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	<-served
+	return nil
+}
+
+// profilePair profiles detour (running with --pprof) under one closed loop
+// of conc callers through call for dur, its profile going to path; then
+// starts the comparison server with start(path+suffix) (a child that writes
+// its own CPU profile there until stopped) and runs the same loop through
+// the call compare makes for it. It reports both throughputs on stderr.
+func profilePair(ctx context.Context, scenario string, dt *detourProc, call callFunc, path, suffix string, conc int, dur time.Duration,
+	start func(profile string) (*child, string, error), compare func(detourv1.RouterClient) callFunc) error {
+	wait := profileDetour(ctx, dt, dur, path)
+	r := closedLoop(ctx, conc, dur, 0, call)
+	s := summarize(r.Samples, r.Elapsed)
+	if err := wait(); err != nil {
+		return fmt.Errorf("detour profile: %w", err)
+	}
+	fmt.Fprintf(stderr, "%s: profiled detour serve: %.0f calls/s (%s); CPU profile in %s (go tool pprof -top %s)\n", scenario, s.Throughput, s.codesText(), path, path)
+
+	c, addr, err := start(path + suffix)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	conn, err := dial(addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	r = closedLoop(ctx, conc, dur, 0, compare(detourv1.NewRouterClient(conn)))
+	s = summarize(r.Samples, r.Elapsed)
+	c.stop() // writes its profile
+	fmt.Fprintf(stderr, "%s: profiled comparison server: %.0f calls/s (%s); CPU profile in %s%s\n", scenario, s.Throughput, s.codesText(), path, suffix)
+	return nil
 }
