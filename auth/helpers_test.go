@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -31,7 +30,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -45,26 +44,8 @@ func TestMain(m *testing.M) {
 }
 
 // logBuffer is a concurrency-safe io.Writer.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
 
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) Lines() []string {
-	return strings.Split(strings.TrimSpace(b.String()), "\n")
-}
+type logBuffer = testkit.Buffer
 
 // newLogger returns a JSON logger at debug level and its output.
 func newLogger() (*slog.Logger, *logBuffer) {
@@ -75,7 +56,7 @@ func newLogger() (*slog.Logger, *logBuffer) {
 // waitFor polls cond until it holds or timeout passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	testwait.Until(t, timeout, what, cond)
+	testkit.Until(t, timeout, what, cond)
 }
 
 // testCA is a certificate authority made for one test.

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/detour-dev/detour/internal/testkit"
 	"github.com/detour-dev/detour/regions"
 )
 
@@ -19,24 +20,10 @@ import (
 var t0 = time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
 
 // clock is a fake clock that only moves when told to.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
 
-func newClock() *clock { return &clock{now: t0} }
+type clock = testkit.Clock
 
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newClock() *clock { return testkit.NewClock(t0) }
 
 // recorder records state changes, as an OnChange hook should: briefly, under
 // its own lock.

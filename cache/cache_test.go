@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,36 +15,22 @@ import (
 
 	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/fleet/fleettest"
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // clock is a fake clock that only moves when told to.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
 
-func newClock() *clock { return &clock{now: time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)} }
+type clock = testkit.Clock
 
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newClock() *clock { return testkit.NewClock(time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)) }
 
 // eventually waits until cond holds, failing t after a deadline.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testwait.Until(t, 5*time.Second, what, cond)
+	testkit.Until(t, 5*time.Second, what, cond)
 }
 
 func newCache(t *testing.T, cfg Config, store *fleet.Store, opts ...Option) *Cache {

@@ -13,36 +13,22 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/detour-dev/detour/fleet/fleettest"
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // clock is a fake clock that only moves when told to.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
 
-func newClock() *clock { return &clock{now: time.Now()} }
+type clock = testkit.Clock
 
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newClock() *clock { return testkit.NewClock(time.Now()) }
 
 // eventually waits until cond holds, failing t after a deadline. It polls:
 // cond reads state another goroutine changes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testwait.Until(t, 5*time.Second, what, cond)
+	testkit.Until(t, 5*time.Second, what, cond)
 }
 
 // openStore opens a Store on addr under prefix and closes it at the end.

@@ -8,7 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -48,7 +48,7 @@ func TestCachePath(t *testing.T) {
 	if diff := cmp.Diff(ask(detReq("q")), live); diff != "" {
 		t.Errorf("first call (-got +want):\n%s", diff)
 	}
-	clk.Add(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	if diff := cmp.Diff(ask(detReq("q")), answer{Source: detourv1.Source_SOURCE_CACHE, Content: "from home-1", Age: 10 * time.Second}); diff != "" {
 		t.Errorf("repeat within TTL (-got +want):\n%s", diff)
 	}
@@ -66,12 +66,12 @@ func TestCachePath(t *testing.T) {
 		t.Errorf("%d upstream calls, want 4: sampled and no_cache requests are not cached", n)
 	}
 	// Past TTL, live answers again while backends are healthy.
-	clk.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	if got := ask(detReq("q")); got.Source != detourv1.Source_SOURCE_LIVE {
 		t.Errorf("past TTL with healthy backends: source %v, want LIVE", got.Source)
 	}
 	// Everything busy: the stale answer, marked and aged.
-	clk.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	for _, n := range []string{"home-1", "near-1", "far-1", "fb-1"} {
 		fx.provider(n).complete = busy
 	}
@@ -157,5 +157,5 @@ func TestCoalescing(t *testing.T) {
 // waitFor polls cond until it holds, failing the test after 10 s.
 func waitFor(t *testing.T, cond func() bool, what string) {
 	t.Helper()
-	testwait.Until(t, 10*time.Second, what, cond)
+	testkit.Until(t, 10*time.Second, what, cond)
 }

@@ -3,36 +3,22 @@ package router
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
 
 // clock is a manual clock for the router, its breakers, quotas and budget.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
 
-func newClock() *clock { return &clock{now: time.Unix(1_700_000_000, 0)} }
+type clock = testkit.Clock
 
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clock { return testkit.NewClock(time.Unix(1_700_000_000, 0)) }
 
 func newClockedRouter(t *testing.T, fx *fixture, cfg *regions.Config, clk *clock) *Router {
 	t.Helper()
@@ -73,7 +59,7 @@ func TestBreakerTripsAndRecovers(t *testing.T) {
 	if got, _ := servedBy(t, r, context.Background()); got != "near-1" {
 		t.Errorf("before OpenFor: served by %q, want near-1", got)
 	}
-	clk.Add(5 * time.Second)
+	clk.Advance(5 * time.Second)
 	if got, _ := servedBy(t, r, context.Background()); got != "home-1" {
 		t.Errorf("after OpenFor: served by %q, want home-1 (the half-open probe succeeds)", got)
 	}
@@ -93,11 +79,11 @@ func TestRetryAfterHoldsBreakerOpen(t *testing.T) {
 	r := newClockedRouter(t, fx, cfg, clk)
 	servedBy(t, r, context.Background())
 	home.complete = nil
-	clk.Add(10 * time.Second) // past OpenFor, within Retry-After
+	clk.Advance(10 * time.Second) // past OpenFor, within Retry-After
 	if got, _ := servedBy(t, r, context.Background()); got != "near-1" {
 		t.Errorf("within Retry-After: served by %q, want near-1", got)
 	}
-	clk.Add(21 * time.Second)
+	clk.Advance(21 * time.Second)
 	if got, _ := servedBy(t, r, context.Background()); got != "home-1" {
 		t.Errorf("after Retry-After: served by %q, want home-1", got)
 	}
@@ -149,7 +135,7 @@ func TestRetryBudgetCapsRetries(t *testing.T) {
 		t.Errorf("%d retries for %d busy calls, want about 20%% (15..21)", retries, calls)
 	}
 	// A new window restores the budget.
-	clk.Add(11 * time.Second)
+	clk.Advance(11 * time.Second)
 	before := fx.provider("near-1").calls.Load()
 	r.Complete(context.Background(), req())
 	if fx.provider("near-1").calls.Load() != before+1 {
@@ -205,7 +191,7 @@ func TestLimitsSkipBackends(t *testing.T) {
 	}
 	close(release)
 	<-done
-	clk.Add(time.Second)
+	clk.Advance(time.Second)
 	if got, _ := servedBy(t, r, context.Background()); got != "home-1" {
 		t.Errorf("after a second: served by %q, want home-1 again", got)
 	}
@@ -258,7 +244,7 @@ func TestTenantQuota(t *testing.T) {
 	if _, err := r.Complete(WithTenant(context.Background(), "big"), req()); err != nil {
 		t.Errorf("another tenant refused: %v", err)
 	}
-	clk.Add(500 * time.Millisecond)
+	clk.Advance(500 * time.Millisecond)
 	if _, err := r.Complete(small, req()); err != nil {
 		t.Errorf("after refill: %v", err)
 	}
@@ -278,7 +264,7 @@ func TestBusyBackendLosesTraffic(t *testing.T) {
 		return &detourv1.CompleteResponse{}, nil
 	}
 	fx.provider("home-2").complete = func(context.Context) (*detourv1.CompleteResponse, error) {
-		clk.Add(20 * time.Millisecond) // slower, but never busy
+		clk.Advance(20 * time.Millisecond) // slower, but never busy
 		return &detourv1.CompleteResponse{}, nil
 	}
 	r := newClockedRouter(t, fx, cfg, clk)

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -224,7 +224,7 @@ func (fx *admitFixture) metric(t *testing.T, series string) float64 {
 // eventually waits until cond holds, failing the test after 5 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testwait.Until(t, 5*time.Second, what, cond)
+	testkit.Until(t, 5*time.Second, what, cond)
 }
 
 func (fx *admitFixture) waitInflight(t *testing.T, n float64) {

@@ -3,38 +3,21 @@ package server
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/detour-dev/detour/internal/testkit"
 	"github.com/detour-dev/detour/regions"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRequestID: the log line carries the caller's x-request-id, or one
 // detour made; the response header carries it only with ReturnRequestID.
 func TestRequestID(t *testing.T) {
 	for _, ret := range []bool{false, true} {
-		var logs syncBuffer
+		var logs testkit.Buffer
 		fx := startAdmit(t, regions.LimitPolicy{}, Options{LogCalls: true, ReturnRequestID: ret, CallLog: &logs})
 		fx.openGate()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

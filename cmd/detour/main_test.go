@@ -30,7 +30,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/detour-dev/detour/internal/fakellm"
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -538,5 +538,5 @@ func TestDemoAnswers(t *testing.T) {
 // eventually polls cond until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, cond func() bool, what string) {
 	t.Helper()
-	testwait.Until(t, timeout, what, cond)
+	testkit.Until(t, timeout, what, cond)
 }

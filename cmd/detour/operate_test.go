@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,27 +19,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/internal/fakellm"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
 
 // lockedBuffer collects log lines written from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = testkit.Buffer
 
 // runMain runs m in process until the test ends and returns its Router and
 // /metrics addresses (the latter nil without --metrics).

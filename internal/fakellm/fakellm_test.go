@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/detour-dev/detour/internal/fakellm"
-	"github.com/detour-dev/detour/internal/testwait"
+	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -93,7 +93,7 @@ func (f *fixture) chat(t *testing.T, body string) reply {
 // waitFor waits until cond holds, or fails the test after a deadline.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testwait.Until(t, 5*time.Second, what, cond)
+	testkit.Until(t, 5*time.Second, what, cond)
 }
 
 // settled waits until srv has no request in flight, and returns its Stats:
