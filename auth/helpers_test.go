@@ -44,7 +44,6 @@ func TestMain(m *testing.M) {
 }
 
 // logBuffer is a concurrency-safe io.Writer.
-
 type logBuffer = testkit.Buffer
 
 // newLogger returns a JSON logger at debug level and its output.
