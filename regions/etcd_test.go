@@ -25,12 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // startEtcd runs a real etcd member in the test process on loopback.
 func startEtcd(t *testing.T) *devetcd.Server {
 	t.Helper()
-	srv, err := devetcd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
+	return devetcd.StartTest(t)
 }
 
 func etcdClient(t *testing.T, srv *devetcd.Server) *clientv3.Client {

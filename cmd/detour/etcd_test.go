@@ -31,12 +31,7 @@ import (
 // startEtcd runs a real etcd member in the test process on loopback.
 func startEtcd(t *testing.T) *devetcd.Server {
 	t.Helper()
-	srv, err := devetcd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
+	return devetcd.StartTest(t)
 }
 
 // etcdStore is a Store on srv under the default prefix.

@@ -29,12 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func startEtcd(t *testing.T) *devetcd.Server {
 	t.Helper()
-	srv, err := devetcd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
+	return devetcd.StartTest(t)
 }
 
 // ctl runs detourctl in process and returns its output and error.

@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -204,4 +205,16 @@ func (s *Server) Close() error {
 		return os.RemoveAll(s.dir)
 	}
 	return nil
+}
+
+// StartTest starts a member for one test: data in t.TempDir(), closed when
+// the test ends, the test failed when it cannot start.
+func StartTest(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	srv, err := Start(t.TempDir(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
 }
