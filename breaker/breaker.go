@@ -8,26 +8,91 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
-
-	"github.com/detour-dev/detour/regions"
 )
 
 // ErrOpen is returned by Allow when the breaker is open, or half-open with
 // all its probes in flight. Allow returns it unwrapped.
 var ErrOpen = errors.New("breaker open")
 
-// Defaults for the zero fields of regions.BreakerPolicy.
+// Settings say when a breaker opens and how it comes back. Every zero field
+// takes the default its comment names, so the zero Settings is the default
+// policy: a dead backend trips fast, a busy one keeps its traffic.
+type Settings struct {
+	// ConsecutiveFailures opens the breaker after that many Down or Failed
+	// answers in a row (refused or reset connections, timeouts, DNS or TLS
+	// failures, 5xx answers other than busy, malformed answers). Zero means
+	// 5.
+	ConsecutiveFailures int
+	// ConsecutiveBusy opens the breaker after that many Busy answers in a
+	// row. Zero means never: busy answers are capacity, left to the
+	// backend's adaptive limit, unless BusyRatio says the backend answers
+	// practically nothing.
+	ConsecutiveBusy int
+	// BusyRatio opens the breaker when at least MinRequests answers were
+	// counted in the rolling Window and this share of them were Busy, Down
+	// or Failed. Zero means 0.95.
+	BusyRatio float64
+	// MinRequests is the volume in Window below which BusyRatio is ignored.
+	// Zero means 50.
+	MinRequests int
+	// Window is the rolling window of BusyRatio. Zero means 10s.
+	Window time.Duration
+	// OpenFor is how long an open breaker waits before it admits probes.
+	// Zero means 5s. A Retry-After on the answer that opened it, or on one
+	// admitted before and answered while it is open, holds it open longer,
+	// up to MaxOpen.
+	OpenFor time.Duration
+	// MaxOpen caps how long one opening lasts, whatever Retry-After says.
+	// Zero means 2m.
+	MaxOpen time.Duration
+	// HalfOpenProbes is the number of probes admitted while half-open; that
+	// many answers (OK or Busy: the backend is reachable) close it, one Down
+	// or Failed answer opens it again. Zero means 3.
+	HalfOpenProbes int
+}
+
+// Defaults of the zero Settings fields.
 const (
-	defaultConsecutiveBusy = 5
-	defaultBusyRatio       = 0.5
-	defaultMinRequests     = 20
-	defaultWindow          = 10 * time.Second
-	defaultOpenFor         = 5 * time.Second
-	defaultHalfOpenProbes  = 3
+	DefaultConsecutiveFailures = 5
+	DefaultBusyRatio           = 0.95
+	DefaultMinRequests         = 50
+	DefaultWindow              = 10 * time.Second
+	DefaultOpenFor             = 5 * time.Second
+	DefaultMaxOpen             = 2 * time.Minute
+	DefaultHalfOpenProbes      = 3
 
 	// windowBuckets is the number of buckets of the rolling window.
 	windowBuckets = 10
 )
+
+// withDefaults returns s with every zero field set to its default.
+func (s Settings) withDefaults() Settings {
+	if s.ConsecutiveFailures <= 0 {
+		s.ConsecutiveFailures = DefaultConsecutiveFailures
+	}
+	if s.BusyRatio <= 0 {
+		s.BusyRatio = DefaultBusyRatio
+	}
+	if s.MinRequests <= 0 {
+		s.MinRequests = DefaultMinRequests
+	}
+	if s.Window <= 0 {
+		s.Window = DefaultWindow
+	}
+	if s.OpenFor <= 0 {
+		s.OpenFor = DefaultOpenFor
+	}
+	if s.MaxOpen <= 0 {
+		s.MaxOpen = DefaultMaxOpen
+	}
+	if s.MaxOpen < s.OpenFor {
+		s.MaxOpen = s.OpenFor
+	}
+	if s.HalfOpenProbes <= 0 {
+		s.HalfOpenProbes = DefaultHalfOpenProbes
+	}
+	return s
+}
 
 // State is the state of a Breaker.
 type State int
@@ -65,6 +130,10 @@ type Change struct {
 	// OpenUntil is the earliest time a probe is admitted when To is Open,
 	// otherwise zero. A later Retry-After may still extend it.
 	OpenUntil time.Time
+	// Reason says why the breaker opened ("consecutive failures",
+	// "consecutive busy", "busy ratio", "probe failed"), or that it was
+	// reset; empty otherwise.
+	Reason string
 }
 
 // Option configures a Breaker or a Set.
@@ -111,7 +180,7 @@ func logChange(c Change) {
 	attrs := []any{"backend", c.Backend, "from", c.From.String(), "to", c.To.String()}
 	if c.To == Open {
 		level = slog.LevelWarn
-		attrs = append(attrs, "open_until", c.OpenUntil)
+		attrs = append(attrs, "open_until", c.OpenUntil, "reason", c.Reason)
 	}
 	slog.Log(context.Background(), level, "breaker state change", attrs...)
 }
@@ -127,34 +196,42 @@ func newOptions(opts []Option) options {
 	return o
 }
 
-// Breaker is the circuit breaker of one backend. It is safe for concurrent
-// use, starts no goroutines, and none of its methods block beyond a short
-// mutex hold.
+// Breaker is the circuit breaker of one backend: it takes a dead backend out
+// of rotation quickly and lets it back once probes get through. It is safe
+// for concurrent use, starts no goroutines, and none of its methods block
+// beyond a short mutex hold.
 //
 // It wraps a gobreaker.TwoStepCircuitBreaker, which counts outcomes, decides
-// when to trip, admits half-open probes and drops results from before a
-// transition. Breaker adds the classification of outcomes and times the open
-// period itself, on an injectable clock, so that a backend's Retry-After can
-// hold it open longer than OpenFor.
+// when to trip (through ReadyToTrip, fed the counts below), admits half-open
+// probes and drops results from before a transition. Breaker adds the
+// classification of outcomes and times the open period itself, on an
+// injectable clock, so that a backend's Retry-After can hold it open longer
+// than OpenFor (gobreaker times its own Timeout on the wall clock only, so it
+// is set to 1ns and Breaker does not call into it until OpenUntil).
 type Breaker struct {
 	name     string
-	openFor  time.Duration
+	s        Settings // with defaults
 	now      func() time.Time
 	onChange func(Change)
 	onExtend func(backend string, openUntil time.Time)
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
 
 	// mu serialises every call into cb, so gobreaker's own mutex is always
 	// taken inside mu and its OnStateChange (onStateChange below) runs with mu
 	// held. The fields below are guarded by mu.
 	mu sync.Mutex
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
 	// state mirrors cb's state as of its last transition.
 	state State
 	// openUntil is the earliest time a probe is admitted; zero unless open.
 	openUntil time.Time
-	// retryAfter is the latest Retry-After deadline a busy answer asked for
-	// since the breaker last closed; a trip keeps the breaker open until it.
-	retryAfter time.Time
+	// downRun and busyRun count Down/Failed and Busy answers in a row while
+	// closed; an OK answer ends both runs, a Busy one ends downRun.
+	downRun, busyRun int
+	// tripRetryAfter is the Retry-After deadline of the answer being
+	// recorded, read by onStateChange when that answer trips the breaker.
+	tripRetryAfter time.Time
+	// reason is why the breaker is tripping, set by readyToTrip.
+	reason string
 }
 
 // Sentinel outcomes handed to gobreaker.
@@ -163,74 +240,55 @@ var (
 	errExcluded = errors.New("breaker: excluded")
 )
 
-// New returns the breaker of backend name under policy p; zero fields of p
-// take the defaults documented on regions.BreakerPolicy.
-//
-// The breaker opens after p.ConsecutiveBusy busy or failed answers in a row,
-// or when at least p.MinRequests answers were counted in the rolling p.Window
-// and the busy or failed share of them reached p.BusyRatio. It stays open for
-// p.OpenFor, or longer when a busy answer carried a Retry-After, then admits
-// p.HalfOpenProbes probes: if all succeed it closes, if one fails it opens
-// again.
-func New(name string, p regions.BreakerPolicy, opts ...Option) *Breaker {
+// New returns the breaker of backend name under s; zero fields of s take
+// their documented defaults.
+func New(name string, s Settings, opts ...Option) *Breaker {
 	o := newOptions(opts)
-	p = withDefaults(p)
 	b := &Breaker{
 		name:     name,
-		openFor:  p.OpenFor.D(),
+		s:        s.withDefaults(),
 		now:      o.now,
 		onChange: o.onChange,
 		onExtend: o.onExtend,
 	}
-	consecutive := uint32(p.ConsecutiveBusy)
-	minRequests := uint32(p.MinRequests)
-	ratio := p.BusyRatio
-	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        name,
-		MaxRequests: uint32(p.HalfOpenProbes),
-		Interval:    p.Window.D(),
-		// Buckets make the window roll instead of resetting every Interval.
-		BucketPeriod: p.Window.D() / windowBuckets,
-		// gobreaker times the open state on the wall clock, which tests
-		// cannot move. Let it become half-open at once and keep it open for
-		// as long as needed by not calling it until openUntil (see Allow).
-		Timeout: time.Nanosecond,
-		ReadyToTrip: func(c gobreaker.Counts) bool {
-			if c.ConsecutiveFailures >= consecutive {
-				return true
-			}
-			// Requests also counts calls still in flight and excluded ones;
-			// the ratio is over answered, counted calls only.
-			seen := c.TotalSuccesses + c.TotalFailures
-			return seen >= minRequests && seen > 0 &&
-				float64(c.TotalFailures)/float64(seen) >= ratio
-		},
-		IsExcluded:    func(err error) bool { return err == errExcluded },
-		OnStateChange: b.onStateChange,
-	})
+	b.cb = b.newCB()
 	return b
 }
 
-func withDefaults(p regions.BreakerPolicy) regions.BreakerPolicy {
-	if p.ConsecutiveBusy <= 0 {
-		p.ConsecutiveBusy = defaultConsecutiveBusy
+func (b *Breaker) newCB() *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        b.name,
+		MaxRequests: uint32(b.s.HalfOpenProbes),
+		Interval:    b.s.Window,
+		// Buckets make the window roll instead of resetting every Interval.
+		BucketPeriod: b.s.Window / windowBuckets,
+		// gobreaker times the open state on the wall clock, which tests
+		// cannot move. Let it become half-open at once and keep it open for
+		// as long as needed by not calling it until openUntil (see Allow).
+		Timeout:       time.Nanosecond,
+		ReadyToTrip:   b.readyToTrip,
+		IsExcluded:    func(err error) bool { return err == errExcluded },
+		OnStateChange: b.onStateChange,
+	})
+}
+
+// readyToTrip is gobreaker's ReadyToTrip; it runs under mu.
+func (b *Breaker) readyToTrip(c gobreaker.Counts) bool {
+	switch {
+	case b.downRun >= b.s.ConsecutiveFailures:
+		b.reason = "consecutive failures"
+	case b.s.ConsecutiveBusy > 0 && b.busyRun >= b.s.ConsecutiveBusy:
+		b.reason = "consecutive busy"
+	default:
+		// Requests also counts calls still in flight and excluded ones;
+		// the ratio is over answered, counted calls only.
+		seen := c.TotalSuccesses + c.TotalFailures
+		if seen == 0 || seen < uint32(b.s.MinRequests) || float64(c.TotalFailures)/float64(seen) < b.s.BusyRatio {
+			return false
+		}
+		b.reason = "busy ratio"
 	}
-	if p.BusyRatio <= 0 {
-		p.BusyRatio = defaultBusyRatio
-	}
-	if p.MinRequests <= 0 {
-		p.MinRequests = defaultMinRequests
-	}
-	if p.Window <= 0 {
-		p.Window = regions.Duration(defaultWindow)
-	}
-	if p.OpenFor <= 0 {
-		p.OpenFor = regions.Duration(defaultOpenFor)
-	}
-	if p.HalfOpenProbes <= 0 {
-		p.HalfOpenProbes = defaultHalfOpenProbes
-	}
-	return p
+	return true
 }
 
 // Name returns the backend name the breaker was created with.
@@ -249,7 +307,8 @@ func (b *Breaker) Allow() (done func(class Class, retryAfter time.Duration), err
 	}
 	// Once openUntil has passed, gobreaker (long past its own 1ns timeout)
 	// turns half-open here and admits up to MaxRequests probes.
-	cbDone, err := b.cb.Allow()
+	cb := b.cb
+	cbDone, err := cb.Allow()
 	if err != nil {
 		// ErrOpenState (within gobreaker's 1ns timeout) or ErrTooManyRequests.
 		return nil, ErrOpen
@@ -258,7 +317,7 @@ func (b *Breaker) Allow() (done func(class Class, retryAfter time.Duration), err
 	return func(class Class, retryAfter time.Duration) {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if called {
+		if called || cb != b.cb { // answered twice, or from before a Reset
 			return
 		}
 		called = true
@@ -268,31 +327,51 @@ func (b *Breaker) Allow() (done func(class Class, retryAfter time.Duration), err
 
 // finish records one outcome; mu is held.
 func (b *Breaker) finish(cbDone func(error), class Class, retryAfter time.Duration) {
-	if class == Busy && retryAfter > 0 {
-		if t := b.now().Add(retryAfter); t.After(b.retryAfter) {
-			b.retryAfter = t
-		}
-		if b.state == Open && b.retryAfter.After(b.openUntil) {
-			b.openUntil = b.retryAfter
-			if b.onExtend != nil {
-				b.onExtend(b.name, b.openUntil)
-			}
-		}
-	}
+	now := b.now()
 	if b.state == Open {
 		// Admitted before the trip: gobreaker would drop the result as
 		// stale anyway, and calling it now could move it to half-open
-		// before openUntil.
+		// before openUntil. A Retry-After still says how long to stay away.
+		if class == Busy && retryAfter > 0 {
+			if t := b.capped(now, now.Add(retryAfter)); t.After(b.openUntil) {
+				b.openUntil = t
+				if b.onExtend != nil {
+					b.onExtend(b.name, b.openUntil)
+				}
+			}
+		}
 		return
 	}
 	switch class {
 	case OK:
+		b.downRun, b.busyRun = 0, 0
 		cbDone(nil)
+	case Busy:
+		b.busyRun++
+		b.downRun = 0 // it answered: reachable
+		if b.state == HalfOpen {
+			cbDone(nil) // reachable: the adaptive limit handles the load
+			return
+		}
+		if retryAfter > 0 {
+			b.tripRetryAfter = now.Add(retryAfter) // used only if this answer trips it
+		}
+		cbDone(errFailure)
+		b.tripRetryAfter = time.Time{}
 	case Client, Canceled:
 		cbDone(errExcluded)
-	default: // Busy, Failed, and any unknown class
+	default: // Down, Failed, and any unknown class
+		b.downRun++
 		cbDone(errFailure)
 	}
+}
+
+// capped bounds an open period that starts now to MaxOpen.
+func (b *Breaker) capped(now, until time.Time) time.Time {
+	if max := now.Add(b.s.MaxOpen); until.After(max) {
+		return max
+	}
+	return until
 }
 
 // onStateChange is gobreaker's OnStateChange. It runs under gobreaker's mutex
@@ -300,26 +379,56 @@ func (b *Breaker) finish(cbDone func(error), class Class, retryAfter time.Durati
 func (b *Breaker) onStateChange(_ string, from, to gobreaker.State) {
 	now := b.now()
 	b.state = State(to)
+	reason := ""
 	switch b.state {
 	case Open:
-		b.openUntil = now.Add(b.openFor)
-		if b.retryAfter.After(b.openUntil) {
-			b.openUntil = b.retryAfter
+		b.openUntil = now.Add(b.s.OpenFor)
+		if b.tripRetryAfter.After(b.openUntil) {
+			b.openUntil = b.capped(now, b.tripRetryAfter)
 		}
-	case Closed:
-		b.openUntil = time.Time{}
-		b.retryAfter = time.Time{}
+		reason = b.reason
+		if State(from) == HalfOpen {
+			reason = "probe failed"
+		}
+		b.reason = ""
 	default:
 		b.openUntil = time.Time{}
+		b.downRun, b.busyRun = 0, 0
 	}
-	if b.onChange == nil {
-		return
-	}
-	c := Change{Backend: b.name, From: State(from), To: b.state, At: now}
+	b.emit(Change{Backend: b.name, From: State(from), To: b.state, At: now, OpenUntil: b.openUntilIfOpen(), Reason: reason})
+}
+
+func (b *Breaker) openUntilIfOpen() time.Time {
 	if b.state == Open {
-		c.OpenUntil = b.openUntil
+		return b.openUntil
 	}
-	b.onChange(c)
+	return time.Time{}
+}
+
+func (b *Breaker) emit(c Change) {
+	if b.onChange != nil {
+		b.onChange(c)
+	}
+}
+
+// Reset closes the breaker at once, forgetting its counts and any open
+// period (an operator's reset, or a backend undrained after repair). It
+// reports whether the breaker was not closed. Answers to calls admitted
+// before the reset are ignored.
+func (b *Breaker) Reset() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	from := b.state
+	if b.now().Before(b.openUntil) {
+		from = Open
+	}
+	b.cb = b.newCB()
+	b.state, b.openUntil, b.downRun, b.busyRun = Closed, time.Time{}, 0, 0
+	if from == Closed {
+		return false
+	}
+	b.emit(Change{Backend: b.name, From: from, To: Closed, At: b.now(), Reason: "reset"})
+	return true
 }
 
 // State returns the breaker's current state. An open breaker whose OpenUntil
@@ -360,8 +469,8 @@ type Set struct {
 }
 
 type setEntry struct {
-	policy regions.BreakerPolicy // with defaults applied
-	b      *Breaker
+	s Settings // with defaults applied
+	b *Breaker
 }
 
 // NewSet returns an empty Set whose breakers are created with opts.
@@ -370,20 +479,20 @@ func NewSet(opts ...Option) *Set {
 }
 
 // Get returns the breaker of backend name, creating it if there is none or if
-// its policy changed (the new breaker starts closed). Policies that differ
-// only in zero fields standing for their defaults are the same policy.
-func (s *Set) Get(name string, p regions.BreakerPolicy) *Breaker {
-	p = withDefaults(p)
+// its settings changed (the new breaker starts closed). Settings that differ
+// only in zero fields standing for their defaults are the same settings.
+func (s *Set) Get(name string, st Settings) *Breaker {
+	st = st.withDefaults()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.m[name]; ok && e.policy == p {
+	if e, ok := s.m[name]; ok && e.s == st {
 		return e.b
 	}
 	if s.m == nil {
 		s.m = map[string]setEntry{}
 	}
-	b := New(name, p, s.opts...)
-	s.m[name] = setEntry{policy: p, b: b}
+	b := New(name, st, s.opts...)
+	s.m[name] = setEntry{s: st, b: b}
 	return b
 }
 

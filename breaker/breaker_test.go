@@ -13,7 +13,6 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/detour-dev/detour/internal/testkit"
-	"github.com/detour-dev/detour/regions"
 )
 
 // t0 is where every fake clock starts.
@@ -53,18 +52,20 @@ func (r *recorder) transitions() []string {
 	return s
 }
 
-// testPolicy trips after 3 busy in a row, or at a 50% busy share of at least
-// 10 answers in an hour; it opens for 5s and admits 2 probes.
-var testPolicy = regions.BreakerPolicy{
-	ConsecutiveBusy: 3,
-	BusyRatio:       0.5,
-	MinRequests:     10,
-	Window:          regions.Duration(time.Hour),
-	OpenFor:         regions.Duration(5 * time.Second),
-	HalfOpenProbes:  2,
+// testPolicy trips after 3 failures or 3 busy answers in a row, or at a 50%
+// busy share of at least 10 answers in an hour; it opens for 5s and admits 2
+// probes.
+var testPolicy = Settings{
+	ConsecutiveFailures: 3,
+	ConsecutiveBusy:     3,
+	BusyRatio:           0.5,
+	MinRequests:         10,
+	Window:              time.Hour,
+	OpenFor:             5 * time.Second,
+	HalfOpenProbes:      2,
 }
 
-func newTest(t *testing.T, p regions.BreakerPolicy) (*Breaker, *clock, *recorder) {
+func newTest(t *testing.T, p Settings) (*Breaker, *clock, *recorder) {
 	t.Helper()
 	clk, rec := newClock(), &recorder{}
 	return New("b1", p, WithClock(clk.Now), WithOnChange(rec.record)), clk, rec
@@ -104,7 +105,9 @@ func TestBreakerTrips(t *testing.T) {
 	}{
 		{name: "busy in a row trips", outcomes: repeat(3, Busy), want: Open},
 		{name: "fewer busy than ConsecutiveBusy", outcomes: repeat(2, Busy), want: Closed},
-		{name: "failed counts like busy", outcomes: []Class{Busy, Failed, Failed}, want: Open},
+		{name: "failures in a row trip", outcomes: []Class{Failed, Down, Failed}, want: Open},
+		{name: "a busy answer ends a run of failures", outcomes: []Class{Down, Down, Busy, Down}, want: Closed},
+		{name: "failures do not end a run of busy", outcomes: []Class{Busy, Busy, Down, Busy}, want: Open},
 		{name: "ok breaks the run", outcomes: []Class{Busy, Busy, OK, Busy, Busy}, want: Closed},
 		{name: "client errors never trip", outcomes: repeat(50, Client), want: Closed},
 		{name: "canceled never trips", outcomes: repeat(50, Canceled), want: Closed},
@@ -169,8 +172,7 @@ func TestBreakerTrips(t *testing.T) {
 // so a slow machine cannot make it fail.
 func TestBreakerWindowForgets(t *testing.T) {
 	const window = 20 * time.Millisecond
-	p := testPolicy
-	p.Window = regions.Duration(window)
+	p := Settings{BusyRatio: 1, MinRequests: 3, Window: window}
 	b, _, _ := newTest(t, p)
 	call(b, Busy, 0)
 	call(b, Busy, 0)
@@ -190,33 +192,61 @@ func TestBreakerWindowForgets(t *testing.T) {
 }
 
 func TestBreakerDefaults(t *testing.T) {
-	got := withDefaults(regions.BreakerPolicy{})
-	want := regions.BreakerPolicy{
-		ConsecutiveBusy: 5,
-		BusyRatio:       0.5,
-		MinRequests:     20,
-		Window:          regions.Duration(10 * time.Second),
-		OpenFor:         regions.Duration(5 * time.Second),
-		HalfOpenProbes:  3,
+	got := Settings{}.withDefaults()
+	want := Settings{
+		ConsecutiveFailures: 5,
+		BusyRatio:           0.95,
+		MinRequests:         50,
+		Window:              10 * time.Second,
+		OpenFor:             5 * time.Second,
+		MaxOpen:             2 * time.Minute,
+		HalfOpenProbes:      3,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("withDefaults(zero) (-want +got):\n%s", diff)
+		t.Errorf("zero.withDefaults() (-want +got):\n%s", diff)
 	}
 
-	b, _, _ := newTest(t, regions.BreakerPolicy{})
-	for range 4 {
+	t.Run("a dead backend trips after 5 failures", func(t *testing.T) {
+		b, _, _ := newTest(t, Settings{})
+		for range 4 {
+			call(b, Down, 0)
+		}
+		if s := b.State(); s != Closed {
+			t.Fatalf("after 4 down: State() = %v, want closed", s)
+		}
+		call(b, Down, 0)
+		if s := b.State(); s != Open {
+			t.Fatalf("after 5 down: State() = %v, want open", s)
+		}
+		if got, want := b.OpenUntil(), t0.Add(5*time.Second); !got.Equal(want) {
+			t.Errorf("OpenUntil() = %v, want %v", got, want)
+		}
+	})
+	t.Run("a half-busy backend keeps its traffic", func(t *testing.T) {
+		b, _, _ := newTest(t, Settings{})
+		for i := range 1000 {
+			c := OK
+			if i%2 == 0 || i%7 == 0 {
+				c = Busy // 57% busy, with runs of busy answers
+			}
+			if err := call(b, c, 0); err != nil {
+				t.Fatalf("call %d: %v; want a backend that answers most calls to stay closed", i, err)
+			}
+		}
+	})
+	t.Run("a backend busy on practically every call trips", func(t *testing.T) {
+		b, _, _ := newTest(t, Settings{})
+		for range 49 {
+			call(b, Busy, 0)
+		}
+		if s := b.State(); s != Closed {
+			t.Fatalf("after 49 busy: State() = %v, want closed (min_requests 50)", s)
+		}
 		call(b, Busy, 0)
-	}
-	if s := b.State(); s != Closed {
-		t.Fatalf("after 4 busy: State() = %v, want closed", s)
-	}
-	call(b, Busy, 0)
-	if s := b.State(); s != Open {
-		t.Fatalf("after 5 busy: State() = %v, want open", s)
-	}
-	if got, want := b.OpenUntil(), t0.Add(5*time.Second); !got.Equal(want) {
-		t.Errorf("OpenUntil() = %v, want %v", got, want)
-	}
+		if s := b.State(); s != Open {
+			t.Fatalf("after 50 busy: State() = %v, want open", s)
+		}
+	})
 }
 
 func TestBreakerOpenUntil(t *testing.T) {
@@ -255,14 +285,23 @@ func TestBreakerOpenUntil(t *testing.T) {
 			want: 5 * time.Second,
 		},
 		{
-			name: "Retry-After from an earlier busy answer",
+			name: "Retry-After of an earlier busy answer is forgotten",
 			open: func(b *Breaker, clk *clock) {
 				call(b, Busy, 20*time.Second)
 				clk.Advance(2 * time.Second)
 				call(b, Busy, 0)
 				call(b, Busy, 0)
 			},
-			want: 20 * time.Second,
+			want: 7 * time.Second,
+		},
+		{
+			name: "Retry-After capped at MaxOpen",
+			open: func(b *Breaker, _ *clock) {
+				call(b, Busy, 0)
+				call(b, Busy, 0)
+				call(b, Busy, 99999999*time.Second)
+			},
+			want: DefaultMaxOpen,
 		},
 		{
 			name: "Retry-After from a call admitted before the trip",
@@ -287,15 +326,15 @@ func TestBreakerOpenUntil(t *testing.T) {
 			want: 5 * time.Second,
 		},
 		{
-			name: "Retry-After of a failed probe",
+			name: "a failed probe reopens for OpenFor",
 			open: func(b *Breaker, clk *clock) {
 				for range 3 {
 					call(b, Busy, 0)
 				}
 				clk.Advance(5 * time.Second)
-				call(b, Busy, 40*time.Second)
+				call(b, Down, 40*time.Second)
 			},
-			want: 45 * time.Second,
+			want: 10 * time.Second,
 		},
 		{
 			name: "Retry-After forgotten once closed",
@@ -365,14 +404,21 @@ func TestBreakerHalfOpen(t *testing.T) {
 			wantMore:     true,
 		},
 		{
-			name:         "a busy probe reopens",
+			name:         "a busy probe shows the backend is up",
 			probes:       []Class{OK, Busy, OK},
 			wantAdmitted: 3,
-			wantState:    Open,
+			wantState:    Closed,
+			wantMore:     true,
 		},
 		{
 			name:         "a failed probe reopens",
 			probes:       []Class{Failed, OK, OK},
+			wantAdmitted: 3,
+			wantState:    Open,
+		},
+		{
+			name:         "an unreachable probe reopens",
+			probes:       []Class{OK, Down, OK},
 			wantAdmitted: 3,
 			wantState:    Open,
 		},
@@ -443,16 +489,16 @@ func TestBreakerOnChange(t *testing.T) {
 		call(b, Busy, 0) // trips at t0
 	}
 	clk.Advance(5 * time.Second)
-	call(b, Busy, 0) // probe at t0+5s reopens
+	call(b, Down, 0) // probe at t0+5s reopens
 	clk.Advance(5 * time.Second)
 	call(b, OK, 0) // probe at t0+10s
 	clk.Advance(time.Second)
 	call(b, OK, 0) // second probe at t0+11s closes
 
 	want := []Change{
-		{Backend: "b1", From: Closed, To: Open, At: t0, OpenUntil: t0.Add(5 * time.Second)},
+		{Backend: "b1", From: Closed, To: Open, At: t0, OpenUntil: t0.Add(5 * time.Second), Reason: "consecutive busy"},
 		{Backend: "b1", From: Open, To: HalfOpen, At: t0.Add(5 * time.Second)},
-		{Backend: "b1", From: HalfOpen, To: Open, At: t0.Add(5 * time.Second), OpenUntil: t0.Add(10 * time.Second)},
+		{Backend: "b1", From: HalfOpen, To: Open, At: t0.Add(5 * time.Second), OpenUntil: t0.Add(10 * time.Second), Reason: "probe failed"},
 		{Backend: "b1", From: Open, To: HalfOpen, At: t0.Add(10 * time.Second)},
 		{Backend: "b1", From: HalfOpen, To: Closed, At: t0.Add(11 * time.Second)},
 	}
@@ -566,21 +612,21 @@ func TestSet(t *testing.T) {
 		t.Errorf("after a reload: same breaker %v, state %v; want the same, open", got == a, got.State())
 	}
 
-	zero := s.Get("z", regions.BreakerPolicy{})
-	explicit := s.Get("z", withDefaults(regions.BreakerPolicy{}))
+	zero := s.Get("z", Settings{})
+	explicit := s.Get("z", Settings{}.withDefaults())
 	if zero != explicit {
 		t.Error("a policy spelling out the defaults replaced the breaker")
 	}
 
 	changed := testPolicy
-	changed.OpenFor = regions.Duration(time.Minute)
+	changed.OpenFor = time.Minute
 	a2 := s.Get("a", changed)
 	if a2 == a || a2.State() != Closed {
 		t.Errorf("policy changed: same breaker %v, state %v; want a new, closed one", a2 == a, a2.State())
 	}
 
 	s.Retain([]string{"z", "gone"})
-	if got := s.Get("z", regions.BreakerPolicy{}); got != zero {
+	if got := s.Get("z", Settings{}); got != zero {
 		t.Error("Retain dropped a retained breaker")
 	}
 	if got := s.Get("a", changed); got == a2 {
@@ -658,5 +704,41 @@ func TestBreakerOnExtend(t *testing.T) {
 	}
 	if u := b.OpenUntil(); !u.Equal(t0.Add(30 * time.Second)) {
 		t.Errorf("OpenUntil = %v, want t0+30s", u)
+	}
+}
+
+// TestBreakerReset: Reset closes an open breaker at once, forgets its run of
+// failures, reports the change, and ignores answers to calls admitted before
+// it.
+func TestBreakerReset(t *testing.T) {
+	b, _, rec := newTest(t, testPolicy)
+	stale, _ := b.Allow()
+	for range 3 {
+		call(b, Down, 0)
+	}
+	if s := b.State(); s != Open {
+		t.Fatalf("State() = %v, want open", s)
+	}
+	if !b.Reset() {
+		t.Error("Reset() = false on an open breaker, want true")
+	}
+	if s, u := b.State(), b.OpenUntil(); s != Closed || !u.IsZero() {
+		t.Fatalf("after Reset: State() = %v, OpenUntil() = %v; want closed, zero", s, u)
+	}
+	call(b, Down, 0)
+	call(b, Down, 0)
+	stale(Down, 0) // from before the reset: not a third failure
+	if s := b.State(); s != Closed {
+		t.Errorf("after 2 failures and a stale one: State() = %v, want closed", s)
+	}
+	if b.Reset() {
+		t.Error("Reset() = true on a closed breaker, want false")
+	}
+	want := []string{"closed->open", "open->closed"}
+	if diff := cmp.Diff(want, rec.transitions()); diff != "" {
+		t.Errorf("transitions (-want +got):\n%s", diff)
+	}
+	if got := rec.get()[1].Reason; got != "reset" {
+		t.Errorf("reset change Reason = %q, want reset", got)
 	}
 }

@@ -2,6 +2,8 @@ package breaker
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
@@ -14,15 +16,17 @@ import (
 )
 
 // Class is the one classification of an upstream outcome that the breaker,
-// the retry loop, the balancer and the metrics share.
+// the capacity limits, the retry loop, the balancer and the metrics share.
 type Class int
 
 const (
 	// OK: the backend answered.
 	OK Class = iota
-	// Busy: the backend is overloaded or unreachable (HTTP 429/503/529, a
-	// "busy"/"overloaded" body, gRPC UNAVAILABLE/RESOURCE_EXHAUSTED, connection
-	// refused or reset, an attempt timeout). Retried elsewhere; trips breakers.
+	// Busy: the backend is up but overloaded (HTTP 429/503/529, a
+	// "busy"/"overloaded" body, gRPC UNAVAILABLE/RESOURCE_EXHAUSTED from the
+	// server). It is capacity, not an outage: the call is retried, the
+	// backend's adaptive limit learns from it, and only a backend busy on
+	// practically every call trips its breaker.
 	Busy
 	// Failed: the backend broke in another way (other 5xx, a malformed answer,
 	// a stream cut short). Retried elsewhere; counts against the backend.
@@ -32,6 +36,11 @@ const (
 	Client
 	// Canceled: the caller went away. Neither retried nor counted.
 	Canceled
+	// Down: the backend could not be reached or did not answer in time
+	// (connection refused or reset, attempt timeouts, DNS or TLS failures,
+	// gRPC transport errors). Retried elsewhere; a few in a row open the
+	// breaker.
+	Down
 )
 
 func (c Class) String() string {
@@ -46,6 +55,8 @@ func (c Class) String() string {
 		return "client_error"
 	case Canceled:
 		return "canceled"
+	case Down:
+		return "down"
 	}
 	return "unknown"
 }
@@ -63,8 +74,8 @@ type RetryAfterer interface {
 // Classify sorts an upstream error. A nil error is OK. The caller's own
 // cancellation must be told apart by the caller (see router), since a
 // per-attempt timeout and a caller deadline both surface as
-// context.DeadlineExceeded: Classify treats DeadlineExceeded as Busy (a slow
-// backend) and Canceled as Canceled.
+// context.DeadlineExceeded: Classify treats DeadlineExceeded as Down (a
+// backend that did not answer in time) and Canceled as Canceled.
 func Classify(err error) Class {
 	if err == nil {
 		return OK
@@ -76,20 +87,22 @@ func Classify(err error) Class {
 	if errors.Is(err, context.Canceled) {
 		return Canceled
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return Busy
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return Busy
+	if unreachable(err) {
+		return Down
 	}
 	if s, ok := status.FromError(err); ok {
 		switch s.Code() {
 		case codes.OK:
 			return OK
-		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded:
+		case codes.Unavailable:
+			if transportFailure(s.Message()) {
+				return Down
+			}
 			return Busy
+		case codes.ResourceExhausted:
+			return Busy
+		case codes.DeadlineExceeded:
+			return Down
 		case codes.Canceled:
 			return Canceled
 		case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied,
@@ -109,12 +122,50 @@ func Classify(err error) Class {
 	return Failed
 }
 
+// unreachable reports errors that mean no answer came from the backend at
+// all: it refused or dropped the connection, did not answer in time, or
+// could not be resolved or verified.
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var dns *net.DNSError
+	var verify *tls.CertificateVerificationError
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var alert tls.AlertError
+	var header tls.RecordHeaderError
+	return errors.As(err, &dns) || errors.As(err, &verify) || errors.As(err, &unknownCA) ||
+		errors.As(err, &hostname) || errors.As(err, &alert) || errors.As(err, &header)
+}
+
+// transportFailure reports a gRPC UNAVAILABLE that grpc-go made itself
+// because the connection failed, as opposed to one the server sent.
+func transportFailure(msg string) bool {
+	m := strings.ToLower(msg)
+	for _, s := range []string{"connection error", "connection refused", "connection reset",
+		"connection closed", "transport:", "no such host", "name resolver", "handshake failed", "error reading server preface"} {
+		if strings.Contains(m, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func classifyHTTP(code int, msg string) Class {
 	switch {
 	case code == http.StatusTooManyRequests, code == http.StatusServiceUnavailable, code == 529:
 		return Busy
 	case code == http.StatusRequestTimeout:
 		return Busy
+	case code == http.StatusGatewayTimeout:
+		return Down
 	case code >= 500:
 		if mentionsBusy(msg) {
 			return Busy

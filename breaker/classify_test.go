@@ -2,6 +2,8 @@ package breaker
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -69,15 +71,22 @@ func TestClassify(t *testing.T) {
 
 		{"canceled", context.Canceled, Canceled},
 		{"canceled wrapped", fmt.Errorf("attempt: %w", context.Canceled), Canceled},
-		{"deadline exceeded", context.DeadlineExceeded, Busy},
-		{"connection refused", dialError(syscall.ECONNREFUSED), Busy},
-		{"connection reset", dialError(syscall.ECONNRESET), Busy},
-		{"broken pipe", dialError(syscall.EPIPE), Busy},
-		{"net timeout", &net.OpError{Op: "read", Net: "tcp", Err: timeoutError{}}, Busy},
+		{"deadline exceeded", context.DeadlineExceeded, Down},
+		{"connection refused", dialError(syscall.ECONNREFUSED), Down},
+		{"connection reset", dialError(syscall.ECONNRESET), Down},
+		{"broken pipe", dialError(syscall.EPIPE), Down},
+		{"net timeout", &net.OpError{Op: "read", Net: "tcp", Err: timeoutError{}}, Down},
 
 		{"grpc unavailable", status.Error(codes.Unavailable, "no"), Busy},
+		{"grpc unavailable from the server", status.Error(codes.Unavailable, "Server busy, please retry later"), Busy},
+		{"grpc transport refused", status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused"`), Down},
+		{"grpc name resolution", status.Error(codes.Unavailable, "name resolver error: produced zero addresses"), Down},
+		{"dns", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "nope.invalid"}}, Down},
+		{"tls unknown authority", fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), Down},
+		{"tls verification", &tls.CertificateVerificationError{Err: errors.New("expired")}, Down},
+		{"http 504", &httpError{code: 504}, Down},
 		{"grpc resource exhausted", status.Error(codes.ResourceExhausted, "quota"), Busy},
-		{"grpc deadline exceeded", status.Error(codes.DeadlineExceeded, "slow"), Busy},
+		{"grpc deadline exceeded", status.Error(codes.DeadlineExceeded, "slow"), Down},
 		{"grpc canceled", status.Error(codes.Canceled, "gone"), Canceled},
 		{"grpc invalid argument", status.Error(codes.InvalidArgument, "bad"), Client},
 		{"grpc not found", status.Error(codes.NotFound, "no model"), Client},
@@ -135,6 +144,7 @@ func TestClassString(t *testing.T) {
 		{Failed, "failed"},
 		{Client, "client_error"},
 		{Canceled, "canceled"},
+		{Down, "down"},
 		{Class(42), "unknown"},
 	}
 	for _, tt := range tests {

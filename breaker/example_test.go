@@ -6,16 +6,15 @@ import (
 	"time"
 
 	"github.com/detour-dev/detour/breaker"
-	"github.com/detour-dev/detour/regions"
 )
 
 // A backend answers busy twice, the second time with "Retry-After: 10": the
 // breaker opens for 10s instead of OpenFor's 5s, then one probe closes it.
 func ExampleBreaker() {
 	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
-	b := breaker.New("deepseek-eu", regions.BreakerPolicy{
+	b := breaker.New("deepseek-eu", breaker.Settings{
 		ConsecutiveBusy: 2,
-		OpenFor:         regions.Duration(5 * time.Second),
+		OpenFor:         5 * time.Second,
 		HalfOpenProbes:  1,
 	},
 		breaker.WithClock(func() time.Time { return now }),
@@ -49,7 +48,7 @@ func ExampleBreaker() {
 // A Set keeps each backend's breaker across config reloads.
 func ExampleSet() {
 	set := breaker.NewSet(breaker.WithOnChange(nil))
-	policy := regions.BreakerPolicy{ConsecutiveBusy: 1}
+	policy := breaker.Settings{ConsecutiveBusy: 1}
 
 	b := set.Get("eu-1", policy)
 	done, _ := b.Allow()

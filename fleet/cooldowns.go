@@ -44,6 +44,15 @@ redis.call('PUBLISH', ARGV[4], ARGV[2] .. ' ' .. ARGV[1])
 return 1
 `)
 
+// clearScript drops a backend's cooldown and announces it as "0 backend".
+//
+// KEYS[1] cooldown set, ARGV[1] backend, ARGV[2] channel.
+var clearScript = redis.NewScript(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], '0 ' .. ARGV[1])
+return 1
+`)
+
 // Cooldowns shares "backend X is open until T" across the fleet, so that the
 // replica that finds a backend busy protects all of them.
 //
@@ -158,6 +167,27 @@ func (c *Cooldowns) Publish(backend string, until time.Time) {
 	}
 }
 
+// Clear ends backend's cooldown on every replica at once (an operator reset
+// the breaker, or undrained the backend after a repair). It drops the local
+// copy at once and tells the fleet in the background; it never blocks.
+func (c *Cooldowns) Clear(backend string) {
+	c.mu.Lock()
+	cur := *c.view.Load()
+	if _, ok := cur[backend]; ok {
+		next := maps.Clone(cur)
+		delete(next, backend)
+		c.view.Store(&next)
+	}
+	if c.store != nil {
+		c.pending[backend] = time.Time{} // the zero time: clear
+	}
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Close stops the background goroutines and waits for them. Cooldowns
 // still answers OpenUntil afterwards, from what it knew.
 func (c *Cooldowns) Close() error {
@@ -198,6 +228,18 @@ func (c *Cooldowns) mergeLocked(in map[string]time.Time) {
 		}
 	}
 	c.view.Store(&next)
+}
+
+// drop forgets backend's cooldown (another replica cleared it).
+func (c *Cooldowns) drop(backend string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur := *c.view.Load()
+	if _, ok := cur[backend]; ok {
+		next := maps.Clone(cur)
+		delete(next, backend)
+		c.view.Store(&next)
+	}
 }
 
 func (c *Cooldowns) merge(in map[string]time.Time) {
@@ -248,7 +290,11 @@ func (c *Cooldowns) listen(ctx context.Context) {
 			}
 		case *redis.Message:
 			if b, u, ok := parseCooldown(m.Payload, c.now()); ok {
-				c.merge(map[string]time.Time{b: u})
+				if u.IsZero() {
+					c.drop(b)
+				} else {
+					c.merge(map[string]time.Time{b: u})
+				}
 			}
 		}
 		if dirty || c.now().Sub(synced) >= resyncEvery {
@@ -315,6 +361,16 @@ func (c *Cooldowns) publish(ctx context.Context) {
 		now := c.now()
 		failed := false
 		for b, u := range batch {
+			if u.IsZero() {
+				err := c.store.Do(ctx, publishTimeout, func(ctx context.Context, r redis.Cmdable) error {
+					return clearScript.Run(ctx, r, []string{c.set}, b, c.ch).Err()
+				})
+				if err != nil && ctx.Err() == nil {
+					failed = true
+					c.requeue(b, u)
+				}
+				continue
+			}
 			if !u.After(now) {
 				continue
 			}
@@ -346,7 +402,7 @@ func (c *Cooldowns) publish(ctx context.Context) {
 func (c *Cooldowns) requeue(b string, u time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if p, ok := c.pending[b]; !ok || u.After(p) {
+	if p, ok := c.pending[b]; !ok || u.IsZero() || (!p.IsZero() && u.After(p)) {
 		c.pending[b] = u
 	}
 }
@@ -360,6 +416,9 @@ func parseCooldown(s string, now time.Time) (string, time.Time, bool) {
 	n, err := strconv.ParseInt(ms, 10, 64)
 	if err != nil {
 		return "", time.Time{}, false
+	}
+	if n == 0 {
+		return b, time.Time{}, true // cleared
 	}
 	return b, capUntil(time.UnixMilli(n), now), true
 }

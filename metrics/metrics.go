@@ -34,6 +34,7 @@ type Metrics struct {
 	breakerTrans *prometheus.CounterVec
 	retries      prometheus.Counter
 	budgetOut    prometheus.Counter
+	panics       *prometheus.CounterVec
 	limitRejects *prometheus.CounterVec
 	quotaRejects *prometheus.CounterVec
 	inflight     *prometheus.GaugeVec
@@ -47,6 +48,82 @@ type Metrics struct {
 
 	// admission is what the in-flight gauges read; see Admission.
 	admission atomic.Pointer[admission]
+	// capacity is what the capacity gauges read; see CapacitySource.
+	capacity atomic.Pointer[func() Capacity]
+}
+
+// Capacity is the router's capacity state at one moment, read at scrape
+// time.
+type Capacity struct {
+	Backends []BackendCapacity
+	// BudgetSpent and BudgetAllowed are the extra upstream calls spent and
+	// allowed in the retry budget's window.
+	BudgetSpent, BudgetAllowed float64
+}
+
+// BackendCapacity is one backend's learned capacity.
+type BackendCapacity struct {
+	Backend, Region string
+	Limit           float64 // concurrency limit
+	InFlight        float64 // calls holding a slot
+	Held            float64 // slots held by recent busy answers
+	Queued          float64 // calls waiting for a slot
+	BusyShare       float64 // recent busy or failed share of answers
+	Floor           float64 // busy share not caused by detour's load
+}
+
+// CapacitySource sets the function the capacity gauges read at scrape time.
+func (m *Metrics) CapacitySource(f func() Capacity) {
+	if m != nil {
+		m.capacity.Store(&f)
+	}
+}
+
+var (
+	capLimitDesc = prometheus.NewDesc("detour_backend_capacity_limit",
+		"The concurrency limit detour has learned for the backend (capacity section).", []string{"backend", "region"}, nil)
+	capInflightDesc = prometheus.NewDesc("detour_backend_capacity_inflight",
+		"Calls holding a slot of the backend's capacity limit.", []string{"backend", "region"}, nil)
+	capHeldDesc = prometheus.NewDesc("detour_backend_capacity_held",
+		"Slots held by recent busy answers (a busy answer keeps its slot for about one call's duration).", []string{"backend", "region"}, nil)
+	capQueuedDesc = prometheus.NewDesc("detour_backend_capacity_queued",
+		"Calls waiting for a slot on the backend.", []string{"backend", "region"}, nil)
+	busyShareDesc = prometheus.NewDesc("detour_backend_busy_share",
+		"Recent share of the backend's answers that were busy or failed.", []string{"backend", "region"}, nil)
+	busyFloorDesc = prometheus.NewDesc("detour_backend_busy_floor",
+		"The share of busy answers detour has learned the backend gives whatever its load (not caused by detour).", []string{"backend", "region"}, nil)
+	budgetSpentDesc = prometheus.NewDesc("detour_retry_budget_spent",
+		"Extra upstream calls (retries, hedges, attempts past open breakers) spent in the retry budget's 10 s window.", nil, nil)
+	budgetAllowedDesc = prometheus.NewDesc("detour_retry_budget_allowed",
+		"Extra upstream calls the retry budget allows in its 10 s window.", nil, nil)
+)
+
+// capacityCollector reads the capacity state at scrape time.
+type capacityCollector struct{ m *Metrics }
+
+func (c capacityCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{capLimitDesc, capInflightDesc, capHeldDesc, capQueuedDesc, busyShareDesc, busyFloorDesc, budgetSpentDesc, budgetAllowedDesc} {
+		ch <- d
+	}
+}
+
+func (c capacityCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.m.capacity.Load()
+	if f == nil {
+		return
+	}
+	st := (*f)()
+	for _, b := range st.Backends {
+		for _, v := range []struct {
+			d *prometheus.Desc
+			x float64
+		}{{capLimitDesc, b.Limit}, {capInflightDesc, b.InFlight}, {capHeldDesc, b.Held}, {capQueuedDesc, b.Queued},
+			{busyShareDesc, b.BusyShare}, {busyFloorDesc, b.Floor}} {
+			ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.x, b.Backend, b.Region)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(budgetSpentDesc, prometheus.GaugeValue, st.BudgetSpent)
+	ch <- prometheus.MustNewConstMetric(budgetAllowedDesc, prometheus.GaugeValue, st.BudgetAllowed)
 }
 
 type admission struct{ inflight, limit func() int }
@@ -89,7 +166,7 @@ func New() *Metrics {
 	m.overhead = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "detour_overhead_seconds",
 		Help: "Time spent in detour per call, excluding upstream calls and backoff waits.", Buckets: overheadBuckets}, []string{"method"})
 	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_upstream_attempts_total",
-		Help: "Upstream attempts by backend and outcome class (ok, busy, failed, client_error, canceled)."}, []string{"backend", "region", "outcome"})
+		Help: "Upstream attempts by backend and outcome class (ok, busy, failed, client_error, canceled, down)."}, []string{"backend", "region", "outcome"})
 	m.upstreamDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "detour_upstream_duration_seconds",
 		Help: "Latency of upstream attempts.", Buckets: latencyBuckets}, []string{"backend"})
 	m.breakerState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "detour_breaker_state",
@@ -100,6 +177,8 @@ func New() *Metrics {
 		Help: "Attempts made after a call's first one on primaries."})
 	m.budgetOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "detour_retry_budget_exhausted_total",
 		Help: "Retries not made because the retry budget was spent."})
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_panic_attempts_total",
+		Help: "Attempts sent to a backend whose breaker was open because every candidate was closed (bounded by the retry budget)."}, []string{"backend"})
 	m.limitRejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_limit_rejections_total",
 		Help: "Backends skipped because they were at their limit (qps or concurrency)."}, []string{"backend", "reason"})
 	m.quotaRejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_quota_rejections_total",
@@ -121,7 +200,7 @@ func New() *Metrics {
 	m.cfgAppliedAt = prometheus.NewGauge(prometheus.GaugeOpts{Name: "detour_config_applied_timestamp_seconds",
 		Help: "Unix time the applied config document was applied."})
 	for _, c := range []prometheus.Collector{m.calls, m.shed, callsInflight, inflightLimit, m.callDuration, m.firstChunk, m.overhead, m.attempts,
-		m.upstreamDur, m.breakerState, m.breakerTrans, m.retries, m.budgetOut, m.limitRejects, m.quotaRejects,
+		m.upstreamDur, m.breakerState, m.breakerTrans, m.retries, m.budgetOut, m.panics, capacityCollector{m}, m.limitRejects, m.quotaRejects,
 		m.inflight, m.conns, m.cache, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
 		f(c)
 	}
@@ -214,6 +293,14 @@ func (m *Metrics) BudgetExhausted() {
 	}
 }
 
+// Panic records an attempt sent past an open breaker because every
+// candidate was closed.
+func (m *Metrics) Panic(backend string) {
+	if m != nil {
+		m.panics.WithLabelValues(backend).Inc()
+	}
+}
+
 // QuotaRejected records a call refused by the tenant's quota.
 func (m *Metrics) QuotaRejected(tenant string) {
 	if m != nil {
@@ -263,7 +350,7 @@ func (m *Metrics) BreakerChanged(backend string, state int, to string) {
 // Backend is the set of one backend's series, resolved once so the hot path
 // does no label lookups. A nil *Backend records nothing.
 type Backend struct {
-	attempts   [5]prometheus.Counter // by outcome index, see Outcomes
+	attempts   [6]prometheus.Counter // by outcome index, see Outcomes
 	duration   prometheus.Observer
 	inflight   prometheus.Gauge
 	limitQPS   prometheus.Counter
@@ -273,7 +360,7 @@ type Backend struct {
 }
 
 // outcomes are the outcome label values, indexed like breaker.Class.
-var outcomes = [5]string{"ok", "busy", "failed", "client_error", "canceled"}
+var outcomes = [6]string{"ok", "busy", "failed", "client_error", "canceled", "down"}
 
 // Backend returns the series of one backend.
 func (m *Metrics) Backend(name, region string) *Backend {
@@ -301,7 +388,7 @@ func (m *Metrics) Forget(name string) {
 		return
 	}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		m.attempts, m.upstreamDur, m.breakerState, m.breakerTrans, m.limitRejects, m.inflight, m.conns,
+		m.attempts, m.upstreamDur, m.breakerState, m.breakerTrans, m.limitRejects, m.inflight, m.conns, m.panics,
 	} {
 		v.DeletePartialMatch(prometheus.Labels{"backend": name})
 	}

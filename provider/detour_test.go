@@ -281,7 +281,7 @@ func TestDetourConnectionRefused(t *testing.T) {
 	d := newDetour(t, addr, "")
 
 	_, err = d.Complete(t.Context(), userRequest("hi"))
-	errCheck{class: breaker.Busy}.check(t, err)
+	errCheck{class: breaker.Down}.check(t, err)
 	if got := status.Code(err); got != codes.Unavailable {
 		t.Errorf("status.Code = %v, want Unavailable", got)
 	}
@@ -307,7 +307,7 @@ func TestDetourHonoursContext(t *testing.T) {
 		},
 	})
 	d := newDetour(t, addr, "")
-	want := errCheck{class: breaker.Busy}
+	want := errCheck{class: breaker.Down}
 
 	t.Run("unary timeout", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)

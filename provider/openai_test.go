@@ -511,7 +511,7 @@ func refusedURL(t *testing.T) string {
 
 func TestOpenAIConnectionRefused(t *testing.T) {
 	o := newOpenAI(t, refusedURL(t), "")
-	want := errCheck{class: breaker.Busy, is: syscall.ECONNREFUSED}
+	want := errCheck{class: breaker.Down, is: syscall.ECONNREFUSED}
 
 	_, err := o.Complete(t.Context(), userRequest("hi"))
 	want.check(t, err)
@@ -557,12 +557,12 @@ func TestOpenAIHonoursContext(t *testing.T) {
 				_, err := o.Complete(ctx, userRequest("hi"))
 				return err
 			},
-			want: errCheck{class: breaker.Busy, is: context.DeadlineExceeded},
+			want: errCheck{class: breaker.Down, is: context.DeadlineExceeded},
 		},
 		{
 			name: "mid-stream timeout",
 			call: func(ctx context.Context, _ func()) error { return midStream(ctx, func() {}) },
-			want: errCheck{class: breaker.Busy, is: context.DeadlineExceeded},
+			want: errCheck{class: breaker.Down, is: context.DeadlineExceeded},
 		},
 		{
 			name: "mid-stream cancel",

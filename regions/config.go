@@ -39,6 +39,9 @@ type Config struct {
 	Retry RetryPolicy `yaml:"retry,omitempty" json:"retry,omitempty"`
 	// Breaker is the default circuit breaker policy for every backend.
 	Breaker BreakerPolicy `yaml:"breaker,omitempty" json:"breaker,omitempty"`
+	// Capacity is how detour learns and holds each backend's working
+	// capacity; the zero value turns the adaptive limits on with defaults.
+	Capacity CapacityPolicy `yaml:"capacity,omitempty" json:"capacity,omitempty"`
 	// Limits bound what callers may ask for.
 	Limits LimitPolicy `yaml:"limits,omitempty" json:"limits,omitempty"`
 	// Tenants are the known callers with their quotas and credentials. Empty
@@ -139,17 +142,19 @@ type BackendTLS struct {
 // RetryPolicy bounds how hard detour tries before it degrades.
 type RetryPolicy struct {
 	// MaxAttempts is the number of upstream attempts per call across primaries,
-	// including the first. Zero means 2.
+	// including the first. Zero means 3 (the client recipe's).
 	MaxAttempts int `yaml:"max_attempts,omitempty" json:"max_attempts,omitempty"`
-	// BackoffBase is the first backoff before a retry. Zero means 25ms.
+	// BackoffBase is the first backoff before a retry on a backend the call
+	// already tried. Zero means 25ms.
 	BackoffBase Duration `yaml:"backoff_base,omitempty" json:"backoff_base,omitempty"`
 	// BackoffMax caps a backoff. Zero means 1s.
 	BackoffMax Duration `yaml:"backoff_max,omitempty" json:"backoff_max,omitempty"`
 	// AttemptTimeout bounds one attempt when the backend sets no timeout.
 	// Zero means 30s.
 	AttemptTimeout Duration `yaml:"attempt_timeout,omitempty" json:"attempt_timeout,omitempty"`
-	// BudgetRatio is the share of recent requests that may be retries. Zero
-	// means 0.2.
+	// BudgetRatio is the share of recent requests that may be extra upstream
+	// calls (retries, hedges and calls to a backend whose breaker is open).
+	// Zero means 0.8: at most 1.8 upstream calls per call, plus the floor.
 	BudgetRatio float64 `yaml:"budget_ratio,omitempty" json:"budget_ratio,omitempty"`
 	// BudgetMinPerSecond is the retry floor per second. Zero means 10.
 	BudgetMinPerSecond float64 `yaml:"budget_min_per_second,omitempty" json:"budget_min_per_second,omitempty"`
@@ -159,24 +164,70 @@ type RetryPolicy struct {
 	HedgeAfter Duration `yaml:"hedge_after,omitempty" json:"hedge_after,omitempty"`
 }
 
-// BreakerPolicy says when a backend's breaker opens.
+// BreakerPolicy says when a backend's breaker opens. The breaker is for dead
+// backends; a busy one keeps the traffic its adaptive limit says it can
+// serve (see CapacityPolicy).
 type BreakerPolicy struct {
-	// ConsecutiveBusy opens the breaker after that many busy answers in a row.
+	// ConsecutiveFailures opens the breaker after that many answers in a
+	// row that were not answers at all: refused or reset connections,
+	// timeouts, DNS or TLS failures, 5xx other than busy, malformed bodies.
 	// Zero means 5.
+	ConsecutiveFailures int `yaml:"consecutive_failures,omitempty" json:"consecutive_failures,omitempty"`
+	// ConsecutiveBusy opens the breaker after that many busy answers
+	// (429/503/529, "overloaded") in a row. Zero means never: busy answers
+	// alone open it only through BusyRatio.
 	ConsecutiveBusy int `yaml:"consecutive_busy,omitempty" json:"consecutive_busy,omitempty"`
-	// BusyRatio opens the breaker when that share of calls in Window was busy.
-	// Zero means 0.5.
+	// BusyRatio opens the breaker when that share of the answers in Window
+	// was busy or failed. Zero means 0.95: a backend that answers even one
+	// call in ten keeps its traffic.
 	BusyRatio float64 `yaml:"busy_ratio,omitempty" json:"busy_ratio,omitempty"`
 	// MinRequests is the volume in Window below which BusyRatio is ignored.
-	// Zero means 20.
+	// Zero means 50.
 	MinRequests int `yaml:"min_requests,omitempty" json:"min_requests,omitempty"`
 	// Window is the rolling window for BusyRatio. Zero means 10s.
 	Window Duration `yaml:"window,omitempty" json:"window,omitempty"`
 	// OpenFor is how long an open breaker waits before probing. Zero means 5s.
 	OpenFor Duration `yaml:"open_for,omitempty" json:"open_for,omitempty"`
+	// MaxOpen caps one opening, however long a Retry-After asks for. Zero
+	// means 2m.
+	MaxOpen Duration `yaml:"max_open,omitempty" json:"max_open,omitempty"`
 	// HalfOpenProbes is the number of probes admitted while half-open. Zero
 	// means 3.
 	HalfOpenProbes int `yaml:"half_open_probes,omitempty" json:"half_open_probes,omitempty"`
+}
+
+// CapacityPolicy is how detour finds and holds each backend's working
+// capacity: a concurrency limit per backend that grows while answers come
+// back and shrinks when detour's own load makes the backend busy, a share of
+// calls per region that follows its backends' answered share, and a bounded
+// wait for capacity when every candidate is full.
+type CapacityPolicy struct {
+	// Disabled turns the adaptive limits off: a backend takes calls up to
+	// its static max_concurrency and qps only, and no call waits for
+	// capacity.
+	Disabled bool `yaml:"disabled,omitempty" json:"disabled,omitempty"`
+	// InitialLimit is a backend's concurrency limit before it has learned
+	// one (a replica that finds other replicas' limits in Redis starts from
+	// theirs). Zero means 16.
+	InitialLimit int `yaml:"initial_limit,omitempty" json:"initial_limit,omitempty"`
+	// MinLimit is the least a limit falls to. Zero means 1.
+	MinLimit int `yaml:"min_limit,omitempty" json:"min_limit,omitempty"`
+	// MaxLimit is the most a limit grows to; a backend's max_concurrency,
+	// when set, caps it too. Zero means 10000.
+	MaxLimit int `yaml:"max_limit,omitempty" json:"max_limit,omitempty"`
+	// MaxQueueWait is how long a call may wait for a slot when every
+	// candidate is at its limit, within its own deadline. Zero means 1s;
+	// negative means never wait (refuse at once).
+	MaxQueueWait Duration `yaml:"max_queue_wait,omitempty" json:"max_queue_wait,omitempty"`
+	// QueueFactor bounds a backend's waiting calls to this multiple of its
+	// limit (at least 16). Zero means 4.
+	QueueFactor float64 `yaml:"queue_factor,omitempty" json:"queue_factor,omitempty"`
+	// SpillFactor sets the share of first attempts a region keeps: its
+	// backends' recent answered share times SpillFactor (capped at 1); the
+	// rest goes to the next region by priority. 1 (the default, for zero)
+	// keeps 50% of the calls at a region whose backends answer half of them
+	// busy; a larger value keeps more at home at the cost of more retries.
+	SpillFactor float64 `yaml:"spill_factor,omitempty" json:"spill_factor,omitempty"`
 }
 
 // LimitPolicy bounds requests.
@@ -200,13 +251,15 @@ type LimitPolicy struct {
 
 // Defaults.
 const (
-	DefaultMaxAttempts        = 2
-	DefaultBudgetRatio        = 0.2
+	DefaultMaxAttempts        = 3
+	DefaultBudgetRatio        = 0.8
 	DefaultBudgetMinPerSecond = 10
 	DefaultBackoffBase        = 25 * time.Millisecond
 	DefaultBackoffMax         = time.Second
 	DefaultAttemptTimeout     = 30 * time.Second
 	DefaultMaxRequestBytes    = 10 << 20
+	DefaultMaxQueueWait       = time.Second
+	DefaultSpillFactor        = 1.0
 	DefaultDeadline           = 120 * time.Second
 )
 
@@ -355,6 +408,7 @@ func (c *Config) Validate() error {
 		v.add("retry.budget_min_per_second: %g must be >= 0", r.BudgetMinPerSecond)
 	}
 	v.breaker("breaker", c.Breaker)
+	v.capacity("capacity", c.Capacity)
 	if c.Limits.MaxRequestBytes < 0 {
 		v.add("limits.max_request_bytes: %d must be >= 0", c.Limits.MaxRequestBytes)
 	}
@@ -428,14 +482,35 @@ func clipID(s string) string {
 }
 
 func (v *validator) breaker(where string, br BreakerPolicy) {
-	if br.ConsecutiveBusy < 0 || br.MinRequests < 0 || br.HalfOpenProbes < 0 {
+	if br.ConsecutiveFailures < 0 || br.ConsecutiveBusy < 0 || br.MinRequests < 0 || br.HalfOpenProbes < 0 {
 		v.add("%s: counts must be >= 0", where)
 	}
 	if !inRange(br.BusyRatio, 0, 1) {
 		v.add("%s.busy_ratio: %g must be in 0..1", where, br.BusyRatio)
 	}
-	if br.Window < 0 || br.OpenFor < 0 {
+	if br.Window < 0 || br.OpenFor < 0 || br.MaxOpen < 0 {
 		v.add("%s: durations must be >= 0", where)
+	}
+	if br.MaxOpen > 0 && br.OpenFor > br.MaxOpen {
+		v.add("%s.open_for %s exceeds max_open %s", where, br.OpenFor.D(), br.MaxOpen.D())
+	}
+}
+
+func (v *validator) capacity(where string, c CapacityPolicy) {
+	if c.InitialLimit < 0 || c.MinLimit < 0 || c.MaxLimit < 0 {
+		v.add("%s: limits must be >= 0", where)
+	}
+	if c.MaxLimit > 0 && c.MinLimit > c.MaxLimit {
+		v.add("%s.min_limit %d exceeds max_limit %d", where, c.MinLimit, c.MaxLimit)
+	}
+	if c.MaxLimit > 0 && c.InitialLimit > c.MaxLimit {
+		v.add("%s.initial_limit %d exceeds max_limit %d", where, c.InitialLimit, c.MaxLimit)
+	}
+	if !inRange(c.QueueFactor, 0, 1000) {
+		v.add("%s.queue_factor: %g must be in 0..1000", where, c.QueueFactor)
+	}
+	if !inRange(c.SpillFactor, 0, 100) {
+		v.add("%s.spill_factor: %g must be in 0..100", where, c.SpillFactor)
 	}
 }
 

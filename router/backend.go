@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/detour-dev/detour/breaker"
-	"github.com/detour-dev/detour/fleet"
+	"github.com/detour-dev/detour/capacity"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
@@ -40,16 +40,17 @@ type backend struct {
 	kind     detourv1.ProviderKind
 	servedBy *detourv1.ServedBy // shared by answers; never modified
 	br       *breaker.Breaker
-	maxConc  int64
 	drained  atomic.Bool
 }
 
-// live is a backend's connection and counters. Reloads that keep a backend's
-// name, kind, endpoint, credentials and TLS settings keep its live state.
+// live is a backend's connection, counters and learned capacity. Reloads
+// that keep a backend's name, kind, endpoint, credentials and TLS settings
+// keep its live state.
 type live struct {
 	id       liveID
 	prov     Provider
 	m        *metrics.Backend
+	lim      *capacity.Limiter
 	inflight atomic.Int64
 	load     ewma
 	removed  atomic.Bool
@@ -70,22 +71,10 @@ func idOf(b regions.Backend) liveID {
 	return id
 }
 
-// acquire takes an in-flight slot unless the backend is at max_concurrency
-// or its qps cap (fleet-wide through lim); qpsWait > 0 tells a qps refusal
-// and how long until a call would fit.
-func (b *backend) acquire(ctx context.Context, lim *fleet.Limiter) (ok bool, concurrency bool, qpsWait time.Duration) {
-	if n := b.inflight.Add(1); b.maxConc > 0 && n > b.maxConc {
-		b.inflight.Add(-1)
-		return false, true, 0
-	}
-	if b.cfg.QPS > 0 {
-		if ok, wait := lim.Allow(ctx, b.cfg.Name, b.cfg.QPS); !ok {
-			b.inflight.Add(-1)
-			return false, false, max(wait, time.Millisecond)
-		}
-	}
-	b.m.Inflight(1)
-	return true, false, 0
+// hold counts one call in flight on the backend.
+func (l *live) hold() {
+	l.inflight.Add(1)
+	l.m.Inflight(1)
 }
 
 // release ends one call; the last call on a removed backend closes its client.

@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// budget caps retries to a share of recent requests plus a small floor per
+// budget caps extra upstream calls (retries, hedges, attempts past open
+// breakers) to a share of recent requests plus a small floor per
 // second, as Finagle's RetryBudget and Linkerd's retry budgets do, so a busy
 // storm cannot multiply upstream load. It counts over a sliding window of
 // budgetSlots one-second slots. It is safe for concurrent use.
@@ -26,7 +27,7 @@ type budgetSlot struct {
 }
 
 func newBudget(now func() time.Time) *budget {
-	return &budget{now: now, ratio: 0.2, floor: 10}
+	return &budget{now: now, ratio: 0.8, floor: 10}
 }
 
 // setPolicy changes the ratio and floor, keeping the counts of the window.
@@ -71,4 +72,25 @@ func (b *budget) retry() bool {
 	}
 	cur.retries++
 	return true
+}
+
+// panicAllowed reports whether an attempt past open breakers may be made:
+// for a retry the budget was spent already; a first attempt spends it here.
+func (b *budget) panicAllowed(retry bool) bool {
+	return retry || b.retry()
+}
+
+// Stats returns the retries spent and allowed in the current window.
+func (b *budget) stats() (spent, allowed float64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cur := b.slot()
+	var reqs, rets int64
+	for i := range b.slots {
+		if s := &b.slots[i]; cur.sec-s.sec < budgetSlots {
+			reqs += s.requests
+			rets += s.retries
+		}
+	}
+	return float64(rets), b.ratio*float64(reqs) + b.floor*budgetSlots
 }

@@ -10,17 +10,13 @@ import (
 
 // hedge makes the call's first attempt and, when it has not answered after
 // the policy's hedge delay, a second one in another region (within the retry
-// budget); the first answer wins and the other attempt is cancelled, which
-// does not count against its backend. It returns (nil, nil) when no attempt
-// answered, leaving the retry loop to go on with those backends tried.
-func (c *call) hedge(ctx context.Context, model, prefer string, try tryFunc) (*attempt, error) {
+// budget, on a backend with room); the first answer wins and the other
+// attempt is cancelled, which does not count against its backend. It returns
+// (nil, nil) when no attempt answered, leaving the retry loop to go on with
+// those backends tried.
+func (c *call) hedge(ctx context.Context, try tryFunc) (*attempt, error) {
 	r, t := c.r, c.t
-	b := t.pick(r.now(), model, prefer, "", r.opts.Zone, c.tried)
-	if b == nil {
-		return nil, nil
-	}
-	c.tried = append(c.tried, b)
-	first := c.start(b, detourv1.Source_SOURCE_LIVE)
+	first := c.next(ctx, false)
 	if first == nil {
 		return nil, nil
 	}
@@ -52,12 +48,8 @@ func (c *call) hedge(ctx context.Context, model, prefer string, try tryFunc) (*a
 			if winner != nil || pending != 1 || len(done) > 0 {
 				continue
 			}
-			b2 := t.pick(r.now(), model, prefer, b.region, r.opts.Zone, c.tried)
-			if b2 == nil || b2.region == b.region || !r.budget.retry() {
-				continue
-			}
-			c.tried = append(c.tried, b2)
-			if second := c.start(b2, detourv1.Source_SOURCE_LIVE); second != nil {
+			second := c.hedgeAttempt(first.b.region)
+			if second != nil {
 				r.opts.Metrics.Retry()
 				pending++
 				launch(second)
@@ -75,4 +67,31 @@ func (c *call) hedge(ctx context.Context, model, prefer string, try tryFunc) (*a
 		}
 	}
 	return nil, nil
+}
+
+// hedgeAttempt admits a second attempt on a primary with room outside
+// region, within the retry budget; nil when there is none.
+func (c *call) hedgeAttempt(region string) *attempt {
+	for _, b := range c.candidates() {
+		if b.region == region || wasTried(c.tried, b) {
+			continue
+		}
+		if !c.r.budget.retry() {
+			return nil
+		}
+		if a := c.claim(c.ctx, b, detourv1.Source_SOURCE_LIVE, false); a != nil {
+			return a
+		}
+		return nil
+	}
+	return nil
+}
+
+func wasTried(tried []*backend, b *backend) bool {
+	for _, x := range tried {
+		if x == b {
+			return true
+		}
+	}
+	return false
 }

@@ -123,29 +123,42 @@ func TestRetryBudgetCapsRetries(t *testing.T) {
 	cfg.Breaker = regions.BreakerPolicy{ConsecutiveBusy: 1000, MinRequests: 1000}
 	cfg.Retry.BudgetRatio = 0.2
 	cfg.Retry.BudgetMinPerSecond = 0.1 // 1 retry per 10 s window
-	fx.provider("home-1").complete = busy
+	upstream := func() int64 {
+		var n int64
+		for _, name := range []string{"home-1", "near-1", "far-1"} {
+			n += fx.provider(name).calls.Load()
+		}
+		return n
+	}
+	for _, name := range []string{"home-1", "near-1", "far-1"} {
+		fx.provider(name).complete = busy
+	}
 	r := newClockedRouter(t, fx, cfg, clk)
 	const calls = 100
 	for range calls {
 		r.Complete(context.Background(), req())
 	}
-	retries := fx.provider("near-1").calls.Load()
+	retries := upstream() - calls
 	// 20% of 100 requests plus the floor of 1 per window.
 	if retries < 15 || retries > 21 {
 		t.Errorf("%d retries for %d busy calls, want about 20%% (15..21)", retries, calls)
 	}
 	// A new window restores the budget.
 	clk.Advance(11 * time.Second)
-	before := fx.provider("near-1").calls.Load()
+	before := upstream()
 	r.Complete(context.Background(), req())
-	if fx.provider("near-1").calls.Load() != before+1 {
-		t.Error("no retry after the window passed")
+	if got := upstream() - before; got != 2 {
+		t.Errorf("%d upstream calls after the window passed, want 2 (a retry)", got)
 	}
 }
 
+// TestBackoffNeverOverrunsDeadline: a retry on the backend the call already
+// tried (the sole one) waits a backoff first, and not when the backoff
+// would overrun the caller's deadline.
 func TestBackoffNeverOverrunsDeadline(t *testing.T) {
 	fx := &fixture{}
 	cfg := testConfig()
+	cfg.Regions = cfg.Regions[:1]
 	cfg.Fallbacks = nil
 	cfg.Retry.BackoffBase = regions.Duration(time.Hour)
 	cfg.Retry.BackoffMax = regions.Duration(time.Hour)
@@ -158,8 +171,29 @@ func TestBackoffNeverOverrunsDeadline(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != Unavailable {
 		t.Fatalf("err = %v, want Unavailable without retrying", err)
 	}
-	if n := fx.provider("near-1").calls.Load(); n != 0 {
-		t.Errorf("%d retries whose backoff would overrun the deadline, want 0", n)
+	if n := fx.provider("home-1").calls.Load(); n != 1 {
+		t.Errorf("%d calls, want 1: the retry's backoff would overrun the deadline", n)
+	}
+}
+
+// TestRetryElsewhereWithoutBackoff: a retry on another backend does not
+// wait: that backend has not said it is busy.
+func TestRetryElsewhereWithoutBackoff(t *testing.T) {
+	fx := &fixture{}
+	cfg := testConfig()
+	cfg.Fallbacks = nil
+	cfg.Retry.BackoffBase = regions.Duration(time.Hour)
+	cfg.Retry.BackoffMax = regions.Duration(time.Hour)
+	fx.provider("home-1").complete = busy
+	r := newTestRouter(t, fx, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := r.Complete(ctx, req())
+	if err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	if got := resp.GetServedBy().GetBackend(); got != "near-1" {
+		t.Errorf("served by %q, want near-1", got)
 	}
 }
 

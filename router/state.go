@@ -3,8 +3,10 @@ package router
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/capacity"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -20,7 +22,26 @@ type BackendState struct {
 	Fallback bool
 	Drained  bool
 	Breaker  breaker.State
-	InFlight int64
+	// OpenUntil is when the backend takes calls again while its breaker,
+	// or the fleet's shared cooldown, holds it open; zero otherwise.
+	OpenUntil time.Time
+	// SharedCooldown says OpenUntil comes from another replica's breaker
+	// (through Redis) rather than this one's.
+	SharedCooldown bool
+	InFlight       int64
+	Capacity       capacity.Stats
+}
+
+// Budget is the retry budget's state: extra upstream calls spent and allowed
+// in its window.
+type Budget struct {
+	Spent, Allowed float64
+}
+
+// Budget reports the retry budget's state now.
+func (r *Router) Budget() Budget {
+	s, a := r.budget.stats()
+	return Budget{Spent: s, Allowed: a}
 }
 
 // Backends reports every backend of the applied config: primaries in routing
@@ -28,11 +49,17 @@ type BackendState struct {
 func (r *Router) Backends() []BackendState {
 	t := r.tab.Load()
 	var out []BackendState
+	now := r.now()
 	add := func(b *backend) {
-		out = append(out, BackendState{
+		st := BackendState{
 			Name: b.cfg.Name, Region: b.region, Zone: b.cfg.Zone, Kind: b.kind, Fallback: b.fallback,
-			Drained: b.drained.Load(), Breaker: b.br.State(), InFlight: b.inflight.Load(),
-		})
+			Drained: b.drained.Load(), Breaker: b.br.State(), InFlight: b.inflight.Load(), Capacity: b.lim.Stats(),
+			OpenUntil: b.br.OpenUntil(),
+		}
+		if shared := t.cool.OpenUntil(b.cfg.Name); shared.After(now) && shared.After(st.OpenUntil) {
+			st.OpenUntil, st.SharedCooldown = shared, true
+		}
+		out = append(out, st)
 	}
 	for _, g := range t.groups {
 		for _, b := range g.backends {
@@ -47,11 +74,34 @@ func (r *Router) Backends() []BackendState {
 
 // SetDrained drains (no new calls; in-flight calls finish) or undrains the
 // named backend until the next Apply, which sets drained from the config.
+// Undraining also resets its breaker and the fleet's cooldown for it: a
+// backend taken out for repair comes back with a clean slate.
 func (r *Router) SetDrained(name string, drained bool) error {
 	b := r.tab.Load().byName[name]
 	if b == nil {
 		return fmt.Errorf("%w %q", ErrUnknownBackend, name)
 	}
-	b.drained.Store(drained)
+	was := b.drained.Swap(drained)
+	if was && !drained {
+		r.resetBreaker(b)
+	}
 	return nil
+}
+
+// ResetBreaker closes the named backend's breaker at once and clears the
+// fleet's shared cooldown for it (an operator who knows the backend is back).
+// It reports whether the breaker was open or half-open.
+func (r *Router) ResetBreaker(name string) (bool, error) {
+	b := r.tab.Load().byName[name]
+	if b == nil {
+		return false, fmt.Errorf("%w %q", ErrUnknownBackend, name)
+	}
+	return r.resetBreaker(b), nil
+}
+
+func (r *Router) resetBreaker(b *backend) bool {
+	was := b.br.Reset()
+	shared := !r.cooldowns.OpenUntil(b.cfg.Name).IsZero()
+	r.cooldowns.Clear(b.cfg.Name)
+	return was || shared
 }

@@ -29,7 +29,7 @@ func relay(ctx context.Context, a *attempt, req *detourv1.CompleteRequest, send 
 	fail := func(err error) {
 		a.err, a.class = err, breaker.Classify(err)
 		if errors.Is(context.Cause(ctx), errIdle) {
-			a.err, a.class = fmt.Errorf("backend %s: %w", a.b.cfg.Name, errIdle), breaker.Busy
+			a.err, a.class = fmt.Errorf("backend %s: %w", a.b.cfg.Name, errIdle), breaker.Down
 		}
 	}
 	st, err := a.b.prov.Stream(ctx, req)

@@ -3,12 +3,12 @@ package router
 import (
 	"cmp"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
 	"github.com/detour-dev/detour/breaker"
 	"github.com/detour-dev/detour/cache"
+	"github.com/detour-dev/detour/capacity"
 	"github.com/detour-dev/detour/fleet"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -27,6 +27,60 @@ type table struct {
 	quotas    *quotas
 	cache     *cache.Cache
 	cool      *fleet.Cooldowns
+	capacity  capacityPolicy
+}
+
+// capacityPolicy is the capacity section with defaults applied.
+type capacityPolicy struct {
+	disabled     bool
+	maxQueueWait time.Duration // <= 0: never wait
+	spillFactor  float64
+	settings     capacity.Settings // without a backend's max_concurrency
+}
+
+func newCapacityPolicy(p regions.CapacityPolicy) capacityPolicy {
+	wait := p.MaxQueueWait.D()
+	switch {
+	case p.Disabled:
+		wait = 0
+	case wait == 0:
+		wait = regions.DefaultMaxQueueWait
+	}
+	return capacityPolicy{
+		disabled:     p.Disabled,
+		maxQueueWait: wait,
+		spillFactor:  orDefault(p.SpillFactor, regions.DefaultSpillFactor),
+		settings: capacity.Settings{
+			Initial: p.InitialLimit, Min: p.MinLimit, Max: p.MaxLimit,
+			QueueFactor: p.QueueFactor, Disabled: p.Disabled,
+		},
+	}
+}
+
+// limiterSettings are the capacity settings of backend b.
+func (p capacityPolicy) limiterSettings(b regions.Backend) capacity.Settings {
+	s := p.settings
+	if b.MaxConcurrency > 0 && (s.Max <= 0 || b.MaxConcurrency < s.Max) {
+		s.Max = b.MaxConcurrency
+	}
+	if s.Disabled && b.MaxConcurrency <= 0 {
+		s.Max = capacity.Unlimited
+	}
+	return s
+}
+
+// breakerSettings converts a config policy to the breaker's settings.
+func breakerSettings(p regions.BreakerPolicy) breaker.Settings {
+	return breaker.Settings{
+		ConsecutiveFailures: p.ConsecutiveFailures,
+		ConsecutiveBusy:     p.ConsecutiveBusy,
+		BusyRatio:           p.BusyRatio,
+		MinRequests:         p.MinRequests,
+		Window:              p.Window.D(),
+		OpenFor:             p.OpenFor.D(),
+		MaxOpen:             p.MaxOpen.D(),
+		HalfOpenProbes:      p.HalfOpenProbes,
+	}
 }
 
 type group struct {
@@ -74,12 +128,13 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 	}
 	cfg := snap.Config
 	t = &table{
-		snap:   snap,
-		byName: map[string]*backend{},
-		models: map[string]bool{},
-		policy: newPolicy(cfg.Retry),
-		quotas: newQuotas(cfg, old.quotasOrNil(), r.now),
-		cool:   r.cooldowns,
+		snap:     snap,
+		byName:   map[string]*backend{},
+		models:   map[string]bool{},
+		policy:   newPolicy(cfg.Retry),
+		quotas:   newQuotas(cfg, old.quotasOrNil(), r.now),
+		cool:     r.cooldowns,
+		capacity: newCapacityPolicy(cfg.Capacity),
 	}
 	if old != nil && old.snap.Config.Cache == cfg.Cache {
 		t.cache = old.cache // keep the entries
@@ -93,12 +148,12 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 		}
 		b := &backend{
 			cfg: bc, region: region, fallback: fallback, kind: kindOf(bc.Kind),
-			br:      r.breakers.Get(bc.Name, bp),
-			maxConc: int64(bc.MaxConcurrency),
+			br: r.breakers.Get(bc.Name, breakerSettings(bp)),
 		}
 		b.servedBy = &detourv1.ServedBy{Region: region, Backend: bc.Name, Kind: b.kind, Zone: bc.Zone}
 		if prev := old.backend(bc.Name); prev != nil && prev.live.id == idOf(bc) {
 			b.live = prev.live
+			b.lim.SetSettings(t.capacity.limiterSettings(bc))
 		} else {
 			m := r.opts.Metrics.Backend(bc.Name, region)
 			var p Provider
@@ -111,7 +166,9 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 			if err != nil {
 				return nil, fmt.Errorf("backend %s: %w", bc.Name, err)
 			}
-			b.live = &live{id: idOf(bc), prov: p, m: m}
+			b.live = &live{id: idOf(bc), prov: p, m: m,
+				lim: capacity.New(t.capacity.limiterSettings(bc), r.opts.CapacityOptions...)}
+			r.seed(b.live.lim, bc.Name)
 			fresh = append(fresh, b.live)
 		}
 		b.drained.Store(bc.Drained)
@@ -174,107 +231,4 @@ func (t *table) attemptTimeout(b *backend) time.Duration {
 		return d
 	}
 	return t.policy.attemptTimeout
-}
-
-// pick chooses the next primary: the preferred region first, then the others
-// in priority order, and the region of the last busy attempt (avoid) only
-// when no other region can take the call, since busy answers tend to come
-// from a whole region at once. Within a region it uses weighted power of two
-// choices by in-flight calls, preferring the own zone. It returns nil when no
-// untried backend can take the call.
-func (t *table) pick(now time.Time, model, prefer, avoid, zone string, tried []*backend) *backend {
-	if prefer != avoid {
-		for _, g := range t.groups {
-			if g.name == prefer {
-				if b := g.pick(now, t.cool, model, zone, tried); b != nil {
-					return b
-				}
-				break
-			}
-		}
-	}
-	for _, g := range t.groups {
-		if g.name == prefer || g.name == avoid {
-			continue
-		}
-		if b := g.pick(now, t.cool, model, zone, tried); b != nil {
-			return b
-		}
-	}
-	for _, g := range t.groups {
-		if g.name == avoid && avoid != "" {
-			return g.pick(now, t.cool, model, zone, tried)
-		}
-	}
-	return nil
-}
-
-func (g *group) pick(now time.Time, cool *fleet.Cooldowns, model, zone string, tried []*backend) *backend {
-	var buf [16]*backend
-	ok := buf[:0]
-	total := 0
-	for _, b := range g.backends {
-		if b.available(now, cool, model) && !slices.Contains(tried, b) {
-			ok = append(ok, b)
-			total += b.cfg.EffectiveWeight()
-		}
-	}
-	switch len(ok) {
-	case 0:
-		return nil
-	case 1:
-		return ok[0]
-	}
-	a := weighted(ok, total, nil)
-	c := weighted(ok, total-a.cfg.EffectiveWeight(), a)
-	if c.score(now, zone) < a.score(now, zone) {
-		return c
-	}
-	return a
-}
-
-// weighted draws a backend other than skip with probability proportional to
-// its weight; total is the sum of the weights of bs without skip.
-func weighted(bs []*backend, total int, skip *backend) *backend {
-	n := rand.IntN(total)
-	for _, b := range bs {
-		if b == skip {
-			continue
-		}
-		n -= b.cfg.EffectiveWeight()
-		if n < 0 {
-			return b
-		}
-	}
-	return bs[len(bs)-1]
-}
-
-// score is lower for a backend that should get the next call: a lower
-// recent cost (busy answers count as expensive), fewer in-flight calls per
-// unit of weight, and in the caller's zone.
-func (b *backend) score(now time.Time, zone string) float64 {
-	cost := b.load.get(now) + 0.001
-	s := cost * float64(b.inflight.Load()+1) / float64(b.cfg.EffectiveWeight())
-	if zone != "" && b.cfg.Zone != "" && b.cfg.Zone != zone {
-		s *= 1.5
-	}
-	return s
-}
-
-func (b *backend) serves(model string) bool {
-	return !b.drained.Load() && b.cfg.Serves(model)
-}
-
-// available reports whether b may take a new call for model now: serving
-// it, not drained, below max_concurrency, its breaker not open here nor held
-// open by another replica. (The qps cap is checked when the call is made,
-// since checking takes a token.)
-func (b *backend) available(now time.Time, cool *fleet.Cooldowns, model string) bool {
-	if !b.serves(model) || (b.maxConc > 0 && b.inflight.Load() >= b.maxConc) {
-		return false
-	}
-	if until := cool.OpenUntil(b.cfg.Name); !until.IsZero() && now.Before(until) {
-		return false
-	}
-	return b.br.State() != breaker.Open
 }

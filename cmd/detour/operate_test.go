@@ -116,6 +116,7 @@ func TestMetricsAfterRealCalls(t *testing.T) {
 		},
 		Fallbacks: []regions.Backend{openaiBackend("fb-1", fb)},
 		Breaker:   regions.BreakerPolicy{ConsecutiveBusy: 3, OpenFor: regions.Duration(time.Hour)},
+		Retry:     regions.RetryPolicy{MaxAttempts: 2},
 	}
 	logs := &lockedBuffer{}
 	m := &Main{Listen: "127.0.0.1:0", Region: "home", Grace: 5 * time.Second, config: cfg,
@@ -168,10 +169,12 @@ func TestMetricsAfterRealCalls(t *testing.T) {
 		{"detour_breaker_state", map[string]string{"backend": "home-1"}, 2},
 		{"detour_breaker_state", map[string]string{"backend": "away-1"}, 0},
 		{"detour_breaker_transitions_total", map[string]string{"backend": "home-1", "to": "open"}, 1},
-		{"detour_retries_total", nil, 3},
+		// 3 retries after home-1's busy answers, 1 more on away-1 (the
+		// only primary left) before the fallback answers.
+		{"detour_retries_total", nil, 4},
 		{"detour_inflight", map[string]string{"backend": "away-1"}, 0},
 		{"detour_upstream_connections_total", map[string]string{"backend": "away-1", "reused": "false"}, 1},
-		{"detour_upstream_connections_total", map[string]string{"backend": "away-1", "reused": "true"}, calls + 1}, // 6 unary, 1 stream, 1 busy
+		{"detour_upstream_connections_total", map[string]string{"backend": "away-1", "reused": "true"}, calls + 2}, // 6 unary, 1 stream, 2 busy, less the first dial
 		{"detour_config_applies_total", nil, 1},
 		{"detour_config_last_known_good", nil, 0},
 		{"detour_call_duration_seconds", map[string]string{"method": "Complete"}, calls + 2},

@@ -1,0 +1,135 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/capacity"
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+)
+
+// attempt is one upstream call: its inputs, set by the router, and its
+// outcome, set by the tryFunc.
+type attempt struct {
+	b       *backend
+	src     detourv1.Source
+	n       int           // the call's attempt number, from 1
+	timeout time.Duration // bounds the attempt (for streams: each wait for a chunk)
+	permit  *capacity.Permit
+	brDone  func(breaker.Class, time.Duration) // nil for a panic attempt past an open breaker
+
+	committed bool // the answer (or part of it) reached the caller
+	class     breaker.Class
+	err       error
+	resp      *detourv1.CompleteResponse // unary answer
+	ttfc      time.Duration              // stream: time to the first chunk
+	elapsed   time.Duration
+}
+
+// tryFunc makes one attempt on a.b and records its outcome in a.
+type tryFunc func(ctx context.Context, a *attempt)
+
+// abandon gives back an attempt that was admitted but never made.
+func (a *attempt) abandon() {
+	a.permit.Done(capacity.Dropped)
+	if a.brDone != nil {
+		a.brDone(breaker.Canceled, 0)
+	}
+}
+
+// outcome is how the capacity limit sees an attempt's class.
+func outcome(c breaker.Class) capacity.Outcome {
+	switch c {
+	case breaker.OK:
+		return capacity.Success
+	case breaker.Busy:
+		return capacity.Busy
+	case breaker.Failed, breaker.Down:
+		return capacity.Failed
+	}
+	return capacity.Dropped
+}
+
+// do runs try and records the outcome on a.b: its breaker, its capacity
+// limit, its balancer cost and its metrics. It is safe to run concurrently
+// for different attempts.
+func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
+	b := a.b
+	b.hold()
+	defer b.release()
+	ctx, span := tracer.Start(ctx, "detour.attempt", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("detour.backend", b.cfg.Name), attribute.String("detour.region", b.region),
+			attribute.Int("detour.attempt", a.n), attribute.Bool("detour.fallback", b.fallback)))
+	start := r.now()
+	try(ctx, a)
+	a.elapsed = r.now().Sub(start)
+	defer func() {
+		span.SetAttributes(attribute.String("detour.outcome", a.class.String()))
+		if a.err != nil && a.class != breaker.OK {
+			span.SetStatus(otelcodes.Error, a.class.String())
+		}
+		span.End()
+	}()
+	if ctx.Err() != nil && a.class != breaker.OK {
+		a.class = breaker.Canceled // the caller's deadline or cancellation
+	}
+	if a.class == breaker.Canceled && ctx.Err() == nil && !a.committed {
+		a.class = breaker.Failed // cancelled without the caller going away
+	}
+	if a.brDone != nil {
+		a.brDone(a.class, breaker.RetryAfter(a.err))
+	}
+	a.permit.Done(outcome(a.class))
+	b.m.Attempt(int(a.class), a.elapsed)
+	switch a.class {
+	case breaker.OK:
+		cost := a.elapsed
+		if a.ttfc > 0 {
+			cost = a.ttfc
+		}
+		b.load.observe(r.now(), cost)
+	case breaker.Busy, breaker.Failed, breaker.Down:
+		b.load.observe(r.now(), max(a.elapsed, busyPenalty))
+	}
+}
+
+// merge folds a finished attempt into the call; see run for the results.
+func (c *call) merge(ctx context.Context, a *attempt) (*attempt, error) {
+	c.upstream += a.elapsed
+	c.last = a
+	if a.committed {
+		switch {
+		case a.err == nil:
+			return a, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case a.class == breaker.Canceled:
+			return nil, a.err // the caller's side of the stream broke
+		}
+		return nil, &Error{Code: Unavailable, Message: fmt.Sprintf("stream from backend %s broke after it started", a.b.cfg.Name), Attempts: a.n, Err: a.err}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if a.class == breaker.Client {
+		return nil, rejected(a.b, a.n, a.err)
+	}
+	c.lastErr, c.lastClass = a.err, a.class
+	if a.class == breaker.Busy {
+		c.busyRegion = a.b.region
+	}
+	if ra := breaker.RetryAfter(a.err); ra > c.retryAfter {
+		c.retryAfter = ra
+	}
+	if errors.Is(a.err, breaker.ErrOpen) {
+		c.noteClosed(a.b.closedUntil(c.r.now(), c.t.cool))
+	}
+	return nil, nil
+}
