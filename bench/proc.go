@@ -353,6 +353,7 @@ func startFake(cfg fakellm.Config, withGRPC bool) (*fake, error) {
 		"-name", cfg.Name, "-region", cfg.Region,
 		"-latency", st.Latency.String(), "-jitter", st.Jitter.String(),
 		"-busy-rate", ftoa(st.BusyRate), "-qps", ftoa(st.QPS), "-burst", strconv.Itoa(st.Burst),
+		"-capacity", ftoa(st.Capacity), "-max-concurrency", strconv.Itoa(st.MaxConcurrency),
 		"-hang-rate", ftoa(st.HangRate), "-tokens-per-sec", ftoa(st.TokensPerSec),
 		"-garbage-rate", ftoa(st.GarbageRate), "-cut-rate", ftoa(st.CutRate)}
 	if withGRPC {

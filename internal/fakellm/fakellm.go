@@ -282,11 +282,16 @@ func (s *Server) closing() bool {
 	}
 }
 
-// decide draws the fate of a valid request under snap.
-func decide(snap *snapshot) outcome {
+// decide draws the fate of a valid request under snap; inFlight counts the
+// requests being handled, this one included.
+func decide(snap *snapshot, inFlight int64) outcome {
 	switch {
 	case snap.lim != nil && !snap.lim.allow():
 		return outcomeRateLimited
+	case snap.cap != nil && !snap.cap.allow():
+		return outcomeBusy
+	case snap.MaxConcurrency > 0 && inFlight > int64(snap.MaxConcurrency):
+		return outcomeBusy
 	case hit(snap.BusyRate):
 		return outcomeBusy
 	case hit(snap.HangRate):

@@ -7,8 +7,8 @@ import (
 
 // RegisterFlags defines on fs the flags of cmd/fakellm that describe c:
 // -name, -region, -models (comma-separated) and one flag per Settings
-// field: -latency, -jitter, -busy-rate, -qps, -burst, -hang-rate,
-// -tokens-per-sec, -garbage-rate, -cut-rate. The current values of c are
+// field: -latency, -jitter, -busy-rate, -qps, -burst, -capacity,
+// -max-concurrency, -hang-rate, -tokens-per-sec, -garbage-rate, -cut-rate. The current values of c are
 // the defaults. Parsing does not validate ranges: call c.Validate after.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Name, "name", c.Name, "backend `name` in /stats and answers (default \"fakellm\")")
@@ -23,6 +23,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&st.BusyRate, "busy-rate", st.BusyRate, "`fraction` (0..1) of requests answered server busy (HTTP 503, gRPC UNAVAILABLE)")
 	fs.Float64Var(&st.QPS, "qps", st.QPS, "admitted requests per second, 0 = unlimited; above it HTTP 429, gRPC RESOURCE_EXHAUSTED")
 	fs.IntVar(&st.Burst, "burst", st.Burst, "requests admitted at once above -qps, 0 = a tenth of a second's worth")
+	fs.Float64Var(&st.Capacity, "capacity", st.Capacity, "requests per second served, 0 = unlimited; above it HTTP 503 server busy (load-dependent busy)")
+	fs.IntVar(&st.MaxConcurrency, "max-concurrency", st.MaxConcurrency, "requests in flight at once, 0 = unlimited; beyond it HTTP 503 server busy at once")
 	fs.Float64Var(&st.HangRate, "hang-rate", st.HangRate, "`fraction` (0..1) of requests accepted and never answered")
 	fs.Float64Var(&st.TokensPerSec, "tokens-per-sec", st.TokensPerSec, "pace of streamed chunks, one token each, 0 = no pacing")
 	fs.Float64Var(&st.GarbageRate, "garbage-rate", st.GarbageRate, "`fraction` (0..1) of requests answered 200 with malformed JSON")

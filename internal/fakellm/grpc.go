@@ -64,7 +64,7 @@ func (s *Server) admit(ctx context.Context, in *detourv1.CompleteRequest) (*chat
 		return nil, nil, 0, st.Err()
 	}
 	snap := s.snap.Load()
-	fate := decide(snap)
+	fate := decide(snap, s.stats.inFlight.n.Load())
 	switch fate {
 	case outcomeRateLimited:
 		s.stats.count(fate)

@@ -114,7 +114,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}
 
 	snap := s.snap.Load()
-	fate := decide(snap)
+	fate := decide(snap, s.stats.inFlight.n.Load())
 	switch fate {
 	case outcomeRateLimited:
 		s.stats.count(fate)

@@ -276,6 +276,67 @@ func TestChatRateLimited(t *testing.T) {
 	}
 }
 
+// TestChatMaxConcurrency: with max_concurrency 2, a request that arrives
+// while two are in flight is answered 503 server busy at once; once one
+// ends, the next is served again.
+func TestChatMaxConcurrency(t *testing.T) {
+	f := start(t, fakellm.Config{Settings: fakellm.Settings{MaxConcurrency: 2, HangRate: 1}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.base+"/v1/chat/completions", strings.NewReader(helloBody))
+			if resp, err := f.http.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	waitFor(t, "two requests in flight", func() bool { return f.srv.Stats().InFlight == 2 })
+	r := f.chat(t, helloBody)
+	if r.code != http.StatusServiceUnavailable {
+		t.Fatalf("third request: status %d, want 503", r.code)
+	}
+	var e apiError
+	if err := json.Unmarshal(r.body, &e); err != nil || e.Error.Type != "server_busy" {
+		t.Errorf("body %s, want the DeepSeek busy error", r.body)
+	}
+	cancel()
+	<-done
+	<-done
+	waitFor(t, "the hanging requests to end", func() bool { return f.srv.Stats().InFlight == 0 })
+	if err := f.srv.SetSettings(fakellm.Settings{MaxConcurrency: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.chat(t, helloBody); r.code != http.StatusOK {
+		t.Errorf("with room again: status %d, want 200", r.code)
+	}
+	if got := settled(t, f.srv); got.Busy != 1 || got.OK != 1 {
+		t.Errorf("Stats = %+v, want 1 busy and 1 ok", got)
+	}
+}
+
+// TestChatCapacity: above its capacity (requests per second) the backend
+// answers 503 server busy, not 429.
+func TestChatCapacity(t *testing.T) {
+	f := start(t, fakellm.Config{Settings: fakellm.Settings{Capacity: 0.5}}) // burst 1
+	if r := f.chat(t, helloBody); r.code != http.StatusOK {
+		t.Fatalf("first request: status %d, want 200", r.code)
+	}
+	for range 3 {
+		r := f.chat(t, helloBody)
+		if r.code != http.StatusServiceUnavailable {
+			t.Fatalf("status %d, want 503", r.code)
+		}
+		if got := r.header.Get("Retry-After"); got != "" {
+			t.Errorf("Retry-After = %q, want none", got)
+		}
+	}
+	if diff := cmp.Diff(settled(t, f.srv), fakellm.Stats{Total: 4, OK: 1, Busy: 3}); diff != "" {
+		t.Errorf("Stats (-got +want):\n%s", diff)
+	}
+}
+
 func TestChatLatencyAndPacing(t *testing.T) {
 	const latency = 30 * time.Millisecond
 	f := start(t, fakellm.Config{Settings: fakellm.Settings{Latency: latency, TokensPerSec: 200}})

@@ -19,7 +19,8 @@ import (
 // Settings marshals to and from the JSON of the /control endpoint:
 //
 //	{"latency":"20ms","jitter":"5ms","busy_rate":0.5,"qps":1000,"burst":0,
-//	 "hang_rate":0,"tokens_per_sec":0,"garbage_rate":0,"cut_rate":0}
+//	 "capacity":0,"max_concurrency":0,"hang_rate":0,"tokens_per_sec":0,
+//	 "garbage_rate":0,"cut_rate":0}
 //
 // Durations are Go duration strings. Unmarshalling changes only the fields
 // present in the document and refuses unknown fields; it does not validate.
@@ -42,6 +43,16 @@ type Settings struct {
 	// steady QPS rate. Zero means a tenth of a second's worth of QPS, at
 	// least 1. Ignored when QPS is zero.
 	Burst int
+	// Capacity is the requests per second the backend can serve; above it
+	// requests are answered "server busy" (HTTP 503, gRPC UNAVAILABLE), as an
+	// overloaded provider does, rather than 429 as for QPS. It has a tenth
+	// of a second's worth of burst. Zero: no limit.
+	Capacity float64
+	// MaxConcurrency is the requests the backend works on at once; a request
+	// that arrives while that many are in flight is answered "server busy"
+	// at once (HTTP 503, gRPC UNAVAILABLE), as a model server with a full
+	// batch does. Zero: no limit.
+	MaxConcurrency int
 	// HangRate is the fraction of admitted requests that are accepted and
 	// never answered, until the client goes away or the Server closes.
 	// Zero: never.
@@ -89,6 +100,12 @@ func (s Settings) Validate() error {
 	if s.Burst < 0 {
 		errs = append(errs, fmt.Errorf("burst %d is negative", s.Burst))
 	}
+	if !(s.Capacity >= 0) || math.IsInf(s.Capacity, 0) {
+		errs = append(errs, fmt.Errorf("capacity %v is not a finite number >= 0", s.Capacity))
+	}
+	if s.MaxConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("max concurrency %d is negative", s.MaxConcurrency))
+	}
 	if !(s.TokensPerSec >= 0) || math.IsInf(s.TokensPerSec, 0) {
 		errs = append(errs, fmt.Errorf("tokens per second %v is not a finite number >= 0", s.TokensPerSec))
 	}
@@ -97,42 +114,48 @@ func (s Settings) Validate() error {
 
 // settingsJSON is the wire form of Settings.
 type settingsJSON struct {
-	Latency      string  `json:"latency"`
-	Jitter       string  `json:"jitter"`
-	BusyRate     float64 `json:"busy_rate"`
-	QPS          float64 `json:"qps"`
-	Burst        int     `json:"burst"`
-	HangRate     float64 `json:"hang_rate"`
-	TokensPerSec float64 `json:"tokens_per_sec"`
-	GarbageRate  float64 `json:"garbage_rate"`
-	CutRate      float64 `json:"cut_rate"`
+	Latency        string  `json:"latency"`
+	Jitter         string  `json:"jitter"`
+	BusyRate       float64 `json:"busy_rate"`
+	QPS            float64 `json:"qps"`
+	Burst          int     `json:"burst"`
+	Capacity       float64 `json:"capacity"`
+	MaxConcurrency int     `json:"max_concurrency"`
+	HangRate       float64 `json:"hang_rate"`
+	TokensPerSec   float64 `json:"tokens_per_sec"`
+	GarbageRate    float64 `json:"garbage_rate"`
+	CutRate        float64 `json:"cut_rate"`
 }
 
 // settingsPatch is a /control document: nil fields were absent.
 type settingsPatch struct {
-	Latency      *string  `json:"latency"`
-	Jitter       *string  `json:"jitter"`
-	BusyRate     *float64 `json:"busy_rate"`
-	QPS          *float64 `json:"qps"`
-	Burst        *int     `json:"burst"`
-	HangRate     *float64 `json:"hang_rate"`
-	TokensPerSec *float64 `json:"tokens_per_sec"`
-	GarbageRate  *float64 `json:"garbage_rate"`
-	CutRate      *float64 `json:"cut_rate"`
+	Latency        *string  `json:"latency"`
+	Jitter         *string  `json:"jitter"`
+	BusyRate       *float64 `json:"busy_rate"`
+	QPS            *float64 `json:"qps"`
+	Burst          *int     `json:"burst"`
+	Capacity       *float64 `json:"capacity"`
+	MaxConcurrency *int     `json:"max_concurrency"`
+	HangRate       *float64 `json:"hang_rate"`
+	TokensPerSec   *float64 `json:"tokens_per_sec"`
+	GarbageRate    *float64 `json:"garbage_rate"`
+	CutRate        *float64 `json:"cut_rate"`
 }
 
 // MarshalJSON encodes s as in the /control endpoint.
 func (s Settings) MarshalJSON() ([]byte, error) {
 	return json.Marshal(settingsJSON{
-		Latency:      s.Latency.String(),
-		Jitter:       s.Jitter.String(),
-		BusyRate:     s.BusyRate,
-		QPS:          s.QPS,
-		Burst:        s.Burst,
-		HangRate:     s.HangRate,
-		TokensPerSec: s.TokensPerSec,
-		GarbageRate:  s.GarbageRate,
-		CutRate:      s.CutRate,
+		Latency:        s.Latency.String(),
+		Jitter:         s.Jitter.String(),
+		BusyRate:       s.BusyRate,
+		QPS:            s.QPS,
+		Burst:          s.Burst,
+		Capacity:       s.Capacity,
+		MaxConcurrency: s.MaxConcurrency,
+		HangRate:       s.HangRate,
+		TokensPerSec:   s.TokensPerSec,
+		GarbageRate:    s.GarbageRate,
+		CutRate:        s.CutRate,
 	})
 }
 
@@ -170,6 +193,8 @@ func (s *Settings) UnmarshalJSON(data []byte) error {
 	setIf(&next.BusyRate, p.BusyRate)
 	setIf(&next.QPS, p.QPS)
 	setIf(&next.Burst, p.Burst)
+	setIf(&next.Capacity, p.Capacity)
+	setIf(&next.MaxConcurrency, p.MaxConcurrency)
 	setIf(&next.HangRate, p.HangRate)
 	setIf(&next.TokensPerSec, p.TokensPerSec)
 	setIf(&next.GarbageRate, p.GarbageRate)
@@ -188,6 +213,7 @@ func setIf[T any](dst *T, v *T) {
 type snapshot struct {
 	Settings
 	lim *limiter // nil when QPS is zero
+	cap *limiter // nil when Capacity is zero
 }
 
 // newSnapshot builds the snapshot for s, keeping prev's limiter (and so its
@@ -199,6 +225,13 @@ func newSnapshot(s Settings, prev *snapshot) *snapshot {
 			snap.lim = prev.lim
 		} else {
 			snap.lim = newLimiter(s.QPS, s.Burst)
+		}
+	}
+	if s.Capacity > 0 {
+		if prev != nil && prev.cap != nil && prev.Capacity == s.Capacity {
+			snap.cap = prev.cap
+		} else {
+			snap.cap = newLimiter(s.Capacity, 0)
 		}
 	}
 	return snap

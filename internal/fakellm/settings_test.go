@@ -27,6 +27,7 @@ func TestSettingsValidate(t *testing.T) {
 			wantErr: []string{"busy rate", "hang rate", "garbage rate", "cut rate"}},
 		{name: "qps", s: fakellm.Settings{QPS: math.Inf(1)}, wantErr: []string{"qps"}},
 		{name: "burst", s: fakellm.Settings{Burst: -1}, wantErr: []string{"burst"}},
+		{name: "load-dependent busy", s: fakellm.Settings{Capacity: -1, MaxConcurrency: -1}, wantErr: []string{"capacity", "max concurrency"}},
 		{name: "tokens", s: fakellm.Settings{TokensPerSec: -5}, wantErr: []string{"tokens per second"}},
 	}
 	for _, tt := range tests {
@@ -54,12 +55,12 @@ func TestSettingsValidate(t *testing.T) {
 
 func TestSettingsJSON(t *testing.T) {
 	s := fakellm.Settings{Latency: 150 * time.Millisecond, Jitter: time.Second, BusyRate: 0.5, QPS: 1000, Burst: 7,
-		HangRate: 0.01, TokensPerSec: 40, GarbageRate: 0.02, CutRate: 0.03}
+		Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 40, GarbageRate: 0.02, CutRate: 0.03}
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"latency":"150ms","jitter":"1s","busy_rate":0.5,"qps":1000,"burst":7,"hang_rate":0.01,"tokens_per_sec":40,"garbage_rate":0.02,"cut_rate":0.03}`
+	want := `{"latency":"150ms","jitter":"1s","busy_rate":0.5,"qps":1000,"burst":7,"capacity":300,"max_concurrency":20,"hang_rate":0.01,"tokens_per_sec":40,"garbage_rate":0.02,"cut_rate":0.03}`
 	if diff := cmp.Diff(string(b), want); diff != "" {
 		t.Errorf("Marshal (-got +want):\n%s", diff)
 	}
@@ -102,11 +103,11 @@ func TestRegisterFlags(t *testing.T) {
 		{
 			name: "all",
 			args: []string{"--name", "n1", "--region", "eu", "--models", "a,b", "--latency", "20ms", "--jitter", "5ms",
-				"--busy-rate", "0.5", "--qps", "1000", "--burst", "10", "--hang-rate", "0.01", "--tokens-per-sec", "50",
-				"--garbage-rate", "0.02", "--cut-rate", "0.03"},
+				"--busy-rate", "0.5", "--qps", "1000", "--burst", "10", "--capacity", "300", "--max-concurrency", "20",
+				"--hang-rate", "0.01", "--tokens-per-sec", "50", "--garbage-rate", "0.02", "--cut-rate", "0.03"},
 			want: fakellm.Config{Name: "n1", Region: "eu", Models: []string{"a", "b"}, Settings: fakellm.Settings{
 				Latency: 20 * time.Millisecond, Jitter: 5 * time.Millisecond, BusyRate: 0.5, QPS: 1000, Burst: 10,
-				HangRate: 0.01, TokensPerSec: 50, GarbageRate: 0.02, CutRate: 0.03}},
+				Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 50, GarbageRate: 0.02, CutRate: 0.03}},
 		},
 		{name: "bad duration", args: []string{"--latency", "soon"}, wantErr: true},
 		{name: "bad number", args: []string{"--qps", "many"}, wantErr: true},
