@@ -135,11 +135,15 @@ func (r *Router) Apply(snap *regions.Snapshot) error {
 	r.breakers.Retain(slices.Collect(maps.Keys(t.byName)))
 	if old != nil {
 		for name, b := range old.byName {
-			if nb := t.byName[name]; nb == nil || nb.live != b.live {
+			nb := t.byName[name]
+			if nb == nil || nb.live != b.live {
 				b.retire()
 				if nb == nil {
 					r.opts.Metrics.Forget(name)
 				}
+			}
+			if nb != nil && b.drained.Load() && !nb.drained.Load() {
+				r.resetBreaker(nb) // undrained: back with a clean slate
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -11,14 +12,25 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
+// The global tracer provider is set once per test binary: the package's
+// tracer delegates to the first provider set and keeps it (otel's global
+// delegation), so each run of the test resets the exporter instead.
+var (
+	traceOnce sync.Once
+	traceExp  *tracetest.InMemoryExporter
+	traceTP   *sdktrace.TracerProvider
+)
+
 // TestSpanPerAttempt: each upstream attempt is one client span under the
 // caller's span, with its backend and outcome.
 func TestSpanPerAttempt(t *testing.T) {
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	prev := otel.GetTracerProvider()
-	otel.SetTracerProvider(tp)
-	t.Cleanup(func() { otel.SetTracerProvider(prev); tp.Shutdown(context.Background()) })
+	traceOnce.Do(func() {
+		traceExp = tracetest.NewInMemoryExporter()
+		traceTP = sdktrace.NewTracerProvider(sdktrace.WithSyncer(traceExp))
+		otel.SetTracerProvider(traceTP)
+	})
+	exp, tp := traceExp, traceTP
+	exp.Reset()
 
 	fx := &fixture{}
 	fx.provider("home-1").complete = busy

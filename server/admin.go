@@ -125,8 +125,11 @@ func (a *Admin) Status(ctx context.Context, _ *detourv1.StatusRequest) (*detourv
 			resp.LastRejection = &detourv1.Rejection{Revision: r.Revision, At: timestamppb.New(r.At), Reasons: r.Reasons}
 		}
 	}
+	budget := a.rt.Budget()
+	resp.RetryBudget = &detourv1.RetryBudget{Spent: budget.Spent, Allowed: budget.Allowed}
 	for _, b := range a.rt.Backends() {
-		resp.Backends = append(resp.Backends, &detourv1.BackendStatus{
+		c := b.Capacity
+		bs := &detourv1.BackendStatus{
 			Name:         b.Name,
 			Region:       b.Region,
 			Zone:         b.Zone,
@@ -135,9 +138,32 @@ func (a *Admin) Status(ctx context.Context, _ *detourv1.StatusRequest) (*detourv
 			BreakerState: b.Breaker.String(),
 			InFlight:     b.InFlight,
 			Fallback:     b.Fallback,
-		})
+			Capacity: &detourv1.Capacity{
+				Limit: int64(c.Limit), InFlight: int64(c.InFlight), Held: int64(c.Held), Queued: int64(c.Queued),
+				BusyShare: c.BusyShare, BusyFloor: c.Floor, State: c.State.String(),
+			},
+			SharedCooldown: b.SharedCooldown,
+		}
+		if !b.OpenUntil.IsZero() {
+			bs.OpenUntil = timestamppb.New(b.OpenUntil)
+		}
+		resp.Backends = append(resp.Backends, bs)
 	}
 	return resp, nil
+}
+
+// ResetBreaker implements detour.v1.Admin.
+func (a *Admin) ResetBreaker(ctx context.Context, req *detourv1.ResetBreakerRequest) (*detourv1.ResetBreakerResponse, error) {
+	name := req.GetBackend()
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "backend: a backend name is required")
+	}
+	was, err := a.rt.ResetBreaker(name)
+	if err != nil {
+		return nil, adminStatus(a.log, "reset breaker of", name, err)
+	}
+	a.log.Info("breaker reset", "backend", name, "was_open", was, "by", drainNote(ctx, "reset"))
+	return &detourv1.ResetBreakerResponse{WasOpen: was}, nil
 }
 
 // Drain implements detour.v1.Admin.

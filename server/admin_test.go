@@ -113,6 +113,8 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func TestAdminStatus(t *testing.T) {
+	// A backend that has served nothing: the initial limit, in slow start.
+	fresh := &detourv1.Capacity{Limit: 256, State: "slow-start"}
 	src := &fakeSource{rejection: &regions.Rejection{Revision: 13, At: appliedAt.Add(time.Minute), Reasons: []string{"r1", "r2"}}}
 	c, _ := startAdmin(t, src)
 	got, err := c.Status(ctxT(t), &detourv1.StatusRequest{})
@@ -127,10 +129,12 @@ func TestAdminStatus(t *testing.T) {
 		Region:         "eu",
 		Zone:           "eu-1a",
 		Backends: []*detourv1.BackendStatus{
-			{Name: "eu-a", Region: "eu", Zone: "eu-1a", Kind: detourv1.ProviderKind_PROVIDER_KIND_OPENAI, BreakerState: "closed"},
-			{Name: "us-a", Region: "us", Kind: detourv1.ProviderKind_PROVIDER_KIND_DETOUR, BreakerState: "closed"},
-			{Name: "fb", Region: "fallback", Kind: detourv1.ProviderKind_PROVIDER_KIND_OPENAI, BreakerState: "closed", Fallback: true},
+			{Name: "eu-a", Region: "eu", Zone: "eu-1a", Kind: detourv1.ProviderKind_PROVIDER_KIND_OPENAI, BreakerState: "closed", Capacity: fresh},
+			{Name: "us-a", Region: "us", Kind: detourv1.ProviderKind_PROVIDER_KIND_DETOUR, BreakerState: "closed", Capacity: fresh},
+			{Name: "fb", Region: "fallback", Kind: detourv1.ProviderKind_PROVIDER_KIND_OPENAI, BreakerState: "closed", Fallback: true, Capacity: fresh},
 		},
+		// No calls yet: the floor of 10 retries a second over 10 s.
+		RetryBudget: &detourv1.RetryBudget{Allowed: 100},
 	}
 	if diff := cmp.Diff(got, want, protocmp.Transform()); diff != "" {
 		t.Errorf("Status (-got +want):\n%s", diff)
@@ -219,3 +223,20 @@ func TestAdminDrainThroughConfigSource(t *testing.T) {
 }
 
 func timestamp(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+// TestAdminResetBreaker: the RPC refuses unknown and empty names and says
+// when there was nothing to reset (router's TestResetBreaker covers an open
+// one).
+func TestAdminResetBreaker(t *testing.T) {
+	c, _ := startAdmin(t, nil)
+	if _, err := c.ResetBreaker(ctxT(t), &detourv1.ResetBreakerRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("empty name: %v, want InvalidArgument", err)
+	}
+	if _, err := c.ResetBreaker(ctxT(t), &detourv1.ResetBreakerRequest{Backend: "nope"}); status.Code(err) != codes.NotFound {
+		t.Errorf("unknown backend: %v, want NotFound", err)
+	}
+	resp, err := c.ResetBreaker(ctxT(t), &detourv1.ResetBreakerRequest{Backend: "eu-a"})
+	if err != nil || resp.GetWasOpen() {
+		t.Fatalf("reset of a closed breaker = %v, %v; want was_open false", resp, err)
+	}
+}

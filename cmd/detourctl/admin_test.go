@@ -128,7 +128,7 @@ func TestStatusAuth(t *testing.T) {
 		want     []string   // in stdout (exit 0) or in the error and stderr
 	}{
 		{name: "admin certificate", addr: anyAddr, flags: mtls(pki, "oncall"),
-			want: []string{"config     inline, revision 3", "a        r       -     openai  no       closed   0"}},
+			want: []string{"config     inline, revision 3", "a        r       -     openai  no       closed   256    0          0     0       0%    0%     slow-start"}},
 		{name: "admin token over TLS", addr: anyAddr, flags: cat(ca, tok(oncallTok)),
 			want: []string{"config     inline, revision 3"}},
 		{name: "admin certificate, certificate required", addr: tlsAddr, flags: mtls(pki, "oncall"),

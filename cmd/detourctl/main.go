@@ -8,6 +8,7 @@
 //	detourctl --endpoints 127.0.0.1:2379 config apply -f detour.yaml
 //	detourctl --endpoints 127.0.0.1:2379 drain eu-west-a
 //	detourctl status --addr 127.0.0.1:50051 -o json
+//	detourctl reset-breaker --addr 127.0.0.1:50051 eu-west-a
 //	detourctl status --addr detour:50052 --tls-ca ca.crt --tls-cert me.crt --tls-key me.key
 package main
 
@@ -60,7 +61,8 @@ commands:
   config get                print the document in etcd (revision and drains on stderr)
   drain BACKEND             drain a backend on every replica (etcd drain key)
   undrain BACKEND           undrain it
-  status                    an instance's config and backends (detour.v1.Admin, at --addr)
+  status                    an instance's config, backends and their capacity limits (detour.v1.Admin, at --addr)
+  reset-breaker BACKEND     close a backend's breaker on the instance at --addr, and clear the fleet's cooldown
 
 global flags (before or after the command):
   --endpoints LIST          etcd endpoints (env DETOUR_ETCD_ENDPOINTS; default 127.0.0.1:2379)
@@ -89,6 +91,7 @@ var commands = map[string]command{
 	"drain":           drain,
 	"undrain":         undrain,
 	"status":          statusCmd,
+	"reset-breaker":   resetBreakerCmd,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -298,10 +298,11 @@ func TestStatus(t *testing.T) {
 	for _, want := range []string{
 		"instance   region r, zone r-1",
 		"config     etcd:/detour/config, revision 9, applied ",
-		"BACKEND  REGION      ZONE  KIND    DRAINED  BREAKER  IN-FLIGHT",
-		"a        r           -     openai  no       closed   0",
-		"b        r           -     openai  yes      closed   0",
-		"fb       (fallback)  -     openai  no       closed   0",
+		"budget     0 of 100 extra upstream calls",
+		"BACKEND  REGION      ZONE  KIND    DRAINED  BREAKER  LIMIT  IN-FLIGHT  HELD  QUEUED  BUSY  FLOOR  CAPACITY",
+		"a        r           -     openai  no       closed   256    0          0     0       0%    0%     slow-start",
+		"b        r           -     openai  yes      closed   256    0          0     0       0%    0%     slow-start",
+		"fb       (fallback)  -     openai  no       closed   256    0          0     0       0%    0%     slow-start",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)

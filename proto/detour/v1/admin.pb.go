@@ -71,6 +71,9 @@ type StatusResponse struct {
 	Backends      []*BackendStatus       `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
 	Region        string                 `protobuf:"bytes,6,opt,name=region,proto3" json:"region,omitempty"`
 	Zone          string                 `protobuf:"bytes,7,opt,name=zone,proto3" json:"zone,omitempty"`
+	// retry_budget is the extra upstream calls (retries, hedges, attempts
+	// past open breakers) spent and allowed in the budget's window.
+	RetryBudget   *RetryBudget `protobuf:"bytes,8,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +157,66 @@ func (x *StatusResponse) GetZone() string {
 	return ""
 }
 
+func (x *StatusResponse) GetRetryBudget() *RetryBudget {
+	if x != nil {
+		return x.RetryBudget
+	}
+	return nil
+}
+
+// RetryBudget is the retry budget's state over its 10 s window.
+type RetryBudget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spent         float64                `protobuf:"fixed64,1,opt,name=spent,proto3" json:"spent,omitempty"`
+	Allowed       float64                `protobuf:"fixed64,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryBudget) Reset() {
+	*x = RetryBudget{}
+	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBudget) ProtoMessage() {}
+
+func (x *RetryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
+func (*RetryBudget) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RetryBudget) GetSpent() float64 {
+	if x != nil {
+		return x.Spent
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetAllowed() float64 {
+	if x != nil {
+		return x.Allowed
+	}
+	return 0
+}
+
 // Rejection is a config document that failed validation.
 type Rejection struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -166,7 +229,7 @@ type Rejection struct {
 
 func (x *Rejection) Reset() {
 	*x = Rejection{}
-	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	mi := &file_detour_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +241,7 @@ func (x *Rejection) String() string {
 func (*Rejection) ProtoMessage() {}
 
 func (x *Rejection) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	mi := &file_detour_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +254,7 @@ func (x *Rejection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
 func (*Rejection) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Rejection) GetRevision() int64 {
@@ -224,16 +287,22 @@ type BackendStatus struct {
 	Kind    ProviderKind           `protobuf:"varint,4,opt,name=kind,proto3,enum=detour.v1.ProviderKind" json:"kind,omitempty"`
 	Drained bool                   `protobuf:"varint,5,opt,name=drained,proto3" json:"drained,omitempty"`
 	// breaker_state is "closed", "half-open" or "open".
-	BreakerState  string `protobuf:"bytes,6,opt,name=breaker_state,json=breakerState,proto3" json:"breaker_state,omitempty"`
-	InFlight      int64  `protobuf:"varint,7,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
-	Fallback      bool   `protobuf:"varint,8,opt,name=fallback,proto3" json:"fallback,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BreakerState string `protobuf:"bytes,6,opt,name=breaker_state,json=breakerState,proto3" json:"breaker_state,omitempty"`
+	InFlight     int64  `protobuf:"varint,7,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Fallback     bool   `protobuf:"varint,8,opt,name=fallback,proto3" json:"fallback,omitempty"`
+	// capacity is the backend's learned capacity limit and how it is used.
+	Capacity *Capacity `protobuf:"bytes,9,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// open_until is when the backend takes calls again while its breaker, or
+	// another replica's (shared_cooldown), holds it open.
+	OpenUntil      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=open_until,json=openUntil,proto3" json:"open_until,omitempty"`
+	SharedCooldown bool                   `protobuf:"varint,11,opt,name=shared_cooldown,json=sharedCooldown,proto3" json:"shared_cooldown,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BackendStatus) Reset() {
 	*x = BackendStatus{}
-	mi := &file_detour_v1_admin_proto_msgTypes[3]
+	mi := &file_detour_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +314,7 @@ func (x *BackendStatus) String() string {
 func (*BackendStatus) ProtoMessage() {}
 
 func (x *BackendStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[3]
+	mi := &file_detour_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +327,7 @@ func (x *BackendStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendStatus.ProtoReflect.Descriptor instead.
 func (*BackendStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BackendStatus) GetName() string {
@@ -317,6 +386,217 @@ func (x *BackendStatus) GetFallback() bool {
 	return false
 }
 
+func (x *BackendStatus) GetCapacity() *Capacity {
+	if x != nil {
+		return x.Capacity
+	}
+	return nil
+}
+
+func (x *BackendStatus) GetOpenUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpenUntil
+	}
+	return nil
+}
+
+func (x *BackendStatus) GetSharedCooldown() bool {
+	if x != nil {
+		return x.SharedCooldown
+	}
+	return false
+}
+
+// Capacity is one backend's adaptive concurrency limit.
+type Capacity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// limit is the calls the backend may have in flight now.
+	Limit int64 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// in_flight are the calls holding a slot; held are slots kept by recent
+	// busy answers; queued are calls waiting for a slot.
+	InFlight int64 `protobuf:"varint,2,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Held     int64 `protobuf:"varint,3,opt,name=held,proto3" json:"held,omitempty"`
+	Queued   int64 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`
+	// busy_share is the recent share of answers that were busy or failed;
+	// busy_floor the share detour learned the backend answers busy whatever
+	// its load (not caused by detour).
+	BusyShare float64 `protobuf:"fixed64,5,opt,name=busy_share,json=busyShare,proto3" json:"busy_share,omitempty"`
+	BusyFloor float64 `protobuf:"fixed64,6,opt,name=busy_floor,json=busyFloor,proto3" json:"busy_floor,omitempty"`
+	// state is "slow-start", "growing", "testing", "limited" or "static".
+	State         string `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Capacity) Reset() {
+	*x = Capacity{}
+	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Capacity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Capacity) ProtoMessage() {}
+
+func (x *Capacity) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
+func (*Capacity) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Capacity) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *Capacity) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *Capacity) GetHeld() int64 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
+func (x *Capacity) GetQueued() int64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *Capacity) GetBusyShare() float64 {
+	if x != nil {
+		return x.BusyShare
+	}
+	return 0
+}
+
+func (x *Capacity) GetBusyFloor() float64 {
+	if x != nil {
+		return x.BusyFloor
+	}
+	return 0
+}
+
+func (x *Capacity) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type ResetBreakerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetBreakerRequest) Reset() {
+	*x = ResetBreakerRequest{}
+	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetBreakerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetBreakerRequest) ProtoMessage() {}
+
+func (x *ResetBreakerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetBreakerRequest.ProtoReflect.Descriptor instead.
+func (*ResetBreakerRequest) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ResetBreakerRequest) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+type ResetBreakerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// was_open says the breaker (or the fleet's cooldown) held the backend
+	// open or half-open before the reset.
+	WasOpen       bool `protobuf:"varint,1,opt,name=was_open,json=wasOpen,proto3" json:"was_open,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetBreakerResponse) Reset() {
+	*x = ResetBreakerResponse{}
+	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetBreakerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetBreakerResponse) ProtoMessage() {}
+
+func (x *ResetBreakerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetBreakerResponse.ProtoReflect.Descriptor instead.
+func (*ResetBreakerResponse) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ResetBreakerResponse) GetWasOpen() bool {
+	if x != nil {
+		return x.WasOpen
+	}
+	return false
+}
+
 type DrainRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
@@ -326,7 +606,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[4]
+	mi := &file_detour_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +618,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[4]
+	mi := &file_detour_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +631,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DrainRequest) GetBackend() string {
@@ -369,7 +649,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	mi := &file_detour_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +661,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	mi := &file_detour_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +674,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 type UndrainRequest struct {
@@ -406,7 +686,7 @@ type UndrainRequest struct {
 
 func (x *UndrainRequest) Reset() {
 	*x = UndrainRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	mi := &file_detour_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +698,7 @@ func (x *UndrainRequest) String() string {
 func (*UndrainRequest) ProtoMessage() {}
 
 func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	mi := &file_detour_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +711,7 @@ func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainRequest.ProtoReflect.Descriptor instead.
 func (*UndrainRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UndrainRequest) GetBackend() string {
@@ -449,7 +729,7 @@ type UndrainResponse struct {
 
 func (x *UndrainResponse) Reset() {
 	*x = UndrainResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	mi := &file_detour_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +741,7 @@ func (x *UndrainResponse) String() string {
 func (*UndrainResponse) ProtoMessage() {}
 
 func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	mi := &file_detour_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +754,7 @@ func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainResponse.ProtoReflect.Descriptor instead.
 func (*UndrainResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 var File_detour_v1_admin_proto protoreflect.FileDescriptor
@@ -482,7 +762,7 @@ var File_detour_v1_admin_proto protoreflect.FileDescriptor
 const file_detour_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15detour/v1/admin.proto\x12\tdetour.v1\x1a\x16detour/v1/router.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
-	"\rStatusRequest\"\xb8\x02\n" +
+	"\rStatusRequest\"\xf3\x02\n" +
 	"\x0eStatusResponse\x12'\n" +
 	"\x0fconfig_revision\x18\x01 \x01(\x03R\x0econfigRevision\x12#\n" +
 	"\rconfig_source\x18\x02 \x01(\tR\fconfigSource\x129\n" +
@@ -491,11 +771,15 @@ const file_detour_v1_admin_proto_rawDesc = "" +
 	"\x0elast_rejection\x18\x04 \x01(\v2\x14.detour.v1.RejectionR\rlastRejection\x124\n" +
 	"\bbackends\x18\x05 \x03(\v2\x18.detour.v1.BackendStatusR\bbackends\x12\x16\n" +
 	"\x06region\x18\x06 \x01(\tR\x06region\x12\x12\n" +
-	"\x04zone\x18\a \x01(\tR\x04zone\"m\n" +
+	"\x04zone\x18\a \x01(\tR\x04zone\x129\n" +
+	"\fretry_budget\x18\b \x01(\v2\x16.detour.v1.RetryBudgetR\vretryBudget\"=\n" +
+	"\vRetryBudget\x12\x14\n" +
+	"\x05spent\x18\x01 \x01(\x01R\x05spent\x12\x18\n" +
+	"\aallowed\x18\x02 \x01(\x01R\aallowed\"m\n" +
 	"\tRejection\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
-	"\areasons\x18\x03 \x03(\tR\areasons\"\xf4\x01\n" +
+	"\areasons\x18\x03 \x03(\tR\areasons\"\x89\x03\n" +
 	"\rBackendStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x12\x12\n" +
@@ -504,17 +788,37 @@ const file_detour_v1_admin_proto_rawDesc = "" +
 	"\adrained\x18\x05 \x01(\bR\adrained\x12#\n" +
 	"\rbreaker_state\x18\x06 \x01(\tR\fbreakerState\x12\x1b\n" +
 	"\tin_flight\x18\a \x01(\x03R\binFlight\x12\x1a\n" +
-	"\bfallback\x18\b \x01(\bR\bfallback\"(\n" +
+	"\bfallback\x18\b \x01(\bR\bfallback\x12/\n" +
+	"\bcapacity\x18\t \x01(\v2\x13.detour.v1.CapacityR\bcapacity\x129\n" +
+	"\n" +
+	"open_until\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\topenUntil\x12'\n" +
+	"\x0fshared_cooldown\x18\v \x01(\bR\x0esharedCooldown\"\xbd\x01\n" +
+	"\bCapacity\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x03R\x05limit\x12\x1b\n" +
+	"\tin_flight\x18\x02 \x01(\x03R\binFlight\x12\x12\n" +
+	"\x04held\x18\x03 \x01(\x03R\x04held\x12\x16\n" +
+	"\x06queued\x18\x04 \x01(\x03R\x06queued\x12\x1d\n" +
+	"\n" +
+	"busy_share\x18\x05 \x01(\x01R\tbusyShare\x12\x1d\n" +
+	"\n" +
+	"busy_floor\x18\x06 \x01(\x01R\tbusyFloor\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\"/\n" +
+	"\x13ResetBreakerRequest\x12\x18\n" +
+	"\abackend\x18\x01 \x01(\tR\abackend\"1\n" +
+	"\x14ResetBreakerResponse\x12\x19\n" +
+	"\bwas_open\x18\x01 \x01(\bR\awasOpen\"(\n" +
 	"\fDrainRequest\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\"\x0f\n" +
 	"\rDrainResponse\"*\n" +
 	"\x0eUndrainRequest\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\"\x11\n" +
-	"\x0fUndrainResponse2\xc4\x01\n" +
+	"\x0fUndrainResponse2\x95\x02\n" +
 	"\x05Admin\x12=\n" +
 	"\x06Status\x12\x18.detour.v1.StatusRequest\x1a\x19.detour.v1.StatusResponse\x12:\n" +
 	"\x05Drain\x12\x17.detour.v1.DrainRequest\x1a\x18.detour.v1.DrainResponse\x12@\n" +
-	"\aUndrain\x12\x19.detour.v1.UndrainRequest\x1a\x1a.detour.v1.UndrainResponseB7Z5github.com/detour-dev/detour/proto/detour/v1;detourv1b\x06proto3"
+	"\aUndrain\x12\x19.detour.v1.UndrainRequest\x1a\x1a.detour.v1.UndrainResponse\x12O\n" +
+	"\fResetBreaker\x12\x1e.detour.v1.ResetBreakerRequest\x1a\x1f.detour.v1.ResetBreakerResponseB7Z5github.com/detour-dev/detour/proto/detour/v1;detourv1b\x06proto3"
 
 var (
 	file_detour_v1_admin_proto_rawDescOnce sync.Once
@@ -528,36 +832,45 @@ func file_detour_v1_admin_proto_rawDescGZIP() []byte {
 	return file_detour_v1_admin_proto_rawDescData
 }
 
-var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_detour_v1_admin_proto_goTypes = []any{
 	(*StatusRequest)(nil),         // 0: detour.v1.StatusRequest
 	(*StatusResponse)(nil),        // 1: detour.v1.StatusResponse
-	(*Rejection)(nil),             // 2: detour.v1.Rejection
-	(*BackendStatus)(nil),         // 3: detour.v1.BackendStatus
-	(*DrainRequest)(nil),          // 4: detour.v1.DrainRequest
-	(*DrainResponse)(nil),         // 5: detour.v1.DrainResponse
-	(*UndrainRequest)(nil),        // 6: detour.v1.UndrainRequest
-	(*UndrainResponse)(nil),       // 7: detour.v1.UndrainResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(ProviderKind)(0),             // 9: detour.v1.ProviderKind
+	(*RetryBudget)(nil),           // 2: detour.v1.RetryBudget
+	(*Rejection)(nil),             // 3: detour.v1.Rejection
+	(*BackendStatus)(nil),         // 4: detour.v1.BackendStatus
+	(*Capacity)(nil),              // 5: detour.v1.Capacity
+	(*ResetBreakerRequest)(nil),   // 6: detour.v1.ResetBreakerRequest
+	(*ResetBreakerResponse)(nil),  // 7: detour.v1.ResetBreakerResponse
+	(*DrainRequest)(nil),          // 8: detour.v1.DrainRequest
+	(*DrainResponse)(nil),         // 9: detour.v1.DrainResponse
+	(*UndrainRequest)(nil),        // 10: detour.v1.UndrainRequest
+	(*UndrainResponse)(nil),       // 11: detour.v1.UndrainResponse
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(ProviderKind)(0),             // 13: detour.v1.ProviderKind
 }
 var file_detour_v1_admin_proto_depIdxs = []int32{
-	8, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
-	2, // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
-	3, // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
-	8, // 3: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
-	9, // 4: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
-	0, // 5: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
-	4, // 6: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
-	6, // 7: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
-	1, // 8: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
-	5, // 9: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
-	7, // 10: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	12, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
+	3,  // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
+	4,  // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
+	2,  // 3: detour.v1.StatusResponse.retry_budget:type_name -> detour.v1.RetryBudget
+	12, // 4: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
+	13, // 5: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
+	5,  // 6: detour.v1.BackendStatus.capacity:type_name -> detour.v1.Capacity
+	12, // 7: detour.v1.BackendStatus.open_until:type_name -> google.protobuf.Timestamp
+	0,  // 8: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
+	8,  // 9: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
+	10, // 10: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
+	6,  // 11: detour.v1.Admin.ResetBreaker:input_type -> detour.v1.ResetBreakerRequest
+	1,  // 12: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
+	9,  // 13: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
+	11, // 14: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
+	7,  // 15: detour.v1.Admin.ResetBreaker:output_type -> detour.v1.ResetBreakerResponse
+	12, // [12:16] is the sub-list for method output_type
+	8,  // [8:12] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_admin_proto_init() }
@@ -572,7 +885,7 @@ func file_detour_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_admin_proto_rawDesc), len(file_detour_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Status_FullMethodName  = "/detour.v1.Admin/Status"
-	Admin_Drain_FullMethodName   = "/detour.v1.Admin/Drain"
-	Admin_Undrain_FullMethodName = "/detour.v1.Admin/Undrain"
+	Admin_Status_FullMethodName       = "/detour.v1.Admin/Status"
+	Admin_Drain_FullMethodName        = "/detour.v1.Admin/Drain"
+	Admin_Undrain_FullMethodName      = "/detour.v1.Admin/Undrain"
+	Admin_ResetBreaker_FullMethodName = "/detour.v1.Admin/ResetBreaker"
 )
 
 // AdminClient is the client API for Admin service.
@@ -34,8 +35,12 @@ type AdminClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Drain stops new calls to a backend; in-flight calls finish.
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
-	// Undrain lets a drained backend take calls again.
+	// Undrain lets a drained backend take calls again. It also closes the
+	// backend's breaker and clears the fleet's cooldown for it.
 	Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error)
+	// ResetBreaker closes a backend's breaker on this instance at once and
+	// clears the fleet's shared cooldown for it (every replica, with Redis).
+	ResetBreaker(ctx context.Context, in *ResetBreakerRequest, opts ...grpc.CallOption) (*ResetBreakerResponse, error)
 }
 
 type adminClient struct {
@@ -76,6 +81,16 @@ func (c *adminClient) Undrain(ctx context.Context, in *UndrainRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) ResetBreaker(ctx context.Context, in *ResetBreakerRequest, opts ...grpc.CallOption) (*ResetBreakerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResetBreakerResponse)
+	err := c.cc.Invoke(ctx, Admin_ResetBreaker_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -86,8 +101,12 @@ type AdminServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Drain stops new calls to a backend; in-flight calls finish.
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
-	// Undrain lets a drained backend take calls again.
+	// Undrain lets a drained backend take calls again. It also closes the
+	// backend's breaker and clears the fleet's cooldown for it.
 	Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error)
+	// ResetBreaker closes a backend's breaker on this instance at once and
+	// clears the fleet's shared cooldown for it (every replica, with Redis).
+	ResetBreaker(context.Context, *ResetBreakerRequest) (*ResetBreakerResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -106,6 +125,9 @@ func (UnimplementedAdminServer) Drain(context.Context, *DrainRequest) (*DrainRes
 }
 func (UnimplementedAdminServer) Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Undrain not implemented")
+}
+func (UnimplementedAdminServer) ResetBreaker(context.Context, *ResetBreakerRequest) (*ResetBreakerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResetBreaker not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -182,6 +204,24 @@ func _Admin_Undrain_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ResetBreaker_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetBreakerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ResetBreaker(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ResetBreaker_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ResetBreaker(ctx, req.(*ResetBreakerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,6 +240,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undrain",
 			Handler:    _Admin_Undrain_Handler,
+		},
+		{
+			MethodName: "ResetBreaker",
+			Handler:    _Admin_ResetBreaker_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
