@@ -79,7 +79,7 @@ type simConfig struct {
 type simResult struct {
 	calls, ok, refused, upstream, busy int
 	randomBusy                         int
-	upstream2, excess2                 int // second half: upstream calls, busy answers from a cap
+	upstream2, excess2                 int       // second half: upstream calls, busy answers from a cap
 	limits                             []float64 // every second
 	goodput                            float64   // answers per second over the second half
 	p99                                time.Duration
