@@ -6,296 +6,679 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("busy", "issue 3's seed: a busy primary (A: client retry recipe direct; B: through detour), success, amplification, breaker timing", busy)
+	register("busy", "busy providers: a sole half-busy backend, a full one, all backends strained (1.2x and 0.7x capacity), a dead one, a busy storm; the client recipe vs detour before and after the capacity work, in one run", busy)
+}
+
+// busyBaseline is the commit detour's capacity work started from: the
+// "before" rows are built from it.
+const busyBaseline = "96807c1"
+
+// busyBackend is one upstream of a scenario.
+type busyBackend struct {
+	name, region string
+	priority     int
+	fallback     bool
+	dead         bool // nothing listens at its address
+	settings     fakellm.Settings
+	// detourQPS is the qps the detour config gives the backend (0: none,
+	// so detour must find the limit itself).
+	detourQPS float64
+}
+
+// busyScenario is one row group of the table.
+type busyScenario struct {
+	name, what string
+	rate       float64
+	backends   []busyBackend
+	// recipe is the backend the client recipe calls, and recipeQPS its
+	// client-side token bucket (0: none).
+	recipe    string
+	recipeQPS float64
+	// turn, when set, is applied to the first backend at turnAt through
+	// /control (the busy storm).
+	turn   map[string]any
+	turnAt time.Duration
+	// capacity is what the backends can answer per second in total, for
+	// goodput targets (0: not a capacity scenario).
+	capacity float64
+	judge    func(s *busyScenario, rows map[string]*busyRow) []string
+}
+
+// busyRow is one mode's outcome in one scenario.
+type busyRow struct {
+	mode            string
+	sum             summary
+	upstream        fakellm.Stats // totals over every backend
+	upstream2       fakellm.Stats // the second half of the run
+	goodput         float64       // answers per second over the second half
+	failed          summary       // the calls that failed
+	withRetryInfo   int           // failed calls with a RetryInfo
+	breakerOpenedIn time.Duration // dead scenario: from the start; <0: never
+	deadAttempts    int           // dead scenario: connections to the dead backend
+	elapsed         time.Duration
+}
+
+func (r *busyRow) perCall() float64 {
+	return float64(r.upstream.Total) / float64(max(r.sum.N, 1))
+}
+
+// busyShare is upstream busy answers (503 and 429) per upstream call.
+func busyShare(s fakellm.Stats) float64 {
+	return float64(s.Busy+s.RateLimited) / float64(max(s.Total, 1))
 }
 
 type busyOpts struct {
-	rate, cap, busyRate float64
-	dur, busyAt         time.Duration
-	latency, extra      time.Duration
-	timeout             time.Duration
-	maxInFlight         int
-}
-
-// busyStack is the three upstreams of the scenario, each its own process.
-type busyStack struct {
-	primary, second, fallback *fake
-}
-
-func (s *busyStack) all() []*fake { return []*fake{s.primary, s.second, s.fallback} }
-
-func (s *busyStack) stop() {
-	for _, f := range s.all() {
-		if f != nil {
-			f.stop()
-		}
-	}
-}
-
-func startBusyStack(o busyOpts) (*busyStack, error) {
-	s := &busyStack{}
-	var err error
-	// The primary starts healthy and turns busy at --busy-at.
-	if s.primary, err = startFake(fakellm.Config{Name: "primary-a", Region: "primary",
-		Settings: fakellm.Settings{Latency: o.latency, Jitter: o.latency / 4, QPS: o.cap}}, false); err != nil {
-		return s, err
-	}
-	if s.second, err = startFake(fakellm.Config{Name: "second-a", Region: "second",
-		Settings: fakellm.Settings{Latency: o.latency + o.extra, Jitter: o.latency / 4}}, false); err != nil {
-		return s, err
-	}
-	if s.fallback, err = startFake(fakellm.Config{Name: "fallback", Region: "fallback",
-		Settings: fakellm.Settings{Latency: o.latency + 2*o.extra, Jitter: o.latency / 4}}, false); err != nil {
-		return s, err
-	}
-	return s, nil
-}
-
-// busyResult is one mode's outcome.
-type busyResult struct {
-	mode       string
-	sum        summary
-	upstream   map[string]fakellm.Stats
-	amp        float64
-	breakerAt  time.Duration // after the primary turned busy; <0: never
-	opensEarly int           // primary breaker opens before it turned busy
-	failedWin  int           // client calls failed between busy and breaker open
-	afterBusy  summary       // calls started after the primary turned busy
-	elapsed    time.Duration
-	foreign    float64 // cores other processes used during the run
+	dur, timeout, latency time.Duration
+	maxInFlight           int
+	scale                 float64
+	oldBin                string
 }
 
 func busy(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("busy", flag.ContinueOnError)
 	o := busyOpts{}
-	fs.Float64Var(&o.rate, "rate", 2000, "offered client calls per second (open loop)")
-	fs.Float64Var(&o.cap, "cap", 0, "primary's QPS cap (fakellm -qps); 0: rate/2")
-	fs.Float64Var(&o.busyRate, "busy-rate", 0.5, "primary's busy rate once it turns busy")
-	fs.DurationVar(&o.dur, "duration", 30*time.Second, "how long load is offered")
-	fs.DurationVar(&o.busyAt, "busy-at", 5*time.Second, "when the primary turns busy, after the load starts")
-	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "primary's latency (second region: +extra, fallback: +2*extra)")
-	fs.DurationVar(&o.extra, "extra", 40*time.Millisecond, "the second region's added latency")
-	fs.DurationVar(&o.timeout, "timeout", 120*time.Second, "client timeout per call (both modes)")
-	fs.IntVar(&o.maxInFlight, "max-inflight", 100000, "bound on outstanding client calls")
-	modes := fs.String("modes", "A,B", "which modes to run: A, B or A,B")
-	baseline := fs.Bool("baseline", false, "fault-free run: the primary never turns busy and has no cap")
+	fs.DurationVar(&o.dur, "duration", 30*time.Second, "how long load is offered in each scenario and mode")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "client deadline per call (every mode)")
+	fs.DurationVar(&o.latency, "latency", 100*time.Millisecond, "backends' answer latency (jitter a quarter of it)")
+	fs.Float64Var(&o.scale, "scale", 1, "multiply every rate and cap by this (keep the ratios; lower it on a slow machine)")
+	fs.IntVar(&o.maxInFlight, "max-inflight", 50000, "bound on outstanding client calls")
+	only := fs.String("scenarios", "", "comma-separated scenarios to run (default: all): "+strings.Join(busyNames(), ","))
+	modesFlag := fs.String("modes", "recipe,before,after", "modes: recipe (the client recipe, direct), before (detour at "+busyBaseline+"), after (this detour)")
+	fs.StringVar(&o.oldBin, "before-bin", "", "a detour binary to run as \"before\" (default: built from commit "+busyBaseline+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.cap == 0 {
-		o.cap = o.rate / 2
-	}
-	if *baseline {
-		o.busyRate, o.cap = 0, 0
-	}
-	var results []busyResult
-	for _, m := range strings.Split(*modes, ",") {
-		m = strings.TrimSpace(strings.ToUpper(m))
-		if m != "A" && m != "B" {
+	modes := strings.Split(*modesFlag, ",")
+	for _, m := range modes {
+		if m != "recipe" && m != "before" && m != "after" {
 			return fmt.Errorf("--modes: unknown mode %q", m)
 		}
-		r, err := busyRun(ctx, m, o)
+	}
+	if slices.Contains(modes, "before") && o.oldBin == "" {
+		bin, err := buildBaseline(busyBaseline)
 		if err != nil {
-			return fmt.Errorf("mode %s: %w", m, err)
+			return fmt.Errorf("building detour at %s for the before rows (use --modes recipe,after to skip them): %w", busyBaseline, err)
 		}
-		results = append(results, r)
+		o.oldBin = bin
+	}
+	var scs []*busyScenario
+	for _, s := range busyScenarios(o) {
+		if *only == "" || slices.Contains(strings.Split(*only, ","), s.name) {
+			scs = append(scs, s)
+		}
+	}
+	if len(scs) == 0 {
+		return fmt.Errorf("--scenarios: none of %q; have %s", *only, strings.Join(busyNames(), ","))
 	}
 
-	title := "Busy provider (A vs B)"
-	if *baseline {
-		title += ", fault-free baseline"
-	}
-	capText := fmt.Sprintf("%.0f QPS cap", o.cap)
-	if o.cap == 0 {
-		capText = "no cap"
-	}
-	fmt.Printf("### %s\n\n%s; load %s. Offered %.0f calls/s for %v (open loop); primary: fakellm %s, busy rate %.2f from t=%v, latency %v; second region: latency %v; fallback: latency %v; client timeout %v.\n"+
-		"A: HTTP client straight to the primary, up to 3 attempts, backoff 2^n s + U(0,1 s) (n = failed attempts so far, capped 30 s), client token bucket at the primary's QPS (each attempt takes a token). "+
-		"B: one gRPC call to detour per client call (detour region \"primary\", backend qps = the cap).\n\n",
-		title, machine(), loadavg(), o.rate, o.dur, capText, o.busyRate, o.busyAt, o.latency, o.latency+o.extra, o.latency+2*o.extra, o.timeout)
-	var rows [][]string
-	for _, r := range results {
-		br, win := "-", "-"
-		if r.mode == "B" {
-			br, win = "never", "-"
-			if r.breakerAt >= 0 {
-				br = ms(r.breakerAt) + " ms"
-				win = fmt.Sprint(r.failedWin)
+	fmt.Printf("### Busy providers\n\n%s; load %s. Each scenario offers its rate (open loop) for %v per mode; backends answer in %v ± %v; client deadline %v. "+
+		"recipe: the client recipe straight to one backend (HTTP, up to 3 attempts, 2^n s + U(0,1 s) backoff, a client token bucket at the backend's known qps when it has one). "+
+		"before: one gRPC call per client call to detour at %s (its defaults). after: the same to this detour (its defaults). "+
+		"Upstream counts are fakellm's own (/stats); busy/upstream counts 503 and 429 answers; goodput and the steady busy share are over the second half of the run.\n\n",
+		machine(), loadavg(), o.dur, o.latency, o.latency/4, o.timeout, busyBaseline)
+	var misses []string
+	for _, s := range scs {
+		rows := map[string]*busyRow{}
+		for _, m := range modes {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			if r.opensEarly > 0 {
-				br += fmt.Sprintf(" (+%d opens before)", r.opensEarly)
+			fmt.Fprintf(stderr, "busy: %s, %s: %.0f calls/s for %v...\n", s.name, m, s.rate, o.dur)
+			r, err := busyRun(ctx, s, m, o)
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", s.name, m, err)
 			}
+			rows[m] = r
 		}
-		rows = append(rows, []string{r.mode, fmt.Sprint(r.sum.N), pctText(r.sum.successRate()), pctText(r.afterBusy.successRate()), fmt.Sprintf("%.2f", r.amp),
-			ms(r.sum.P50), ms(r.sum.P99), ms(r.sum.Max), br, win, r.sum.codesText(), fmt.Sprintf("%.2f", r.foreign)})
-	}
-	fmt.Println(mdTable([]string{"mode", "client calls", "success", "success after busy", "amplification", "p50 ms", "p99 ms", "max ms", "breaker open after busy", "failed in that window", "errors", "other processes, cores"}, rows))
-	rows = nil
-	for _, r := range results {
-		for _, n := range []string{"primary-a", "second-a", "fallback"} {
-			st := r.upstream[n]
-			rows = append(rows, []string{r.mode, n, fmt.Sprint(st.Total), fmt.Sprint(st.OK), fmt.Sprint(st.Busy), fmt.Sprint(st.RateLimited), fmt.Sprint(st.Canceled)})
-		}
-	}
-	fmt.Println("Upstream requests (fakellm /stats):\n\n" + mdTable([]string{"mode", "upstream", "total", "ok", "busy 503", "429", "canceled"}, rows))
-
-	for _, r := range results {
-		if r.mode != "B" || *baseline {
-			continue
-		}
-		var miss []string
-		if r.sum.successRate() < 0.999 {
-			miss = append(miss, fmt.Sprintf("success %s < 99.9%%", pctText(r.sum.successRate())))
-		}
-		if r.amp > 1.3 {
-			miss = append(miss, fmt.Sprintf("amplification %.2f > 1.3", r.amp))
-		}
-		for _, a := range results {
-			if a.mode == "A" && r.sum.P99 >= a.sum.P99 {
-				miss = append(miss, "p99 not below A's")
+		printBusy(s, modes, rows)
+		if s.judge != nil && rows["after"] != nil {
+			miss := s.judge(s, rows)
+			verdict := "pass"
+			if len(miss) > 0 {
+				verdict = "MISS: " + strings.Join(miss, "; ")
+				misses = append(misses, s.name+": "+strings.Join(miss, "; "))
 			}
+			fmt.Printf("Targets (%s): %s\n\n", s.name, verdict)
 		}
-		if r.failedWin > 0 || r.breakerAt < 0 {
-			miss = append(miss, "client calls failed before the breaker opened (or it never did)")
-		}
-		fmt.Printf("B against issue 3's targets: %s\n\n", verdictList(miss))
-		if len(miss) > 0 {
-			return fmt.Errorf("B missed: %s", strings.Join(miss, "; "))
-		}
+	}
+	if len(misses) > 0 {
+		return fmt.Errorf("missed: %s", strings.Join(misses, " | "))
 	}
 	return nil
 }
 
-func verdictList(miss []string) string {
-	if len(miss) == 0 {
-		return "pass (success >= 99.9%, amplification <= 1.3, p99 below A's, 0 failures before the breaker opened)"
+func busyNames() []string {
+	var out []string
+	for _, s := range busyScenarios(busyOpts{scale: 1, latency: 100 * time.Millisecond}) {
+		out = append(out, s.name)
 	}
-	return "MISS: " + strings.Join(miss, "; ")
+	return out
 }
 
-func busyRun(ctx context.Context, mode string, o busyOpts) (busyResult, error) {
-	res := busyResult{mode: mode, breakerAt: -1, upstream: map[string]fakellm.Stats{}}
-	st, err := startBusyStack(o)
-	defer st.stop()
-	if err != nil {
-		return res, err
+// busyScenarios are the scenarios of issue 11, with rates scaled by
+// o.scale. Capacities are in answers per second.
+func busyScenarios(o busyOpts) []*busyScenario {
+	k := o.scale
+	lat := fakellm.Settings{Latency: o.latency, Jitter: o.latency / 4}
+	with := func(f func(s *fakellm.Settings)) fakellm.Settings {
+		s := lat
+		f(&s)
+		return s
+	}
+	// Concurrency cap of the full backend: its capacity is slots/latency.
+	slots := max(4, int(200*k*o.latency.Seconds()))
+	return []*busyScenario{
+		{
+			name: "sole-random", what: "one backend answers 50% of calls 503 at random, below any cap; no fallback",
+			rate:     500 * k,
+			backends: []busyBackend{{name: "sole", region: "home", settings: with(func(s *fakellm.Settings) { s.BusyRate = 0.5 })}},
+			recipe:   "sole",
+			judge:    judgeSoleRandom,
+		},
+		{
+			name: "sole-full", what: fmt.Sprintf("one backend answers 503 beyond %d calls in flight (%.0f answers/s); 2x that offered; no fallback", slots, float64(slots)/o.latency.Seconds()),
+			rate:     2 * float64(slots) / o.latency.Seconds(),
+			backends: []busyBackend{{name: "sole", region: "home", settings: with(func(s *fakellm.Settings) { s.MaxConcurrency = slots })}},
+			recipe:   "sole",
+			capacity: float64(slots) / o.latency.Seconds(),
+			judge:    judgeFull,
+		},
+		{
+			name: "strained-1.2x", what: "primary 50% busy under a 400/s cap, second region 20% busy under 200/s, fallback under 120/s (429 above the caps); 400/s offered, 480 answers/s possible; detour is told no cap",
+			rate: 400 * k,
+			backends: []busyBackend{
+				{name: "primary", region: "home", settings: with(func(s *fakellm.Settings) { s.BusyRate = 0.5; s.QPS = 400 * k })},
+				{name: "second", region: "away", priority: 1, settings: with(func(s *fakellm.Settings) { s.BusyRate = 0.2; s.QPS = 200 * k })},
+				{name: "fallback", region: "fallback", fallback: true, settings: with(func(s *fakellm.Settings) { s.QPS = 120 * k })},
+			},
+			recipe: "primary", recipeQPS: 400 * k,
+			capacity: 480 * k,
+			judge:    judgeStrained12,
+		},
+		{
+			name: "strained-0.7x", what: "the same backends under smaller caps (240/s, 125/s, 60/s): 280 answers/s possible for 400/s offered",
+			rate: 400 * k,
+			backends: []busyBackend{
+				{name: "primary", region: "home", settings: with(func(s *fakellm.Settings) { s.BusyRate = 0.5; s.QPS = 240 * k })},
+				{name: "second", region: "away", priority: 1, settings: with(func(s *fakellm.Settings) { s.BusyRate = 0.2; s.QPS = 125 * k })},
+				{name: "fallback", region: "fallback", fallback: true, settings: with(func(s *fakellm.Settings) { s.QPS = 60 * k })},
+			},
+			recipe: "primary", recipeQPS: 240 * k,
+			capacity: 280 * k,
+			judge:    judgeOver,
+		},
+		{
+			name: "dead", what: "the own region has a dead backend (every connection reset) beside a healthy one; a healthy second region",
+			rate: 400 * k,
+			backends: []busyBackend{
+				{name: "dead", region: "home", dead: true},
+				{name: "alive", region: "home", settings: lat},
+				{name: "second", region: "away", priority: 1, settings: lat},
+			},
+			recipe: "alive",
+			judge:  judgeDead,
+		},
+		{
+			name: "storm", what: "the seed scenario: the primary (qps 1000 in detour's config) turns 50% busy at t=5s, a healthy second region at +40 ms; 2000/s offered",
+			rate: 2000 * k,
+			backends: []busyBackend{
+				{name: "primary", region: "home", settings: with(func(s *fakellm.Settings) { s.QPS = 1000 * k }), detourQPS: 1000 * k},
+				{name: "second", region: "away", priority: 1, settings: with(func(s *fakellm.Settings) { s.Latency += 40 * time.Millisecond })},
+				{name: "fallback", region: "fallback", fallback: true, settings: with(func(s *fakellm.Settings) { s.Latency += 80 * time.Millisecond })},
+			},
+			recipe: "primary", recipeQPS: 1000 * k,
+			turn: map[string]any{"busy_rate": 0.5}, turnAt: 5 * time.Second,
+			judge: judgeStorm,
+		},
+	}
+}
+
+// busyRun runs one mode of one scenario on fresh processes.
+func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*busyRow, error) {
+	row := &busyRow{mode: mode, breakerOpenedIn: -1}
+	fakes := map[string]*fake{}
+	endpoints := map[string]string{}
+	defer func() {
+		for _, f := range fakes {
+			f.stop()
+		}
+	}()
+	var dead *deadBackend
+	for _, b := range s.backends {
+		if b.dead {
+			d, err := startDead()
+			if err != nil {
+				return nil, err
+			}
+			defer d.close()
+			dead = d
+			endpoints[b.name] = "http://" + d.addr + "/v1"
+			continue
+		}
+		f, err := startFake(fakellm.Config{Name: b.name, Region: b.region, Settings: b.settings}, false)
+		if err != nil {
+			return nil, err
+		}
+		fakes[b.name] = f
+		endpoints[b.name] = f.openaiEndpoint()
 	}
 	var call callFunc
-	var breakers func() []breakerEvent
-	if mode == "A" {
-		call = clientRecipe(st.primary.http, o.cap, o.timeout)
-	} else {
-		dt, err := startDetour(busyConfig(st, o.cap), "primary", true)
+	var det *detourProc
+	switch mode {
+	case "recipe":
+		call = clientRecipe(fakes[s.recipe].http, s.recipeQPS, o.timeout)
+	default:
+		doc, err := busyConfig(s, endpoints)
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		defer dt.stop()
-		breakers = dt.watchBreakers()
-		conn, err := dial(dt.addr)
+		bin := ""
+		if mode == "before" {
+			bin = o.oldBin
+		}
+		det, err = startDetourBin(bin, doc, "home", false)
 		if err != nil {
-			return res, err
+			return nil, err
+		}
+		defer det.stop()
+		conn, err := dial(det.addr)
+		if err != nil {
+			return nil, err
 		}
 		defer conn.Close()
 		call = unaryCall(detourv1.NewRouterClient(conn), request("hello, how are you today?"), o.timeout)
-		if err := call(ctx); err != nil {
-			return res, fmt.Errorf("first call through detour: %w", err)
-		}
 	}
 	before := map[string]fakellm.Stats{}
-	for _, f := range st.all() {
-		s, err := f.stats()
+	for n, f := range fakes {
+		st, err := f.stats()
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		before[f.name] = s
+		before[n] = st
 	}
-
-	var busyAt time.Time
-	var wg sync.WaitGroup
 	loadCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if o.busyRate > 0 {
-		wg.Go(func() {
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	if s.turn != nil {
+		first := fakes[s.backends[0].name]
+		bg.Go(func() {
 			select {
-			case <-time.After(o.busyAt):
+			case <-time.After(s.turnAt):
+				if err := first.control(s.turn); err != nil {
+					fmt.Fprintln(stderr, "busy: /control:", err)
+				}
 			case <-loadCtx.Done():
-				return
 			}
-			if err := st.primary.control(map[string]any{"busy_rate": o.busyRate}); err != nil {
-				fmt.Fprintln(stderr, "busy: /control:", err)
-				return
-			}
-			busyAt = time.Now()
 		})
 	}
-	fmt.Fprintf(stderr, "busy: mode %s: %.0f calls/s for %v...\n", mode, o.rate, o.dur)
-	mark := markCPU()
-	r := openLoop(ctx, o.rate, o.dur, o.maxInFlight, nil, call)
+	// Halfway, note the backends' counts for the steady state.
+	mid := map[string]fakellm.Stats{}
+	var midMu sync.Mutex
+	bg.Go(func() {
+		select {
+		case <-time.After(o.dur / 2):
+		case <-loadCtx.Done():
+			return
+		}
+		midMu.Lock()
+		defer midMu.Unlock()
+		for n, f := range fakes {
+			if st, err := f.stats(); err == nil {
+				mid[n] = st
+			}
+		}
+	})
+	if det != nil && slices.ContainsFunc(s.backends, func(b busyBackend) bool { return b.dead }) {
+		start := time.Now()
+		bg.Go(func() { row.breakerOpenedIn = watchOpen(loadCtx, det.addr, "dead", start) })
+	}
+	var mu sync.Mutex
+	errsWithInfo := 0
+	wrapped := func(ctx context.Context) error {
+		err := call(ctx)
+		if err != nil && hasRetryInfo(err) {
+			mu.Lock()
+			errsWithInfo++
+			mu.Unlock()
+		}
+		return err
+	}
+	r := openLoop(ctx, s.rate, o.dur, o.maxInFlight, nil, wrapped)
 	cancel()
-	wg.Wait()
-	res.elapsed = r.Elapsed
-	res.foreign = mark.foreignCPU()
-	res.sum = summarize(r.Samples, r.Elapsed)
-	var up, total uint64
-	for _, f := range st.all() {
-		s, err := f.stats()
+	bg.Wait()
+	row.elapsed = r.Elapsed
+	row.sum = summarize(r.Samples, r.Elapsed)
+	var failed []sample
+	okSecondHalf := 0
+	for _, x := range r.Samples {
+		if x.Code != codes.OK && x.Code != codeGenOverload {
+			failed = append(failed, x)
+		}
+		if x.Code == codes.OK && x.End() >= o.dur/2 && x.End() < o.dur {
+			okSecondHalf++
+		}
+	}
+	row.failed = summarize(failed, 0)
+	if dead != nil {
+		row.deadAttempts = int(dead.n.Load())
+	}
+	row.withRetryInfo = errsWithInfo
+	row.goodput = float64(okSecondHalf) / (o.dur / 2).Seconds()
+	for n, f := range fakes {
+		st, err := f.stats()
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		b := before[f.name]
-		d := fakellm.Stats{Total: s.Total - b.Total, OK: s.OK - b.OK, Busy: s.Busy - b.Busy, RateLimited: s.RateLimited - b.RateLimited, Canceled: s.Canceled - b.Canceled}
-		res.upstream[f.name] = d
-		up += d.Total
-	}
-	total = uint64(res.sum.N - res.sum.Codes[codeGenOverload])
-	if total > 0 {
-		res.amp = float64(up) / float64(total)
-	}
-	busyRel := o.busyAt
-	if !busyAt.IsZero() {
-		busyRel = busyAt.Sub(r.Began)
-	}
-	res.afterBusy = summarize(window(r.Samples, busyRel, o.dur), 0)
-	if breakers != nil && !busyAt.IsZero() {
-		for _, e := range breakers() {
-			if e.Backend != "primary-a" || e.To != "open" {
-				continue
-			}
-			if e.At.Before(busyAt) {
-				res.opensEarly++
-				continue
-			}
-			res.breakerAt = e.At.Sub(busyAt)
-			break
-		}
-		if res.breakerAt >= 0 {
-			openRel := busyRel + res.breakerAt
-			for _, s := range r.Samples {
-				if s.Code != codes.OK && s.End() >= busyRel && s.End() <= openRel {
-					res.failedWin++
-				}
-			}
+		b := before[n]
+		row.upstream = addStats(row.upstream, subStats(st, b))
+		if m, ok := mid[n]; ok {
+			row.upstream2 = addStats(row.upstream2, subStats(st, m))
 		}
 	}
-	return res, nil
+	return row, nil
 }
 
-// clientRecipe is the common client recipe of issue 3 against an OpenAI
-// endpoint: up to 3 attempts; between them 2^n s plus up to 1 s of jitter
-// (n = failed attempts so far, capped at 30 s); a timeout per call; a
-// client-side token bucket at the provider's QPS that every attempt waits on.
+// deadBackend accepts connections and resets them at once, counting them:
+// a backend that is down, whose attempts can be counted.
+type deadBackend struct {
+	addr string
+	l    net.Listener
+	n    atomic.Int64
+	done chan struct{}
+}
+
+func startDead() (*deadBackend, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	d := &deadBackend{addr: l.Addr().String(), l: l, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			d.n.Add(1)
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0) // RST: connection reset by peer
+			}
+			c.Close()
+		}
+	}()
+	return d, nil
+}
+
+func (d *deadBackend) close() {
+	d.l.Close()
+	<-d.done
+}
+
+func subStats(a, b fakellm.Stats) fakellm.Stats {
+	return fakellm.Stats{Total: a.Total - b.Total, OK: a.OK - b.OK, Busy: a.Busy - b.Busy, RateLimited: a.RateLimited - b.RateLimited, Canceled: a.Canceled - b.Canceled}
+}
+
+func addStats(a, b fakellm.Stats) fakellm.Stats {
+	return fakellm.Stats{Total: a.Total + b.Total, OK: a.OK + b.OK, Busy: a.Busy + b.Busy, RateLimited: a.RateLimited + b.RateLimited, Canceled: a.Canceled + b.Canceled}
+}
+
+func hasRetryInfo(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.RetryInfo); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// watchOpen polls detour's Admin status until backend's breaker is open,
+// and returns how long after start that was; -1 if it never was.
+func watchOpen(ctx context.Context, addr, backend string, start time.Time) time.Duration {
+	conn, err := dial(addr)
+	if err != nil {
+		return -1
+	}
+	defer conn.Close()
+	c := detourv1.NewAdminClient(conn)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return -1
+		case <-tick.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := c.Status(cctx, &detourv1.StatusRequest{})
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, b := range st.GetBackends() {
+			if b.GetName() == backend && b.GetBreakerState() == "open" {
+				return time.Since(start)
+			}
+		}
+	}
+}
+
+// busyConfig is the detour config of a scenario, built from the schema's
+// own types: every backend in its region, fallbacks last; only what both
+// the before and the after binaries understand.
+func busyConfig(s *busyScenario, endpoints map[string]string) (string, error) {
+	var cfg regions.Config
+	for _, b := range s.backends {
+		be := regions.Backend{Name: b.name, Endpoint: endpoints[b.name], QPS: b.detourQPS}
+		if b.fallback {
+			cfg.Fallbacks = append(cfg.Fallbacks, be)
+			continue
+		}
+		i := slices.IndexFunc(cfg.Regions, func(r regions.Region) bool { return r.Name == b.region })
+		if i < 0 {
+			cfg.Regions = append(cfg.Regions, regions.Region{Name: b.region, Priority: b.priority})
+			i = len(cfg.Regions) - 1
+		}
+		cfg.Regions[i].Backends = append(cfg.Regions[i].Backends, be)
+	}
+	if err := cfg.Validate(); err != nil {
+		return "", err
+	}
+	out, err := yaml.Marshal(&cfg)
+	return string(out), err
+}
+
+// buildBaseline builds cmd/detour at rev into a temp dir, from a git
+// worktree of this repository.
+func buildBaseline(rev string) (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := workDir()
+	if err != nil {
+		return "", err
+	}
+	src := filepath.Join(dir, "detour-"+rev)
+	if out, err := exec.Command("git", "-C", root, "worktree", "add", "--detach", src, rev).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git worktree add %s: %w\n%s", rev, err, out)
+	}
+	defer exec.Command("git", "-C", root, "worktree", "remove", "--force", src).Run()
+	bin := filepath.Join(dir, "detour-"+rev+"-bin")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/detour")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build at %s: %w\n%s", rev, err, out)
+	}
+	return bin, nil
+}
+
+func printBusy(s *busyScenario, modes []string, rows map[string]*busyRow) {
+	fmt.Printf("#### %s\n\n%s; %.0f calls/s offered.\n\n", s.name, s.what, s.rate)
+	var tab [][]string
+	for _, m := range modes {
+		r := rows[m]
+		if r == nil {
+			continue
+		}
+		fail := "-"
+		if r.failed.N > 0 {
+			fail = fmt.Sprintf("%d, p50 %s ms, %d%% RetryInfo", r.failed.N, ms(r.failed.P50), 100*r.withRetryInfo/r.failed.N)
+		}
+		opened := "-"
+		if slices.ContainsFunc(s.backends, func(b busyBackend) bool { return b.dead }) && m != "recipe" {
+			opened = "never"
+			if r.breakerOpenedIn >= 0 {
+				opened = ms(r.breakerOpenedIn) + " ms"
+			}
+			opened += fmt.Sprintf(", %d attempts on it", r.deadAttempts)
+		}
+		tab = append(tab, []string{m, fmt.Sprint(r.sum.N), pctText(r.sum.successRate()), fmt.Sprintf("%.2f", r.perCall()),
+			ms(r.sum.P50), ms(r.sum.P99), pctText(busyShare(r.upstream)), pctText(busyShare(r.upstream2)),
+			fmt.Sprintf("%.0f", r.goodput), fail, opened, r.sum.codesText()})
+	}
+	fmt.Println(mdTable([]string{"mode", "calls", "success", "upstream/call", "p50 ms", "p99 ms", "busy/upstream", "busy/upstream, 2nd half",
+		"goodput/s, 2nd half", "failed calls", "dead breaker open", "errors"}, tab))
+}
+
+func judgeSoleRandom(s *busyScenario, rows map[string]*busyRow) []string {
+	a, rec := rows["after"], rows["recipe"]
+	var miss []string
+	if rec != nil {
+		if a.sum.successRate() < rec.sum.successRate()-0.005 {
+			miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", pctText(a.sum.successRate()), pctText(rec.sum.successRate())))
+		}
+		if a.perCall() > rec.perCall()*1.02 {
+			miss = append(miss, fmt.Sprintf("%.2f upstream calls per call, more than the recipe's %.2f", a.perCall(), rec.perCall()))
+		}
+	}
+	if a.sum.P99 >= time.Second {
+		miss = append(miss, fmt.Sprintf("p99 %s ms >= 1 s", ms(a.sum.P99)))
+	}
+	return miss
+}
+
+func judgeFull(s *busyScenario, rows map[string]*busyRow) []string {
+	a := rows["after"]
+	var miss []string
+	if b := busyShare(a.upstream2); b > 0.05 {
+		miss = append(miss, fmt.Sprintf("steady busy share %s > 5%%", pctText(b)))
+	}
+	if a.goodput < 0.9*s.capacity {
+		miss = append(miss, fmt.Sprintf("goodput %.0f/s < 90%% of the %.0f/s the backend can serve", a.goodput, s.capacity))
+	}
+	return miss
+}
+
+func judgeStrained12(s *busyScenario, rows map[string]*busyRow) []string {
+	a := rows["after"]
+	var miss []string
+	if a.sum.successRate() < 0.99 {
+		miss = append(miss, fmt.Sprintf("success %s < 99%%", pctText(a.sum.successRate())))
+	}
+	if a.perCall() > 1.8 {
+		miss = append(miss, fmt.Sprintf("%.2f upstream calls per call > 1.8", a.perCall()))
+	}
+	return append(miss, notWorse(rows)...)
+}
+
+func judgeOver(s *busyScenario, rows map[string]*busyRow) []string {
+	a := rows["after"]
+	var miss []string
+	if a.goodput < 0.9*s.capacity {
+		miss = append(miss, fmt.Sprintf("goodput %.0f/s < 90%% of capacity %.0f/s", a.goodput, s.capacity))
+	}
+	if a.failed.N > 0 {
+		if share := float64(a.withRetryInfo) / float64(a.failed.N); share < 0.99 {
+			miss = append(miss, fmt.Sprintf("only %.0f%% of refused calls carry RetryInfo", 100*share))
+		}
+		if a.failed.P50 > 1500*time.Millisecond {
+			miss = append(miss, fmt.Sprintf("refused calls wait %s ms (p50): not refused fast", ms(a.failed.P50)))
+		}
+	}
+	return append(miss, notWorse(rows)...)
+}
+
+func judgeDead(s *busyScenario, rows map[string]*busyRow) []string {
+	a := rows["after"]
+	var miss []string
+	if a.breakerOpenedIn < 0 || a.breakerOpenedIn > time.Second {
+		miss = append(miss, fmt.Sprintf("dead backend's breaker opened after %v, want within 1 s", a.breakerOpenedIn))
+	}
+	if a.sum.successRate() < 0.999 {
+		miss = append(miss, fmt.Sprintf("success %s", pctText(a.sum.successRate())))
+	}
+	// Every attempt on the dead backend is an extra upstream call.
+	if extra := float64(a.deadAttempts) / float64(max(a.sum.N, 1)); extra > 0.01 {
+		miss = append(miss, fmt.Sprintf("%.1f%% extra upstream calls (to the dead backend) > 1%%", 100*extra))
+	}
+	return miss
+}
+
+func judgeStorm(s *busyScenario, rows map[string]*busyRow) []string {
+	a := rows["after"]
+	var miss []string
+	if a.sum.successRate() < 0.999 {
+		miss = append(miss, fmt.Sprintf("success %s < 99.9%%", pctText(a.sum.successRate())))
+	}
+	if a.perCall() > 1.3 {
+		miss = append(miss, fmt.Sprintf("amplification %.2f > 1.3", a.perCall()))
+	}
+	if rec := rows["recipe"]; rec != nil && a.sum.P99 >= rec.sum.P99 {
+		miss = append(miss, "p99 not below the recipe's")
+	}
+	return miss
+}
+
+// notWorse holds detour to "never worse than no router": at least the
+// recipe's success, at no more upstream calls per call.
+func notWorse(rows map[string]*busyRow) []string {
+	a, rec := rows["after"], rows["recipe"]
+	if rec == nil {
+		return nil
+	}
+	var miss []string
+	if a.sum.successRate() < rec.sum.successRate() {
+		miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", pctText(a.sum.successRate()), pctText(rec.sum.successRate())))
+	}
+	if a.perCall() > rec.perCall()*1.02 {
+		miss = append(miss, fmt.Sprintf("%.2f upstream calls per call, more than the recipe's %.2f", a.perCall(), rec.perCall()))
+	}
+	return miss
+}
+
+// clientRecipe is the common client recipe against an OpenAI endpoint: up
+// to 3 attempts; between them 2^n s plus up to 1 s of jitter (n = failed
+// attempts so far, capped at 30 s); a timeout per call; a client-side token
+// bucket at the provider's QPS that every attempt waits on (none when qps
+// is 0).
 func clientRecipe(httpAddr string, qps float64, timeout time.Duration) callFunc {
 	attempt := directHTTP(httpAddr, "hello, how are you today?", timeout)
 	tb := newBucket(qps)
@@ -381,25 +764,4 @@ func (b *bucket) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-func busyConfig(s *busyStack, capQPS float64) string {
-	qps := ""
-	if capQPS > 0 {
-		qps = fmt.Sprintf("\n        qps: %g", capQPS)
-	}
-	return fmt.Sprintf(`regions:
-  - name: primary
-    backends:
-      - name: primary-a
-        endpoint: %s%s
-  - name: second
-    priority: 1
-    backends:
-      - name: second-a
-        endpoint: %s
-fallbacks:
-  - name: fallback
-    endpoint: %s
-`, s.primary.openaiEndpoint(), qps, s.second.openaiEndpoint(), s.fallback.openaiEndpoint())
 }

@@ -441,9 +441,18 @@ func detourServeHas(flag string) bool {
 // port. extra are more serve flags. withMetrics asks for --metrics on a
 // loopback port when the binary has that flag.
 func startDetour(cfgYAML, region string, withMetrics bool, extra ...string) (*detourProc, error) {
-	bin, _, err := buildBinaries()
+	return startDetourBin("", cfgYAML, region, withMetrics, extra...)
+}
+
+// startDetourBin is startDetour with another detour binary (bin), or this
+// repository's when bin is empty.
+func startDetourBin(bin, cfgYAML, region string, withMetrics bool, extra ...string) (*detourProc, error) {
+	own, _, err := buildBinaries()
 	if err != nil {
 		return nil, err
+	}
+	if bin == "" {
+		bin = own
 	}
 	dir, err := workDir()
 	if err != nil {
