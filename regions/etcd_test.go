@@ -227,7 +227,7 @@ func TestWatcherFollowsEtcd(t *testing.T) {
 				"retry.max_attempts: 99 must be in 0..10",
 			}},
 		{name: "not yaml", do: func() int64 { return put("regions: [") },
-			wantReasons: []string{"yaml: line 1: did not find expected node content"}},
+			wantReasons: []string{"line 1: malformed YAML: did not find expected node content"}},
 		{name: "fixed", do: func() int64 { return put(doc("a", "c", "d")) }, wantApplied: []string{"a", "c", "d"}},
 		{name: "drain", do: func() int64 {
 			r, err := s.SetDrained(ctx, "c", true, "")

@@ -443,9 +443,9 @@ func (w *Watcher) build(st *keyState) (*Snapshot, []string) {
 		return nil, []string{fmt.Sprintf("no config document at %s", w.keys.Config())}
 	}
 	cfg, err := Parse(st.doc)
-	if err == nil {
+	if cfg != nil { // also when it did not decode: report every reason
 		cfg = withDrained(cfg, drainedNames(st))
-		err = cfg.Validate()
+		err = JoinReasons(err, cfg.Validate())
 	}
 	if err != nil {
 		var ve *ValidationError

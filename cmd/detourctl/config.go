@@ -28,8 +28,10 @@ type validation struct {
 // this machine; the replicas still check them before they apply.
 func validate(file string, doc []byte, secrets bool) validation {
 	v := validation{File: file}
+	// A document that does not decode comes with the rest of it, decoded:
+	// its semantic problems are reported too.
 	cfg, err := regions.Parse(doc)
-	if err == nil {
+	if cfg != nil {
 		v.Regions, v.Fallback = len(cfg.Regions), len(cfg.Fallbacks)
 		for _, r := range cfg.Regions {
 			v.Backends += len(r.Backends)
@@ -37,7 +39,7 @@ func validate(file string, doc []byte, secrets bool) validation {
 		if !secrets {
 			cfg = withoutSecretRefs(cfg)
 		}
-		err = cfg.Validate()
+		err = regions.JoinReasons(err, cfg.Validate())
 	}
 	var ve *regions.ValidationError
 	switch {

@@ -74,6 +74,7 @@ retry:
 func TestConfigValidate(t *testing.T) {
 	good := writeFile(t, "good.yaml", doc("a", "b"))
 	bad := writeFile(t, "bad.yaml", badDoc)
+	typo := writeFile(t, "typo.yaml", doc("a")+"retry:\n  max_attempt: 3\n  backof_base: 25ms\n  budget_ratio: 2\n")
 	secret := writeFile(t, "secret.yaml", doc("a")+"fallbacks:\n  - name: fb\n    endpoint: http://h/v1\n    api_key_env: DETOURCTL_TEST_UNSET_KEY\n")
 	tests := []struct {
 		name    string
@@ -87,6 +88,12 @@ func TestConfigValidate(t *testing.T) {
 			`  - regions[0].backends[0] (a): endpoint "ftp://h" must be an http:// or https:// URL`,
 			"  - regions[0].backends[0] (a): weight 5000 must be in 0..1000",
 			"  - retry.max_attempts: 11 must be in 0..10",
+		}},
+		{name: "decode errors counted and named by path, semantic ones too", args: []string{"config", "validate", "-f", typo}, wantErr: errReported, want: []string{
+			typo + ": invalid, 3 problems:",
+			"  - retry.max_attempt: unknown field, did you mean max_attempts? (line 7)",
+			"  - retry.backof_base: unknown field, did you mean backoff_base? (line 8)",
+			"  - retry.budget_ratio: 2 must be in 0..1",
 		}},
 		{name: "secret not here", args: []string{"config", "validate", "-f", secret}, wantErr: errReported, want: []string{
 			"  - fallbacks[0] (fb): api_key_env DETOURCTL_TEST_UNSET_KEY is not set",
