@@ -37,6 +37,8 @@ commands:
   serve   route detour.v1.Router calls over the backends of a config file
   demo    start a local stack: three simulated regions (one busy), a fallback,
           and the router on 127.0.0.1:50051
+  dev     dev etcd: an etcd for local use on 127.0.0.1:2379, for
+          'serve --etcd-endpoints' and detourctl
 
 Run 'detour <command> -h' for the flags of a command.
 `
@@ -55,6 +57,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return m.Run(ctx)
 	case "demo":
 		d, err := parseDemo(args[1:], stderr)
+		if err != nil {
+			return err
+		}
+		return d.Run(ctx, stdout)
+	case "dev":
+		d, err := parseDev(args[1:], stderr)
 		if err != nil {
 			return err
 		}
