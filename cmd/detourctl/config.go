@@ -173,14 +173,14 @@ func configApply(ctx context.Context, g *globals, args []string, stdout, stderr 
 	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	st, closeStore, err := g.store()
+	st, closeStore, err := g.store(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 	cur, err := st.Get(ctx)
 	if err != nil {
-		return err
+		return g.explainEtcd(err)
 	}
 	base := cur.ModRevision
 	if *expect >= 0 {
@@ -196,7 +196,7 @@ func configApply(ctx context.Context, g *globals, args []string, stdout, stderr 
 			return fmt.Errorf("conflict: %w\nnothing was written; run 'detourctl config get' to see the current document, merge your edit, and apply again", err)
 		}
 		if err != nil {
-			return err
+			return g.explainEtcd(err)
 		}
 		out.Revision = rev
 	}
@@ -232,14 +232,14 @@ func configGet(ctx context.Context, g *globals, args []string, stdout, stderr io
 	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	st, closeStore, err := g.store()
+	st, closeStore, err := g.store(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 	d, err := st.Get(ctx)
 	if err != nil {
-		return err
+		return g.explainEtcd(err)
 	}
 	if d.Doc == nil {
 		return fmt.Errorf("no config document at %s (apply one with 'detourctl config apply -f FILE')", st.Keys().Config())
