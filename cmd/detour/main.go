@@ -16,7 +16,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, unwatch := exitWithGoRun(ctx, os.Stderr)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	unwatch()
 	stop()
 	switch {
 	case errors.Is(err, flag.ErrHelp):
