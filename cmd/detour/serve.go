@@ -51,8 +51,9 @@ type Main struct {
 	// Redis holds the shared-state settings (redis.go).
 	Redis RedisOptions
 
-	fleet  *fleet.Store // opened from Redis by Run
-	logOut io.Writer    // where Run writes JSON logs when Logger is nil
+	fleet  *fleet.Store   // opened from Redis by Run
+	health *fleet.Monitor // checks fleet; nil without Redis
+	logOut io.Writer      // where Run writes JSON logs when Logger is nil
 
 	// config, when set, is used instead of reading ConfigPath (demo, tests).
 	config *regions.Config
@@ -144,7 +145,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.fleet != nil {
 		defer m.fleet.Close()
 		fleet.RouteRedisLogs(log)
-		log.Info("shared state in redis", "addr", m.Redis.Addr)
+		// Logs "shared state in redis" once Redis answered, or warns that
+		// it does not; then each time that changes.
+		m.health = fleet.NewMonitor(m.fleet, fleet.WithLogger(log))
+		defer m.health.Close()
+		ob.metrics.Redis(func() bool { return m.health.Health().Up }, func() uint64 { return m.health.Health().Errors })
 	}
 	live, err := m.openConfig(ctx, log)
 	if err != nil || live == nil {

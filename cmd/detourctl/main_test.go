@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/detour-dev/detour/internal/devetcd"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -305,6 +306,7 @@ func TestStatus(t *testing.T) {
 	for _, want := range []string{
 		"instance   region r, zone r-1",
 		"config     etcd:/detour/config, revision 9, applied ",
+		"shared     none (no --redis-addr): cache, cooldowns and limits are local to this instance\n",
 		"BACKEND  REGION      ZONE  KIND    DRAINED  BREAKER  IN-FLIGHT",
 		"a        r           -     openai  no       closed   0",
 		"b        r           -     openai  yes      closed   0",
@@ -327,5 +329,33 @@ func TestStatus(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(out), &js); err != nil || js.ConfigRevision != "9" || len(js.Backends) != 3 || !js.Backends[1].Drained {
 		t.Errorf("status -o json = %+v (%v):\n%s", js, err, out)
+	}
+}
+
+// TestSharedStateLine guards the status line on the Redis the replicas
+// share.
+func TestSharedStateLine(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	since := timestamppb.New(now.Add(-90 * time.Second))
+	tests := []struct {
+		name string
+		s    *detourv1.SharedStateStatus
+		want string
+	}{
+		{name: "no redis", want: "none (no --redis-addr): cache, cooldowns and limits are local to this instance"},
+		{name: "not checked", s: &detourv1.SharedStateStatus{Addr: "redis:6379"}, want: "redis redis:6379: not checked yet"},
+		{name: "up", s: &detourv1.SharedStateStatus{Addr: "redis:6379", Checked: true, Up: true, Since: since},
+			want: "redis redis:6379: up since 2026-05-01T11:58:30Z (1m30s ago); 0 errors"},
+		{name: "down", s: &detourv1.SharedStateStatus{Addr: "redis:6379", Checked: true, Since: since, Errors: 1,
+			LastError: "dial tcp 10.0.0.9:6379: connect: connection refused"},
+			want: "redis redis:6379: UNREACHABLE since 2026-05-01T11:58:30Z (1m30s ago): cache, cooldowns and limits are local to this instance; " +
+				"1 error, last: dial tcp 10.0.0.9:6379: connect: connection refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(sharedState(tt.s, now), tt.want); diff != "" {
+				t.Errorf("(-got +want):\n%s", diff)
+			}
+		})
 	}
 }

@@ -65,6 +65,7 @@ func printStatus(w io.Writer, st *detourv1.StatusResponse, now time.Time) {
 			fmt.Fprintf(w, "             - %s\n", reason)
 		}
 	}
+	fmt.Fprintf(w, "shared     %s\n", sharedState(st.GetSharedState(), now))
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "BACKEND\tREGION\tZONE\tKIND\tDRAINED\tBREAKER\tIN-FLIGHT")
@@ -77,6 +78,29 @@ func printStatus(w io.Writer, st *detourv1.StatusResponse, now time.Time) {
 			map[bool]string{true: "yes", false: "no"}[b.GetDrained()], b.GetBreakerState(), b.GetInFlight())
 	}
 	tw.Flush()
+}
+
+// sharedState describes the health of the Redis the replicas share.
+func sharedState(s *detourv1.SharedStateStatus, now time.Time) string {
+	if s == nil {
+		return "none (no --redis-addr): cache, cooldowns and limits are local to this instance"
+	}
+	if !s.GetChecked() {
+		return fmt.Sprintf("redis %s: not checked yet", s.GetAddr())
+	}
+	since := "-"
+	if s.GetSince() != nil {
+		t := s.GetSince().AsTime()
+		since = fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), now.Sub(t).Round(time.Second))
+	}
+	errs := fmt.Sprintf("%d %s", s.GetErrors(), plural(int(s.GetErrors()), "error", "errors"))
+	if s.GetLastError() != "" {
+		errs += ", last: " + s.GetLastError()
+	}
+	if s.GetUp() {
+		return fmt.Sprintf("redis %s: up since %s; %s", s.GetAddr(), since, errs)
+	}
+	return fmt.Sprintf("redis %s: UNREACHABLE since %s: cache, cooldowns and limits are local to this instance; %s", s.GetAddr(), since, errs)
 }
 
 func kindName(k detourv1.ProviderKind) string {

@@ -71,6 +71,9 @@ type StatusResponse struct {
 	Backends      []*BackendStatus       `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
 	Region        string                 `protobuf:"bytes,6,opt,name=region,proto3" json:"region,omitempty"`
 	Zone          string                 `protobuf:"bytes,7,opt,name=zone,proto3" json:"zone,omitempty"`
+	// shared_state is the health of the Redis the replicas share, as this
+	// instance sees it; absent when it has none (no --redis-addr).
+	SharedState   *SharedStateStatus `protobuf:"bytes,8,opt,name=shared_state,json=sharedState,proto3" json:"shared_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +157,106 @@ func (x *StatusResponse) GetZone() string {
 	return ""
 }
 
+func (x *StatusResponse) GetSharedState() *SharedStateStatus {
+	if x != nil {
+		return x.SharedState
+	}
+	return nil
+}
+
+// SharedStateStatus is the health of the Redis the replicas share: the
+// cache tier, breaker cooldowns and fleet-wide qps limits. While it does not
+// answer, the instance keeps all three to itself.
+type SharedStateStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// addr is Redis's host:port.
+	Addr string `protobuf:"bytes,1,opt,name=addr,proto3" json:"addr,omitempty"`
+	// checked is false until the first health check (a PING a second) ended.
+	Checked bool `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
+	// up: Redis answered the last health check.
+	Up bool `protobuf:"varint,3,opt,name=up,proto3" json:"up,omitempty"`
+	// since is when up last changed.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// errors counts the Redis operations and health checks that failed since
+	// the instance started; last_error is the last one's error.
+	Errors        uint64 `protobuf:"varint,5,opt,name=errors,proto3" json:"errors,omitempty"`
+	LastError     string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedStateStatus) Reset() {
+	*x = SharedStateStatus{}
+	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedStateStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedStateStatus) ProtoMessage() {}
+
+func (x *SharedStateStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedStateStatus.ProtoReflect.Descriptor instead.
+func (*SharedStateStatus) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SharedStateStatus) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *SharedStateStatus) GetChecked() bool {
+	if x != nil {
+		return x.Checked
+	}
+	return false
+}
+
+func (x *SharedStateStatus) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *SharedStateStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *SharedStateStatus) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *SharedStateStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // Rejection is a config document that failed validation.
 type Rejection struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -166,7 +269,7 @@ type Rejection struct {
 
 func (x *Rejection) Reset() {
 	*x = Rejection{}
-	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	mi := &file_detour_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +281,7 @@ func (x *Rejection) String() string {
 func (*Rejection) ProtoMessage() {}
 
 func (x *Rejection) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	mi := &file_detour_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +294,7 @@ func (x *Rejection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
 func (*Rejection) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Rejection) GetRevision() int64 {
@@ -233,7 +336,7 @@ type BackendStatus struct {
 
 func (x *BackendStatus) Reset() {
 	*x = BackendStatus{}
-	mi := &file_detour_v1_admin_proto_msgTypes[3]
+	mi := &file_detour_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +348,7 @@ func (x *BackendStatus) String() string {
 func (*BackendStatus) ProtoMessage() {}
 
 func (x *BackendStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[3]
+	mi := &file_detour_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +361,7 @@ func (x *BackendStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendStatus.ProtoReflect.Descriptor instead.
 func (*BackendStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BackendStatus) GetName() string {
@@ -326,7 +429,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[4]
+	mi := &file_detour_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +441,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[4]
+	mi := &file_detour_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +454,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DrainRequest) GetBackend() string {
@@ -369,7 +472,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	mi := &file_detour_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +484,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	mi := &file_detour_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +497,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type UndrainRequest struct {
@@ -406,7 +509,7 @@ type UndrainRequest struct {
 
 func (x *UndrainRequest) Reset() {
 	*x = UndrainRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	mi := &file_detour_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +521,7 @@ func (x *UndrainRequest) String() string {
 func (*UndrainRequest) ProtoMessage() {}
 
 func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	mi := &file_detour_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +534,7 @@ func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainRequest.ProtoReflect.Descriptor instead.
 func (*UndrainRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UndrainRequest) GetBackend() string {
@@ -449,7 +552,7 @@ type UndrainResponse struct {
 
 func (x *UndrainResponse) Reset() {
 	*x = UndrainResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	mi := &file_detour_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +564,7 @@ func (x *UndrainResponse) String() string {
 func (*UndrainResponse) ProtoMessage() {}
 
 func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	mi := &file_detour_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +577,7 @@ func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainResponse.ProtoReflect.Descriptor instead.
 func (*UndrainResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 var File_detour_v1_admin_proto protoreflect.FileDescriptor
@@ -482,7 +585,7 @@ var File_detour_v1_admin_proto protoreflect.FileDescriptor
 const file_detour_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15detour/v1/admin.proto\x12\tdetour.v1\x1a\x16detour/v1/router.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
-	"\rStatusRequest\"\xb8\x02\n" +
+	"\rStatusRequest\"\xf9\x02\n" +
 	"\x0eStatusResponse\x12'\n" +
 	"\x0fconfig_revision\x18\x01 \x01(\x03R\x0econfigRevision\x12#\n" +
 	"\rconfig_source\x18\x02 \x01(\tR\fconfigSource\x129\n" +
@@ -491,7 +594,16 @@ const file_detour_v1_admin_proto_rawDesc = "" +
 	"\x0elast_rejection\x18\x04 \x01(\v2\x14.detour.v1.RejectionR\rlastRejection\x124\n" +
 	"\bbackends\x18\x05 \x03(\v2\x18.detour.v1.BackendStatusR\bbackends\x12\x16\n" +
 	"\x06region\x18\x06 \x01(\tR\x06region\x12\x12\n" +
-	"\x04zone\x18\a \x01(\tR\x04zone\"m\n" +
+	"\x04zone\x18\a \x01(\tR\x04zone\x12?\n" +
+	"\fshared_state\x18\b \x01(\v2\x1c.detour.v1.SharedStateStatusR\vsharedState\"\xba\x01\n" +
+	"\x11SharedStateStatus\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x18\n" +
+	"\achecked\x18\x02 \x01(\bR\achecked\x12\x0e\n" +
+	"\x02up\x18\x03 \x01(\bR\x02up\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06errors\x18\x05 \x01(\x04R\x06errors\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\"m\n" +
 	"\tRejection\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
@@ -528,36 +640,39 @@ func file_detour_v1_admin_proto_rawDescGZIP() []byte {
 	return file_detour_v1_admin_proto_rawDescData
 }
 
-var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_detour_v1_admin_proto_goTypes = []any{
 	(*StatusRequest)(nil),         // 0: detour.v1.StatusRequest
 	(*StatusResponse)(nil),        // 1: detour.v1.StatusResponse
-	(*Rejection)(nil),             // 2: detour.v1.Rejection
-	(*BackendStatus)(nil),         // 3: detour.v1.BackendStatus
-	(*DrainRequest)(nil),          // 4: detour.v1.DrainRequest
-	(*DrainResponse)(nil),         // 5: detour.v1.DrainResponse
-	(*UndrainRequest)(nil),        // 6: detour.v1.UndrainRequest
-	(*UndrainResponse)(nil),       // 7: detour.v1.UndrainResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(ProviderKind)(0),             // 9: detour.v1.ProviderKind
+	(*SharedStateStatus)(nil),     // 2: detour.v1.SharedStateStatus
+	(*Rejection)(nil),             // 3: detour.v1.Rejection
+	(*BackendStatus)(nil),         // 4: detour.v1.BackendStatus
+	(*DrainRequest)(nil),          // 5: detour.v1.DrainRequest
+	(*DrainResponse)(nil),         // 6: detour.v1.DrainResponse
+	(*UndrainRequest)(nil),        // 7: detour.v1.UndrainRequest
+	(*UndrainResponse)(nil),       // 8: detour.v1.UndrainResponse
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(ProviderKind)(0),             // 10: detour.v1.ProviderKind
 }
 var file_detour_v1_admin_proto_depIdxs = []int32{
-	8, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
-	2, // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
-	3, // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
-	8, // 3: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
-	9, // 4: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
-	0, // 5: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
-	4, // 6: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
-	6, // 7: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
-	1, // 8: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
-	5, // 9: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
-	7, // 10: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	9,  // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
+	3,  // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
+	4,  // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
+	2,  // 3: detour.v1.StatusResponse.shared_state:type_name -> detour.v1.SharedStateStatus
+	9,  // 4: detour.v1.SharedStateStatus.since:type_name -> google.protobuf.Timestamp
+	9,  // 5: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
+	10, // 6: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
+	0,  // 7: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
+	5,  // 8: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
+	7,  // 9: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
+	1,  // 10: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
+	6,  // 11: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
+	8,  // 12: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_admin_proto_init() }
@@ -572,7 +687,7 @@ func file_detour_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_admin_proto_rawDesc), len(file_detour_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
