@@ -18,7 +18,7 @@ import (
 )
 
 func init() {
-	register("busy", "issue 3's seed: a busy primary (A: client retry recipe direct; B: through detour), success, amplification, breaker timing", busy)
+	register("busy", "a capped primary that turns busy, a second region and a fallback: a client's usual retry recipe calling the primary direct (A) vs through detour (B); success, upstream amplification, failures before the breaker opens", busy)
 }
 
 type busyOpts struct {
@@ -170,9 +170,9 @@ func busy(ctx context.Context, args []string) error {
 		if r.failedWin > 0 || r.breakerAt < 0 {
 			miss = append(miss, "client calls failed before the breaker opened (or it never did)")
 		}
-		fmt.Printf("B against issue 3's targets: %s\n\n", verdictList(miss))
+		fmt.Printf("B against its targets: %s\n\n", verdictList(miss))
 		if len(miss) > 0 {
-			return fmt.Errorf("B missed: %s", strings.Join(miss, "; "))
+			return missed("B: %s", strings.Join(miss, "; "))
 		}
 	}
 	return nil
@@ -292,7 +292,7 @@ func busyRun(ctx context.Context, mode string, o busyOpts) (busyResult, error) {
 	return res, nil
 }
 
-// clientRecipe is the common client recipe of issue 3 against an OpenAI
+// clientRecipe is the common client retry recipe against an OpenAI
 // endpoint: up to 3 attempts; between them 2^n s plus up to 1 s of jitter
 // (n = failed attempts so far, capped at 30 s); a timeout per call; a
 // client-side token bucket at the provider's QPS that every attempt waits on.
