@@ -163,7 +163,7 @@ func busy(ctx context.Context, args []string) error {
 		}
 	}
 	if len(misses) > 0 {
-		return fmt.Errorf("missed: %s", strings.Join(misses, " | "))
+		return missed("%s", strings.Join(misses, " | "))
 	}
 	return nil
 }

@@ -605,7 +605,7 @@ func chaos(ctx context.Context, args []string) error {
 		machine(), loadavg(), o.rate, o.dur, o.faultAt, o.attemptTimeout, o.maxInflight, o.deadline, time.Since(started).Round(time.Second))
 	fmt.Println(mdTable([]string{"case", "fault", "client success", "p99 ms", "amplification", "errors", "verdict", "criterion / note"}, rows))
 	if failed > 0 {
-		return fmt.Errorf("%d of %d chaos cases failed", failed, len(cases))
+		return missed("%d of %d chaos cases failed their criterion", failed, len(cases))
 	}
 	return nil
 }

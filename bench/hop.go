@@ -241,7 +241,7 @@ func hop(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("Targets:\n\n%s\n", mdTable([]string{"ratio", "measured", "target", "verdict"}, rows))
 	if failed > 0 {
-		return fmt.Errorf("%d of %d hop targets missed", failed, len(checks))
+		return missed("%d of %d hop targets", failed, len(checks))
 	}
 	return nil
 }

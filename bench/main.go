@@ -2,8 +2,14 @@
 // needs on loopback (fakellm and detour as child processes built from
 // cmd/fakellm and cmd/detour, so the process measured does not share the load
 // generator's Go runtime), drives load bounded in count and time with a Go
-// load generator on the real gRPC client, prints a Markdown table on stdout,
-// and exits non-zero when a pass criterion or target is missed.
+// load generator on the real gRPC client, and prints a Markdown table on
+// stdout with a verdict per target.
+//
+// Exit status: 0 every target and pass criterion met; 3 the scenario ran to
+// the end and missed one ("bench NAME: MISS: ..." on stderr, MISS in the
+// table); 1 it could not run or measured nothing (a process that did not
+// start, a first call that failed, a baseline that was not fault-free); 2 a
+// bad command line.
 //
 //	go run ./bench list                 # the scenarios
 //	go run ./bench <scenario> -h        # its flags
@@ -46,6 +52,22 @@ func register(name, summary string, run func(context.Context, []string) error) {
 	scenarios[name] = scenario{name: name, summary: summary, run: run}
 }
 
+// errMiss marks a scenario that ran to the end and missed a target or pass
+// criterion: main exits 3 for it, and 1 for any other error.
+var errMiss = errors.New("MISS")
+
+// missed reports the targets or criteria a scenario missed after it ran.
+func missed(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errMiss, fmt.Sprintf(format, args...))
+}
+
+// Exit statuses (see the package comment).
+const (
+	exitFailed = 1
+	exitUsage  = 2
+	exitMissed = 3
+)
+
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: go run ./bench <scenario> [flags]\n\nscenarios:")
 	names := make([]string, 0, len(scenarios))
@@ -56,13 +78,14 @@ func usage() {
 	for _, n := range names {
 		fmt.Fprintf(os.Stderr, "  %-12s %s\n", n, scenarios[n].summary)
 	}
+	fmt.Fprintln(os.Stderr, "\nexit status: 0 every target met; 3 a target or pass criterion missed (MISS);\n1 the scenario could not run; 2 a bad command line")
 }
 
 func main() {
 	if len(os.Args) < 2 || os.Args[1] == "list" || os.Args[1] == "-h" || os.Args[1] == "--help" {
 		usage()
 		if len(os.Args) < 2 {
-			os.Exit(2)
+			os.Exit(exitUsage)
 		}
 		return
 	}
@@ -70,7 +93,7 @@ func main() {
 	if !ok {
 		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q\n", os.Args[1])
 		usage()
-		os.Exit(2)
+		os.Exit(exitUsage)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := s.run(ctx, os.Args[2:])
@@ -79,8 +102,12 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errMiss):
 		fmt.Fprintf(os.Stderr, "bench %s: %v\n", s.name, err)
-		os.Exit(1)
+		os.Exit(exitMissed)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "bench %s: failed to run: %v\n", s.name, err)
+		os.Exit(exitFailed)
 	}
 }

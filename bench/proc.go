@@ -668,3 +668,18 @@ func alternate(ctx context.Context, rounds, n int, measure func(round, i int) er
 	}
 	return nil
 }
+
+// logSays reports whether the log file at path holds s, reading it until it
+// does or wait passes.
+func logSays(path, s string, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), s) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -109,10 +109,10 @@ func seq(ctx context.Context, args []string) error {
 	v50, v99 := verdict(added50 <= *bound), verdict(added99 <= *bound)
 	fmt.Printf("Target: added p50 <= %s ms: %s (%s ms); added p99 <= %s ms: %s (%s ms).\n\n", ms(*bound), v50, ms(added50), ms(*bound), v99, ms(added99))
 	if sums[0].OK != sums[0].N || sums[1].OK != sums[1].N {
-		return fmt.Errorf("calls failed: direct %s, routed %s", sums[0].codesText(), sums[1].codesText())
+		return missed("calls failed: direct %s, routed %s", sums[0].codesText(), sums[1].codesText())
 	}
 	if added50 > *bound {
-		return fmt.Errorf("added p50 %s ms over the %s ms target", ms(added50), ms(*bound))
+		return missed("added p50 %s ms over the %s ms target", ms(added50), ms(*bound))
 	}
 	return nil
 }

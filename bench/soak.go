@@ -236,7 +236,7 @@ wait:
 	}
 	fmt.Printf("\nVerdict: %s\n\n", v)
 	if len(why) > 0 {
-		return fmt.Errorf("soak failed: %s", strings.Join(why, "; "))
+		return missed("%s", strings.Join(why, "; "))
 	}
 	return nil
 }

@@ -170,6 +170,7 @@ func TestDashboard(t *testing.T) {
 		"detour_retries_total", "detour_retry_budget_exhausted_total",
 		"detour_upstream_connections_total", // pool use
 		"detour_config_revision",
+		"detour_fleet_redis_up", "detour_fleet_redis_errors_total", // shared state
 	} {
 		if !used[m] {
 			t.Errorf("no panel shows %s", m)
@@ -282,6 +283,7 @@ func TestRulesUseKnownMetrics(t *testing.T) {
 		"DetourConfigRejected":       "warning",
 		"DetourServingLastKnownGood": "warning",
 		"DetourShedding":             "warning",
+		"DetourRedisUnreachable":     "warning",
 	}
 	for a, sev := range want {
 		if got, ok := alerts[a]; !ok || got != sev {

@@ -427,6 +427,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"client CA without certificate", []string{"--set", "tls.clientCASecretName=detour-client-ca"}, "tls.clientCASecretName needs tls.secretName"},
 		{"auth tls without client CA", []string{"--set", "auth.mode=tls", "--set", "tls.secretName=detour-tls"}, "auth.mode=tls needs tls.clientCASecretName"},
 		{"health port taken", []string{"--set", "tls.secretName=detour-tls", "--set", "ports.health=50052"}, "ports.health (50052) must differ"},
+		{"kubernetes before 1.30", []string{"--kube-version", "1.29.3"}, "detour needs Kubernetes 1.30 or later (gRPC probes, the preStop sleep action); the target is v1.29.3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -435,6 +436,19 @@ func TestChartRejectsBadValues(t *testing.T) {
 				t.Errorf("helm template %q: %v, want an error about %s", tt.args, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestChartRendersWithoutKubeVersion: `helm template` and `helm lint` with
+// no flags work whichever helm renders: one built from source (tools/go.mod,
+// as the README builds it) renders for Kubernetes v1.20.0 by default, which
+// the version check lets through when no cluster is behind it; a supported
+// version given with --kube-version renders too.
+func TestChartRendersWithoutKubeVersion(t *testing.T) {
+	for _, v := range []string{"v1.20.0", "1.30.0", "1.37.1"} {
+		if _, err := helmTemplate(t, "--kube-version", v); err != nil {
+			t.Errorf("helm template --kube-version %s: %v", v, err)
+		}
 	}
 }
 

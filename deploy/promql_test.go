@@ -37,6 +37,8 @@ var metricLabels = map[string][]string{
 	"detour_config_rejections_total":          {},
 	"detour_config_last_known_good":           {},
 	"detour_config_applied_timestamp_seconds": {},
+	"detour_fleet_redis_up":                   {},
+	"detour_fleet_redis_errors_total":         {},
 }
 
 var histograms = []string{

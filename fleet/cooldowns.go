@@ -88,7 +88,7 @@ type Cooldowns struct {
 	wg     sync.WaitGroup
 }
 
-// Option configures a Cooldowns or a Limiter.
+// Option configures a Cooldowns, a Limiter or a Monitor.
 type Option func(*options)
 
 type options struct {
@@ -100,7 +100,7 @@ type options struct {
 // time.Now. now must be safe for concurrent use and must not block.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
-// WithLogger sets where Redis trouble is logged. The default is
+// WithLogger sets where Redis trouble (and a Monitor's changes) is logged. The default is
 // slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 

@@ -6,13 +6,16 @@
 // bounds every operation with a short timeout and, after a failure, leaves
 // Redis alone for a backoff period; during it each replica uses only what it
 // knows itself (its own breakers, its share of each qps limit). No caller
-// ever sees an error caused by Redis alone.
+// ever sees an error caused by Redis alone; an operator is told by a
+// Monitor, which checks Redis every second and logs each change.
 //
 //	store, err := fleet.Open(cfg.Redis) // nil Store when no Redis is configured
 //	if err != nil {
 //		return err
 //	}
 //	defer store.Close()
+//	health := fleet.NewMonitor(store) // logs when Redis stops and starts answering
+//	defer health.Close()
 //	cooldowns := fleet.NewCooldowns(store)
 //	defer cooldowns.Close()
 //	limits := fleet.NewLimiter(store, 0) // 0: cfg.Redis.Replicas

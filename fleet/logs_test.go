@@ -19,3 +19,14 @@ func TestRedisLoggerWritesSlog(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisLoggerLeavesOutFailedDials: Monitor reports an outage once;
+// go-redis's line for every failed dial is not repeated.
+func TestRedisLoggerLeavesOutFailedDials(t *testing.T) {
+	var buf bytes.Buffer
+	l := redisLogger{slog.New(slog.NewJSONHandler(&buf, nil))}
+	l.Printf(context.Background(), "redis: connection pool: failed to dial after %d attempts: %v", 1, "dial tcp 127.0.0.1:1: connect: connection refused")
+	if buf.Len() != 0 {
+		t.Errorf("logged %s", buf.String())
+	}
+}

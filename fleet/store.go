@@ -123,6 +123,10 @@ type Store struct {
 	recovered atomic.Uint64
 	// ops counts the Redis operations attempted (for benchmarks and tests).
 	ops atomic.Uint64
+	// failures counts the operations and health checks that failed;
+	// lastErr holds the last one's error text.
+	failures atomic.Uint64
+	lastErr  atomic.Pointer[string]
 }
 
 // Open returns the Store for cfg. It does no I/O: connections are made on
@@ -158,9 +162,12 @@ func Open(cfg Config) (*Store, error) {
 		// multiply it.
 		ContextTimeoutEnabled: true,
 		MaxRetries:            -1,
-		DialTimeout:           time.Second,
-		ReadTimeout:           time.Second,
-		WriteTimeout:          time.Second,
+		// One dial per operation, for the same reason (go-redis would
+		// otherwise dial 5 times, 100ms apart, and log each failure).
+		DialerRetries: 1,
+		DialTimeout:   time.Second,
+		ReadTimeout:   time.Second,
+		WriteTimeout:  time.Second,
 		MaintNotificationsConfig: &maintnotifications.Config{
 			Mode: maintnotifications.ModeDisabled,
 		},
@@ -301,7 +308,53 @@ func (s *Store) Do(ctx context.Context, timeout time.Duration, fn func(ctx conte
 		return err
 	}
 	s.downUntil.Store(s.now().UnixNano() + int64(s.cfg.backoff()))
+	s.failed(err)
 	return fmt.Errorf("fleet: redis: %w", err)
+}
+
+// failed records a failed operation or health check.
+func (s *Store) failed(err error) {
+	s.failures.Add(1)
+	msg := err.Error()
+	s.lastErr.Store(&msg)
+}
+
+// Ping asks Redis for PONG within timeout, bypassing the backoff that Do
+// applies: it is the health check of a Monitor, which must see Redis come
+// back whether or not callers are using it. A failure is counted in Errors
+// but starts no backoff.
+func (s *Store) Ping(ctx context.Context, timeout time.Duration) error {
+	if s == nil {
+		return ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := s.rdb.Ping(ctx).Err()
+	if err != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		s.failed(err)
+	}
+	return err
+}
+
+// Errors returns how many Redis operations (Do) and health checks (Ping)
+// failed, and the last one's error ("" when none did). Operations refused
+// during a backoff, without trying Redis, are not counted.
+func (s *Store) Errors() (n uint64, last string) {
+	if s == nil {
+		return 0, ""
+	}
+	if p := s.lastErr.Load(); p != nil {
+		last = *p
+	}
+	return s.failures.Load(), last
+}
+
+// Addr is the Redis address the Store uses.
+func (s *Store) Addr() string {
+	if s == nil {
+		return ""
+	}
+	return s.cfg.Addr
 }
 
 // Client returns the underlying go-redis client, for subscriptions. Calls

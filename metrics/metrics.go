@@ -271,6 +271,31 @@ func (m *Metrics) Admission(inflight, limit func() int) {
 	}
 }
 
+// Redis registers detour_fleet_redis_up and detour_fleet_redis_errors_total,
+// read from up and errors at each scrape: whether the Redis the replicas
+// share answered its last health check, and how many Redis operations and
+// checks failed. Call it once, for a replica that has a Redis; without one
+// neither series exists (an absent Redis is not a down one). up and errors
+// must be safe for concurrent use and must not block.
+func (m *Metrics) Redis(up func() bool, errors func() uint64) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "detour_fleet_redis_up",
+			Help: "1 while the Redis shared by the replicas answers this replica's health checks (a PING a second); 0 while it does not and cache, cooldowns and limits are local."}, func() float64 {
+			if up() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "detour_fleet_redis_errors_total",
+			Help: "Redis operations and health checks that failed (operations skipped while Redis is left alone after a failure are not counted)."}, func() float64 {
+			return float64(errors())
+		}),
+	)
+}
+
 // FirstChunk records the time to the first chunk of a stream.
 func (m *Metrics) FirstChunk(d time.Duration) {
 	if m == nil {

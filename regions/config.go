@@ -1,12 +1,10 @@
 package regions
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/url"
 	"os"
@@ -306,6 +304,8 @@ var ErrInvalid = errors.New("invalid config")
 // ValidationError lists every reason a document was rejected.
 type ValidationError struct {
 	Reasons []string
+
+	mistyped []string // paths of values that did not decode (see JoinReasons)
 }
 
 func (e *ValidationError) Error() string {
@@ -314,29 +314,35 @@ func (e *ValidationError) Error() string {
 
 func (e *ValidationError) Unwrap() error { return ErrInvalid }
 
-// Parse decodes a YAML (or JSON) document strictly: unknown fields are errors.
-// It does not validate; call Validate.
+// Parse decodes a YAML (or JSON) document strictly: a field the schema
+// lacks, a key given twice or a value of the wrong kind is an error. It does
+// not validate; call Validate.
+//
+// Its error is a *ValidationError with one reason per problem, named by its
+// path in the document and its line ("retry.max_attempt: unknown field, did
+// you mean max_attempts? (line 7)"). For a document that is well-formed YAML
+// Parse also returns, with that error, the Config decoded from everything
+// else, so that its semantic problems can be reported too (JoinReasons;
+// Load does): such a Config must never be served. For malformed YAML the
+// Config is nil.
 func Parse(doc []byte) (*Config, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(doc))
-	dec.KnownFields(true)
-	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, &ValidationError{Reasons: []string{"document is empty"}}
-		}
-		return nil, &ValidationError{Reasons: []string{err.Error()}}
+	c, de := parse(doc)
+	if de == nil {
+		return c, nil
 	}
-	return &c, nil
+	return c, &ValidationError{Reasons: de.reasons, mistyped: de.mistyped}
 }
 
-// Load parses and validates a document.
+// Load parses and validates a document. A document that does not decode is
+// still validated where it can be: the reasons of both are reported.
 func Load(doc []byte) (*Config, error) {
 	c, err := Parse(doc)
-	if err != nil {
+	if c == nil {
 		return nil, err
 	}
-	if err := c.Validate(); err != nil {
-		return nil, err
+	verr := c.Validate()
+	if err != nil || verr != nil {
+		return nil, JoinReasons(err, verr)
 	}
 	return c, nil
 }

@@ -36,8 +36,14 @@ func TestValidateListsEveryReason(t *testing.T) {
 	}{
 		{name: "empty", doc: "", want: []string{"document is empty"}},
 		{name: "no regions", doc: "fallbacks: []\n", want: []string{"regions: at least one region is required"}},
-		{name: "unknown field", doc: "regions: []\nretires: {}\n", want: []string{"yaml: unmarshal errors:\n  line 2: field retires not found in type regions.Config"}},
-		{name: "bad duration", doc: "regions: []\nretry:\n  backoff_base: soon\n", want: []string{`line 3: time: invalid duration "soon"`}},
+		{name: "unknown field", doc: "regions: []\nretires: {}\n", want: []string{
+			"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, tenants (line 2)",
+			"regions: at least one region is required",
+		}},
+		{name: "bad duration", doc: "regions: []\nretry:\n  backoff_base: soon\n", want: []string{
+			`retry.backoff_base: want a duration such as "250ms" or "30s", got "soon" (line 3)`,
+			"regions: at least one region is required",
+		}},
 		{
 			name: "many problems",
 			doc: `regions:

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/detour-dev/detour/internal/devetcd"
+	"github.com/detour-dev/detour/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -227,7 +228,7 @@ func TestWatcherFollowsEtcd(t *testing.T) {
 				"retry.max_attempts: 99 must be in 0..10",
 			}},
 		{name: "not yaml", do: func() int64 { return put("regions: [") },
-			wantReasons: []string{"yaml: line 1: did not find expected node content"}},
+			wantReasons: []string{"line 1: malformed YAML: did not find expected node content"}},
 		{name: "fixed", do: func() int64 { return put(doc("a", "c", "d")) }, wantApplied: []string{"a", "c", "d"}},
 		{name: "drain", do: func() int64 {
 			r, err := s.SetDrained(ctx, "c", true, "")
@@ -393,8 +394,9 @@ func TestWatcherStartsFromLastKnownGoodWhenEtcdIsDown(t *testing.T) {
 	}
 	srv.Stop()
 	rec := &recorder{}
+	var logs testkit.Buffer
 	w, err := NewWatcher(WatcherConfig{Etcd: EtcdConfig{Endpoints: srv.Endpoints()}, Apply: rec.apply,
-		LastKnownGood: lkg, ReadTimeout: 200 * time.Millisecond, Logger: quiet()})
+		LastKnownGood: lkg, ReadTimeout: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,6 +422,15 @@ func TestWatcherStartsFromLastKnownGoodWhenEtcdIsDown(t *testing.T) {
 	}
 	if got := backendNames(rec.last().Config); !cmp.Equal(got, []string{"from-etcd"}) {
 		t.Errorf("after etcd came back: backends %v, want [from-etcd]", got)
+	}
+	// No connection to etcd existed before: none was "lost" or "back".
+	for _, never := range []string{"etcd connection lost", "etcd connection back"} {
+		if strings.Contains(logs.String(), never) {
+			t.Errorf("a start while etcd was down logged %q:\n%s", never, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "etcd unreachable; retrying") {
+		t.Errorf("no word that etcd was unreachable:\n%s", logs.String())
 	}
 }
 

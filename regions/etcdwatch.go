@@ -443,9 +443,9 @@ func (w *Watcher) build(st *keyState) (*Snapshot, []string) {
 		return nil, []string{fmt.Sprintf("no config document at %s", w.keys.Config())}
 	}
 	cfg, err := Parse(st.doc)
-	if err == nil {
+	if cfg != nil { // also when it did not decode: report every reason
 		cfg = withDrained(cfg, drainedNames(st))
-		err = cfg.Validate()
+		err = JoinReasons(err, cfg.Validate())
 	}
 	if err != nil {
 		var ve *ValidationError
@@ -534,19 +534,23 @@ func (w *Watcher) serveLastKnownGood(why string) {
 }
 
 // monitor logs when the connection to etcd is lost and back. The watch
-// itself resumes by the client's reconnection.
+// itself resumes by the client's reconnection. A connection never made is
+// not "lost": run logs that etcd is unreachable (a first start under the
+// last-known-good file had no etcd connection to lose).
 func (w *Watcher) monitor(ctx context.Context, cli *clientv3.Client) {
 	conn := cli.ActiveConnection()
-	lost := false
+	connected, lost := false, false
 	for {
 		s := conn.GetState()
 		switch {
-		case s == connectivity.TransientFailure && !lost:
+		case s == connectivity.Ready:
+			if lost {
+				w.log.Info("etcd connection back")
+			}
+			connected, lost = true, false
+		case s == connectivity.TransientFailure && connected && !lost:
 			lost = true
 			w.log.Warn("etcd connection lost; serving the current config and reconnecting")
-		case s == connectivity.Ready && lost:
-			lost = false
-			w.log.Info("etcd connection back")
 		}
 		if !conn.WaitForStateChange(ctx, s) {
 			return

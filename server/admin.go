@@ -48,6 +48,9 @@ type AdminOptions struct {
 	DrainTimeout time.Duration
 	// Logger receives drains and errors. Nil uses slog.Default().
 	Logger *slog.Logger
+	// SharedState reports the health of the Redis the replicas share
+	// (sharedstate.go). Nil means no Redis: Status has no shared_state.
+	SharedState SharedStateSource
 }
 
 // Admin implements detour.v1.Admin over a router. It is safe for concurrent
@@ -148,6 +151,9 @@ func (a *Admin) Status(ctx context.Context, _ *detourv1.StatusRequest) (*detourv
 			bs.OpenUntil = timestamppb.New(b.OpenUntil)
 		}
 		resp.Backends = append(resp.Backends, bs)
+	}
+	if a.opts.SharedState != nil {
+		resp.SharedState = sharedStateStatus(a.opts.SharedState.Health())
 	}
 	return resp, nil
 }

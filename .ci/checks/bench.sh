@@ -34,20 +34,27 @@
   export DETOUR_BENCH_BIN=$bin
 
   fail=0
+  # bench exits 3 when a scenario ran and missed a criterion, 1 when it
+  # could not run.
+  verdict() { # NAME STATUS
+    case $2 in
+      0) ;;
+      3) echo "bench: FAIL: $1 missed a pass criterion (logs under $out)" >&2; fail=1 ;;
+      *) echo "bench: FAIL: $1 could not run, exit $2 (logs under $out)" >&2; fail=1 ;;
+    esac
+  }
   if [ "${DETOUR_BENCH_SKIP_SOAK:-}" != 1 ]; then
     say "soak, 60 s"
-    if ! DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" soak --duration 60s --rate 200 \
-      --change-every 10s --sample-every 5s --warmup 15s; then
-      echo "bench: FAIL: soak (logs under $out)" >&2
-      fail=1
-    fi
+    status=0
+    DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" soak --duration 60s --rate 200 \
+      --change-every 10s --sample-every 5s --warmup 15s || status=$?
+    verdict soak "$status"
   fi
   if [ "${DETOUR_BENCH_SKIP_CHAOS:-}" != 1 ]; then
     say "chaos suite"
-    if ! DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" chaos --rate 200 --duration 8s; then
-      echo "bench: FAIL: chaos (logs under $out)" >&2
-      fail=1
-    fi
+    status=0
+    DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" chaos --rate 200 --duration 8s || status=$?
+    verdict chaos "$status"
   fi
 
   for target in server:FuzzValidate:80000x server:FuzzCallLine:50000x regions:FuzzLoad:25000x provider:FuzzSSEReader:80000x; do

@@ -2,7 +2,13 @@
 # Debian's redis-server when missing, starts it on a fixed loopback port with
 # no persistence, waits until it answers, and exports DETOUR_TEST_REDIS_ADDR
 # for the cache/ and fleet/ tests.
+#
+# The redis-server keeps running after the script (and .ci/run) ends, as a
+# daemon, so that later runs reuse it. Stop it with
+#   redis-cli -p 6390 shutdown nosave
+# (it keeps nothing on disk); the script says so when it starts one.
 redis_port=6390
+redis_started=
 if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
@@ -12,6 +18,7 @@ if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG; th
   redis-server --bind 127.0.0.1 --port "$redis_port" --protected-mode yes \
     --save '' --appendonly no --dir "$redis_dir" \
     --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+  redis_started=1
 fi
 redis_ok=
 for _ in $(seq 1 100); do # up to ~10 s
@@ -28,4 +35,9 @@ if [ -z "$redis_ok" ]; then
 fi
 export DETOUR_TEST_REDIS_ADDR=127.0.0.1:$redis_port
 echo "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on $DETOUR_TEST_REDIS_ADDR"
-unset redis_port redis_dir redis_ok
+if [ -n "$redis_started" ]; then
+  echo "  started here; it keeps running after this script: stop it with 'redis-cli -p $redis_port shutdown nosave' (log $redis_dir/redis.log)"
+else
+  echo "  already running (started earlier); stop it with 'redis-cli -p $redis_port shutdown nosave'"
+fi
+unset redis_port redis_dir redis_ok redis_started

@@ -122,7 +122,8 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 	defer etcd.Close()
 	m := &Main{Listen: d.Listen, Region: "eu-west", Zone: "eu-west-1a", Grace: 5 * time.Second, Logger: d.Logger, Live: live}
 	m.ready = func(addr net.Addr) {
-		fmt.Fprint(stdout, banner(addr.String(), d.BusyRate, fakes[0].HTTPAddr(), etcd.Endpoints()[0]))
+		// demoBackends starts with eu-west's two (busy) backends.
+		fmt.Fprint(stdout, banner(addr.String(), d.BusyRate, fakes[0].HTTPAddr(), fakes[1].HTTPAddr(), etcd.Endpoints()[0]))
 		if d.ready != nil {
 			d.ready(addr)
 		}
@@ -130,7 +131,7 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 	return m.Run(ctx)
 }
 
-func banner(addr string, busy float64, busyHTTP, etcd string) string {
+func banner(addr string, busy float64, busyA, busyB, etcd string) string {
 	return fmt.Sprintf(`detour demo is running.
 
   router      %[1]s  (detour.v1.Router, health, reflection; plaintext)
@@ -146,9 +147,10 @@ or 'go tool -modfile=tools/go.mod grpcurl' from the repository):
   grpcurl -plaintext -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"tell me a story"}]}' %[1]s detour.v1.Router/StreamComplete
 
 Repeat the call: "servedBy" moves to us-east when eu-west is busy, and "attempts" shows the retry.
-Make eu-west healthy or fully busy while it runs:
+Make eu-west fully busy while it runs ("busy_rate":0 makes it healthy), on both its backends:
 
-  curl -s -X POST -d '{"busy_rate":1}' http://%[3]s/control
+  curl -s -X POST -d '{"busy_rate":1}' http://%[3]s/control   # eu-west-a
+  curl -s -X POST -d '{"busy_rate":1}' http://%[5]s/control   # eu-west-b
 
 Drain the eu-west region on every replica, and watch "servedBy" move away from it:
 
@@ -161,5 +163,5 @@ Or edit the whole document: 'config get > demo.yaml', edit it, 'config apply -f 
 (same --endpoints); a bad edit is refused with every reason and the old config keeps serving.
 
 Ctrl-C stops everything.
-`, addr, int(busy*100), busyHTTP, etcd)
+`, addr, int(busy*100), busyA, etcd, busyB)
 }

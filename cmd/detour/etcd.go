@@ -223,6 +223,9 @@ func (m *Main) startAdmin(l *liveConfig, srv *server.Server, log *slog.Logger, g
 	if l.watcher != nil {
 		opts.Config = l.watcher
 	}
+	if m.health != nil {
+		opts.SharedState = m.health
+	}
 	admin := server.NewAdmin(l.rt, opts)
 	if m.Live.AdminListen == "" {
 		admin.Register(srv.GRPC())

@@ -7,14 +7,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/auth"
@@ -93,7 +96,8 @@ func TestHealthListener(t *testing.T) {
 	if _, err := check(plain(addr), ""); status.Code(err) != codes.Unavailable {
 		t.Errorf("plaintext health check on the mTLS Router port: %v, want Unavailable", err)
 	}
-	// Only health on the probe port: no Router, no reflection.
+	// Only health on the probe port, and reflection, which lists only
+	// health and itself (grpcurl needs it): no Router.
 	probeConn, err := grpc.NewClient(healthAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +105,11 @@ func TestHealthListener(t *testing.T) {
 	defer probeConn.Close()
 	if _, err := detourv1.NewRouterClient(probeConn).Complete(callCtx(t), userReq("hi")); status.Code(err) != codes.Unimplemented {
 		t.Errorf("Router call on the health port: %v, want Unimplemented", err)
+	}
+	if diff := cmp.Diff(listServices(t, probeConn), []string{
+		"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
+	}); diff != "" {
+		t.Errorf("services reflection lists on the health port (-got +want):\n%s", diff)
 	}
 
 	// A call in flight over mTLS holds the drain open.
@@ -149,4 +158,29 @@ func TestHealthListenFlag(t *testing.T) {
 	if _, err := parseServe([]string{"--config", "x.yaml", "--health-listen", "50053"}, io.Discard); !errors.Is(err, errUsage) {
 		t.Errorf("--health-listen 50053: %v, want a usage error", err)
 	}
+}
+
+// listServices asks cc's server reflection for its services, sorted.
+func listServices(t *testing.T, cc *grpc.ClientConn) []string {
+	t.Helper()
+	stream, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(callCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.CloseSend()
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("reflection: %v", err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	slices.Sort(names)
+	return names
 }

@@ -16,7 +16,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, unwatch := exitWithGoRun(ctx, os.Stderr)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	unwatch()
 	stop()
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -37,6 +39,8 @@ commands:
   serve   route detour.v1.Router calls over the backends of a config file
   demo    start a local stack: three simulated regions (one busy), a fallback,
           and the router on 127.0.0.1:50051
+  dev     dev etcd: an etcd for local use on 127.0.0.1:2379, for
+          'serve --etcd-endpoints' and detourctl
 
 Run 'detour <command> -h' for the flags of a command.
 `
@@ -55,6 +59,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return m.Run(ctx)
 	case "demo":
 		d, err := parseDemo(args[1:], stderr)
+		if err != nil {
+			return err
+		}
+		return d.Run(ctx, stdout)
+	case "dev":
+		d, err := parseDev(args[1:], stderr)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -532,6 +533,37 @@ func TestDemoAnswers(t *testing.T) {
 	}
 	if regionsSeen["eu-west"] == 0 || regionsSeen["eu-west"] == 20 {
 		t.Errorf("regions served: %v; want the half-busy eu-west to serve some calls and be routed around for others", regionsSeen)
+	}
+}
+
+// TestDemoBannerMakesEuWestBusy follows the banner's curl lines: posting
+// busy_rate 1 to each makes the whole eu-west region busy, so no call is
+// served there any more.
+func TestDemoBannerMakesEuWestBusy(t *testing.T) {
+	addr, bannerText := startDemo(t, 0)
+	urls := regexp.MustCompile(`curl -s -X POST -d '\{"busy_rate":1\}' (http://\S+/control)   # (eu-west-[ab])\n`).FindAllStringSubmatch(bannerText, -1)
+	if len(urls) != 2 || urls[0][2] != "eu-west-a" || urls[1][2] != "eu-west-b" {
+		t.Fatalf("banner lacks a curl line for each of eu-west-a and eu-west-b:\n%s", bannerText)
+	}
+	for _, u := range urls {
+		resp, err := http.Post(u[1], "application/json", strings.NewReader(`{"busy_rate":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: %s", u[1], resp.Status)
+		}
+	}
+	c := dial(t, addr.String())
+	for i := range 10 {
+		resp, err := c.Complete(callCtx(t), userReq(fmt.Sprint("busy eu-west ", i)))
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if r := resp.GetServedBy().GetRegion(); r == "eu-west" {
+			t.Fatalf("call %d served by eu-west, which the banner's curl lines made fully busy", i)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/fleet"
@@ -51,8 +52,9 @@ type Main struct {
 	// Redis holds the shared-state settings (redis.go).
 	Redis RedisOptions
 
-	fleet  *fleet.Store // opened from Redis by Run
-	logOut io.Writer    // where Run writes JSON logs when Logger is nil
+	fleet  *fleet.Store   // opened from Redis by Run
+	health *fleet.Monitor // checks fleet; nil without Redis
+	logOut io.Writer      // where Run writes JSON logs when Logger is nil
 
 	// config, when set, is used instead of reading ConfigPath (demo, tests).
 	config *regions.Config
@@ -72,7 +74,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	fs.StringVar(&m.Listen, "listen", "127.0.0.1:50051", "address of the detour.v1.Router gRPC listener")
 	fs.StringVar(&m.Region, "region", os.Getenv("DETOUR_REGION"), "region of this instance (env DETOUR_REGION); its backends are tried first")
 	fs.StringVar(&m.Zone, "zone", os.Getenv("DETOUR_ZONE"), "zone of this instance (env DETOUR_ZONE); its backends are preferred")
-	fs.StringVar(&m.HealthListen, "health-listen", "", "address of a plaintext listener serving only grpc.health.v1, for the kubelet's gRPC probes when TLS is on (empty: off)")
+	fs.StringVar(&m.HealthListen, "health-listen", "", "address of a plaintext listener serving only grpc.health.v1 (and reflection, for grpcurl), for the kubelet's gRPC probes when TLS is on (empty: off)")
 	fs.DurationVar(&m.Grace, "grace", 30*time.Second, "how long in-flight calls may run after SIGTERM")
 	fs.IntVar(&m.GCHeapFloorMiB, "gc-heap-floor", 16, "MiB below which the garbage collector's heap goal never falls (fewer GC cycles for a small live heap; 0: plain GOGC; an explicit GOGC env wins)")
 	m.Live.register(fs)
@@ -144,7 +146,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.fleet != nil {
 		defer m.fleet.Close()
 		fleet.RouteRedisLogs(log)
-		log.Info("shared state in redis", "addr", m.Redis.Addr)
+		// Logs "shared state in redis" once Redis answered, or warns that
+		// it does not; then each time that changes.
+		m.health = fleet.NewMonitor(m.fleet, fleet.WithLogger(log))
+		defer m.health.Close()
+		ob.metrics.Redis(func() bool { return m.health.Health().Up }, func() uint64 { return m.health.Health().Errors })
 	}
 	live, err := m.openConfig(ctx, log)
 	if err != nil || live == nil {
@@ -218,7 +224,10 @@ func (m *Main) Run(ctx context.Context) error {
 // startHealth serves srv's grpc.health.v1 statuses alone, in plaintext, on
 // HealthListen: the kubelet's native gRPC probes cannot do TLS. There is no
 // authentication there (health is public on every listener) and nothing but
-// health. stop ends the listener at once; health calls are instant.
+// health, and reflection so that `grpcurl -plaintext ADDR
+// grpc.health.v1.Health/Check` works without a .proto file (it lists only
+// health and itself). stop ends the listener at once; health calls are
+// instant.
 func (m *Main) startHealth(srv *server.Server, log *slog.Logger) (stop func(), err error) {
 	if m.HealthListen == "" {
 		return func() {}, nil
@@ -229,7 +238,8 @@ func (m *Main) startHealth(srv *server.Server, log *slog.Logger) (stop func(), e
 	}
 	gs := grpc.NewServer(auth.ServerHardening(auth.Hardening{})...)
 	healthpb.RegisterHealthServer(gs, srv.HealthServer())
-	log.Info("detour health serving", "addr", lis.Addr().String(), "transport", "plaintext, grpc.health.v1 only")
+	reflection.Register(gs)
+	log.Info("detour health serving", "addr", lis.Addr().String(), "transport", "plaintext, grpc.health.v1 and reflection only")
 	if m.healthReady != nil {
 		m.healthReady(lis.Addr())
 	}

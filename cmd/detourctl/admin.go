@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/auth"
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
 // adminConn says how to reach an instance's detour.v1.Admin service: its
@@ -112,6 +113,11 @@ type adminError struct {
 func (e *adminError) Error() string {
 	st := status.Convert(e.err)
 	msg := fmt.Sprintf("admin %s: %s: %s: %s", e.addr, e.op, codeWords(st.Code()), st.Message())
+	if st.Code() == codes.Unavailable && refused(e.err) {
+		// grpc-go's "connection error: desc = transport: Error while
+		// dialing: dial tcp ...: connect: connection refused", shortened.
+		msg = fmt.Sprintf("admin %s: %s: connection refused", e.addr, e.op)
+	}
 	if e.hint != "" {
 		msg += "\n  hint: " + e.hint
 	}
@@ -134,8 +140,14 @@ func (a *adminConn) explain(op string, err error) error {
 		if a.tokenFile == "" && a.certFile == "" {
 			hint = "with --auth=off detour answers Admin calls from loopback only; otherwise give an admin's --token-file or --tls-cert and --tls-key"
 		}
+	case codes.Unimplemented:
+		if strings.Contains(status.Convert(err).Message(), "unknown service "+detourv1.Admin_ServiceDesc.ServiceName) {
+			hint = a.addr + " serves no detour.v1.Admin: when detour runs with --admin-listen (e.g. 127.0.0.1:50052), the Admin service is there only; point --addr at that address"
+		}
 	case codes.Unavailable:
 		switch {
+		case refused(err):
+			hint = "nothing listens at " + a.addr + ": check --addr (detour's --listen, or its --admin-listen when set) and that detour is running"
 		case !a.tls():
 			hint = "if detour's listener uses TLS, add --tls-ca (and --tls-cert, --tls-key for mutual TLS)"
 		case a.certFile == "":
@@ -145,6 +157,12 @@ func (a *adminConn) explain(op string, err error) error {
 		}
 	}
 	return &adminError{addr: a.addr, op: op, hint: hint, err: err}
+}
+
+// refused reports whether a failed call's connection was refused: nothing
+// listens at the address, which no TLS setting changes.
+func refused(err error) bool {
+	return strings.Contains(status.Convert(err).Message(), "connection refused")
 }
 
 // codeWords spells a gRPC code as words: "permission denied".

@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/auth"
@@ -247,5 +250,72 @@ func TestExitCode(t *testing.T) {
 		if got := exitCode(tt.err); got != tt.want {
 			t.Errorf("%s: exitCode = %d, want %d", tt.name, got, tt.want)
 		}
+	}
+}
+
+// closedAddr returns a loopback address where nothing listens.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
+}
+
+// TestUnreachableHints guards what detourctl says when it reaches nothing:
+// an etcd endpoint where nothing listens is named with "connection refused"
+// at once (not a "context deadline exceeded" when --timeout runs out), a
+// refused Admin address gets no TLS advice, and a Router listener without
+// the Admin service (detour serve --admin-listen) points at the admin port.
+func TestUnreachableHints(t *testing.T) {
+	nothing := closedAddr(t)
+	routerOnly := grpc.NewServer()
+	healthpb.RegisterHealthServer(routerOnly, health.NewServer())
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); routerOnly.Serve(lis) }()
+	defer func() { routerOnly.Stop(); <-done }()
+	router := lis.Addr().String()
+
+	etcdRefused := "etcd unreachable: " + nothing + ": connection refused (nothing listens there)\n" +
+		"  hint: start etcd, or point --endpoints (or $DETOUR_ETCD_ENDPOINTS) at it; for one on this machine, 'detour dev etcd' prints its endpoint"
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{name: "config get, etcd refused", args: []string{"--endpoints", nothing, "--timeout", "60s", "config", "get"}, want: etcdRefused},
+		{name: "drain, etcd refused", args: []string{"drain", "a", "--endpoints", "http://" + nothing, "--timeout", "60s"},
+			want: strings.Replace(etcdRefused, nothing, "http://"+nothing, 1)},
+		{name: "config apply, etcd refused", args: []string{"--endpoints", nothing, "--timeout", "60s", "config", "apply", "-f", writeFile(t, "c.yaml", doc("a"))}, want: etcdRefused},
+		{name: "status, nothing listens", args: []string{"status", "--addr", nothing, "--timeout", "60s"},
+			want: "admin " + nothing + ": status: connection refused\n" +
+				"  hint: nothing listens at " + nothing + ": check --addr (detour's --listen, or its --admin-listen when set) and that detour is running"},
+		{name: "status, nothing listens, TLS flags given", args: []string{"status", "--addr", nothing, "--tls-server-name", "detour"},
+			want: "admin " + nothing + ": status: connection refused\n" +
+				"  hint: nothing listens at " + nothing + ": check --addr (detour's --listen, or its --admin-listen when set) and that detour is running"},
+		{name: "status on the Router port", args: []string{"status", "--addr", router},
+			want: "admin " + router + ": status: unimplemented: unknown service detour.v1.Admin\n" +
+				"  hint: " + router + " serves no detour.v1.Admin: when detour runs with --admin-listen (e.g. 127.0.0.1:50052), the Admin service is there only; point --addr at that address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := ctl(t, tt.args...)
+			if err == nil {
+				t.Fatal("succeeded")
+			}
+			if diff := cmp.Diff(err.Error(), tt.want); diff != "" {
+				t.Errorf("error (-got +want):\n%s", diff)
+			}
+			if code := exitCode(err); code != 1 {
+				t.Errorf("exit code %d, want 1", code)
+			}
+		})
 	}
 }

@@ -28,8 +28,10 @@ type validation struct {
 // this machine; the replicas still check them before they apply.
 func validate(file string, doc []byte, secrets bool) validation {
 	v := validation{File: file}
+	// A document that does not decode comes with the rest of it, decoded:
+	// its semantic problems are reported too.
 	cfg, err := regions.Parse(doc)
-	if err == nil {
+	if cfg != nil {
 		v.Regions, v.Fallback = len(cfg.Regions), len(cfg.Fallbacks)
 		for _, r := range cfg.Regions {
 			v.Backends += len(r.Backends)
@@ -37,7 +39,7 @@ func validate(file string, doc []byte, secrets bool) validation {
 		if !secrets {
 			cfg = withoutSecretRefs(cfg)
 		}
-		err = cfg.Validate()
+		err = regions.JoinReasons(err, cfg.Validate())
 	}
 	var ve *regions.ValidationError
 	switch {
@@ -171,14 +173,14 @@ func configApply(ctx context.Context, g *globals, args []string, stdout, stderr 
 	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	st, closeStore, err := g.store()
+	st, closeStore, err := g.store(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 	cur, err := st.Get(ctx)
 	if err != nil {
-		return err
+		return g.explainEtcd(err)
 	}
 	base := cur.ModRevision
 	if *expect >= 0 {
@@ -194,7 +196,7 @@ func configApply(ctx context.Context, g *globals, args []string, stdout, stderr 
 			return fmt.Errorf("conflict: %w\nnothing was written; run 'detourctl config get' to see the current document, merge your edit, and apply again", err)
 		}
 		if err != nil {
-			return err
+			return g.explainEtcd(err)
 		}
 		out.Revision = rev
 	}
@@ -230,14 +232,14 @@ func configGet(ctx context.Context, g *globals, args []string, stdout, stderr io
 	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	st, closeStore, err := g.store()
+	st, closeStore, err := g.store(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 	d, err := st.Get(ctx)
 	if err != nil {
-		return err
+		return g.explainEtcd(err)
 	}
 	if d.Doc == nil {
 		return fmt.Errorf("no config document at %s (apply one with 'detourctl config apply -f FILE')", st.Keys().Config())

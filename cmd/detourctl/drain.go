@@ -44,7 +44,7 @@ func setDrained(ctx context.Context, g *globals, args []string, stdout, stderr i
 	backend := pos[0]
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	st, closeStore, err := g.store()
+	st, closeStore, err := g.store(ctx)
 	if err != nil {
 		return err
 	}
@@ -52,7 +52,7 @@ func setDrained(ctx context.Context, g *globals, args []string, stdout, stderr i
 	if !*force {
 		d, err := st.Get(ctx)
 		if err != nil {
-			return err
+			return g.explainEtcd(err)
 		}
 		if err := checkDrain(d, st.Keys(), backend, drained); err != nil {
 			return err
@@ -60,7 +60,7 @@ func setDrained(ctx context.Context, g *globals, args []string, stdout, stderr i
 	}
 	rev, err := st.SetDrained(ctx, backend, drained, drainNote(name))
 	if err != nil {
-		return err
+		return g.explainEtcd(err)
 	}
 	res := drainResult{Backend: backend, Drained: drained, Key: st.Keys().Drain(backend), Revision: rev}
 	if g.json() {

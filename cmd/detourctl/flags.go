@@ -77,8 +77,12 @@ func (g *globals) register(fs *flag.FlagSet) {
 
 func (g *globals) json() bool { return g.output == "json" }
 
-// store connects to etcd.
-func (g *globals) store() (*regions.Store, func(), error) {
+// store connects to etcd, once some endpoint is seen to accept
+// connections (reachEtcd).
+func (g *globals) store(ctx context.Context) (*regions.Store, func(), error) {
+	if err := reachEtcd(ctx, g.etcd.Endpoints, g.timeout); err != nil {
+		return nil, nil, err
+	}
 	cli, err := g.etcd.Client()
 	if err != nil {
 		return nil, nil, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/detour-dev/detour/internal/devetcd"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -74,6 +75,7 @@ retry:
 func TestConfigValidate(t *testing.T) {
 	good := writeFile(t, "good.yaml", doc("a", "b"))
 	bad := writeFile(t, "bad.yaml", badDoc)
+	typo := writeFile(t, "typo.yaml", doc("a")+"retry:\n  max_attempt: 3\n  backof_base: 25ms\n  budget_ratio: 2\n")
 	secret := writeFile(t, "secret.yaml", doc("a")+"fallbacks:\n  - name: fb\n    endpoint: http://h/v1\n    api_key_env: DETOURCTL_TEST_UNSET_KEY\n")
 	tests := []struct {
 		name    string
@@ -87,6 +89,12 @@ func TestConfigValidate(t *testing.T) {
 			`  - regions[0].backends[0] (a): endpoint "ftp://h" must be an http:// or https:// URL`,
 			"  - regions[0].backends[0] (a): weight 5000 must be in 0..1000",
 			"  - retry.max_attempts: 11 must be in 0..10",
+		}},
+		{name: "decode errors counted and named by path, semantic ones too", args: []string{"config", "validate", "-f", typo}, wantErr: errReported, want: []string{
+			typo + ": invalid, 3 problems:",
+			"  - retry.max_attempt: unknown field, did you mean max_attempts? (line 7)",
+			"  - retry.backof_base: unknown field, did you mean backoff_base? (line 8)",
+			"  - retry.budget_ratio: 2 must be in 0..1",
 		}},
 		{name: "secret not here", args: []string{"config", "validate", "-f", secret}, wantErr: errReported, want: []string{
 			"  - fallbacks[0] (fb): api_key_env DETOURCTL_TEST_UNSET_KEY is not set",
@@ -298,6 +306,7 @@ func TestStatus(t *testing.T) {
 	for _, want := range []string{
 		"instance   region r, zone r-1",
 		"config     etcd:/detour/config, revision 9, applied ",
+		"shared     none (no --redis-addr): cache, cooldowns and limits are local to this instance\n",
 		"budget     0 of 100 extra upstream calls",
 		"BACKEND  REGION      ZONE  KIND    DRAINED  BREAKER  LIMIT  IN-FLIGHT  HELD  QUEUED  BUSY  FLOOR  CAPACITY",
 		"a        r           -     openai  no       closed   256    0          0     0       0%    0%     slow-start",
@@ -321,5 +330,33 @@ func TestStatus(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(out), &js); err != nil || js.ConfigRevision != "9" || len(js.Backends) != 3 || !js.Backends[1].Drained {
 		t.Errorf("status -o json = %+v (%v):\n%s", js, err, out)
+	}
+}
+
+// TestSharedStateLine guards the status line on the Redis the replicas
+// share.
+func TestSharedStateLine(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	since := timestamppb.New(now.Add(-90 * time.Second))
+	tests := []struct {
+		name string
+		s    *detourv1.SharedStateStatus
+		want string
+	}{
+		{name: "no redis", want: "none (no --redis-addr): cache, cooldowns and limits are local to this instance"},
+		{name: "not checked", s: &detourv1.SharedStateStatus{Addr: "redis:6379"}, want: "redis redis:6379: not checked yet"},
+		{name: "up", s: &detourv1.SharedStateStatus{Addr: "redis:6379", Checked: true, Up: true, Since: since},
+			want: "redis redis:6379: up since 2026-05-01T11:58:30Z (1m30s ago); 0 errors"},
+		{name: "down", s: &detourv1.SharedStateStatus{Addr: "redis:6379", Checked: true, Since: since, Errors: 1,
+			LastError: "dial tcp 10.0.0.9:6379: connect: connection refused"},
+			want: "redis redis:6379: UNREACHABLE since 2026-05-01T11:58:30Z (1m30s ago): cache, cooldowns and limits are local to this instance; " +
+				"1 error, last: dial tcp 10.0.0.9:6379: connect: connection refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(sharedState(tt.s, now), tt.want); diff != "" {
+				t.Errorf("(-got +want):\n%s", diff)
+			}
+		})
 	}
 }

@@ -65,6 +65,7 @@ func printStatus(w io.Writer, st *detourv1.StatusResponse, now time.Time) {
 			fmt.Fprintf(w, "             - %s\n", reason)
 		}
 	}
+	fmt.Fprintf(w, "shared     %s\n", sharedState(st.GetSharedState(), now))
 	if rb := st.GetRetryBudget(); rb != nil {
 		fmt.Fprintf(w, "budget     %.0f of %.0f extra upstream calls (retries, hedges, past open breakers) in the last 10s\n", rb.GetSpent(), rb.GetAllowed())
 	}
@@ -82,6 +83,29 @@ func printStatus(w io.Writer, st *detourv1.StatusResponse, now time.Time) {
 			c.GetLimit(), b.GetInFlight(), c.GetHeld(), c.GetQueued(), percent(c.GetBusyShare()), percent(c.GetBusyFloor()), orDash(c.GetState()))
 	}
 	tw.Flush()
+}
+
+// sharedState describes the health of the Redis the replicas share.
+func sharedState(s *detourv1.SharedStateStatus, now time.Time) string {
+	if s == nil {
+		return "none (no --redis-addr): cache, cooldowns and limits are local to this instance"
+	}
+	if !s.GetChecked() {
+		return fmt.Sprintf("redis %s: not checked yet", s.GetAddr())
+	}
+	since := "-"
+	if s.GetSince() != nil {
+		t := s.GetSince().AsTime()
+		since = fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), now.Sub(t).Round(time.Second))
+	}
+	errs := fmt.Sprintf("%d %s", s.GetErrors(), plural(int(s.GetErrors()), "error", "errors"))
+	if s.GetLastError() != "" {
+		errs += ", last: " + s.GetLastError()
+	}
+	if s.GetUp() {
+		return fmt.Sprintf("redis %s: up since %s; %s", s.GetAddr(), since, errs)
+	}
+	return fmt.Sprintf("redis %s: UNREACHABLE since %s: cache, cooldowns and limits are local to this instance; %s", s.GetAddr(), since, errs)
 }
 
 // breakerText is the breaker state, with how long it stays open and whether

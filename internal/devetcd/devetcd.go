@@ -41,6 +41,12 @@ func WithTLS(certFile, keyFile, caFile string) Option {
 	}
 }
 
+// WithClientAddr serves clients on addr ("127.0.0.1:2379") instead of a
+// free loopback port; Start fails when addr is taken.
+func WithClientAddr(addr string) Option {
+	return func(s *Server) { s.clientAddr = addr }
+}
+
 // Server is one embedded etcd member. Its methods are safe for concurrent
 // use; Stop, Restart and Close block until the member has stopped or serves.
 type Server struct {
@@ -52,6 +58,8 @@ type Server struct {
 	etcd    *embed.Etcd
 	servers []*grpc.Server // the member's gRPC servers, to stop them at once
 	tls     *transport.TLSInfo
+	// clientAddr, when set, is the client address to use (WithClientAddr).
+	clientAddr string
 }
 
 // Start starts a member with its data in dir, listening for clients and its
@@ -77,10 +85,13 @@ func Start(dir string, opts ...Option) (*Server, error) {
 	// and retry when another process takes one first.
 	var err error
 	for range 5 {
-		var c, p string
-		if c, err = freeAddr(); err != nil {
-			break
+		c := s.clientAddr
+		if c == "" {
+			if c, err = freeAddr(); err != nil {
+				break
+			}
 		}
+		var p string
 		if p, err = freeAddr(); err != nil {
 			break
 		}

@@ -71,9 +71,12 @@ type StatusResponse struct {
 	Backends      []*BackendStatus       `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
 	Region        string                 `protobuf:"bytes,6,opt,name=region,proto3" json:"region,omitempty"`
 	Zone          string                 `protobuf:"bytes,7,opt,name=zone,proto3" json:"zone,omitempty"`
+	// shared_state is the health of the Redis the replicas share, as this
+	// instance sees it; absent when it has none (no --redis-addr).
+	SharedState *SharedStateStatus `protobuf:"bytes,8,opt,name=shared_state,json=sharedState,proto3" json:"shared_state,omitempty"`
 	// retry_budget is the extra upstream calls (retries, hedges, attempts
 	// past open breakers) spent and allowed in the budget's window.
-	RetryBudget   *RetryBudget `protobuf:"bytes,8,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
+	RetryBudget   *RetryBudget `protobuf:"bytes,9,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,11 +160,112 @@ func (x *StatusResponse) GetZone() string {
 	return ""
 }
 
+func (x *StatusResponse) GetSharedState() *SharedStateStatus {
+	if x != nil {
+		return x.SharedState
+	}
+	return nil
+}
+
 func (x *StatusResponse) GetRetryBudget() *RetryBudget {
 	if x != nil {
 		return x.RetryBudget
 	}
 	return nil
+}
+
+// SharedStateStatus is the health of the Redis the replicas share: the
+// cache tier, breaker cooldowns, fleet-wide qps limits and learned capacity
+// limits. While it does not
+// answer, the instance keeps all three to itself.
+type SharedStateStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// addr is Redis's host:port.
+	Addr string `protobuf:"bytes,1,opt,name=addr,proto3" json:"addr,omitempty"`
+	// checked is false until the first health check (a PING a second) ended.
+	Checked bool `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
+	// up: Redis answered the last health check.
+	Up bool `protobuf:"varint,3,opt,name=up,proto3" json:"up,omitempty"`
+	// since is when up last changed.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// errors counts the Redis operations and health checks that failed since
+	// the instance started; last_error is the last one's error.
+	Errors        uint64 `protobuf:"varint,5,opt,name=errors,proto3" json:"errors,omitempty"`
+	LastError     string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedStateStatus) Reset() {
+	*x = SharedStateStatus{}
+	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedStateStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedStateStatus) ProtoMessage() {}
+
+func (x *SharedStateStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedStateStatus.ProtoReflect.Descriptor instead.
+func (*SharedStateStatus) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SharedStateStatus) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *SharedStateStatus) GetChecked() bool {
+	if x != nil {
+		return x.Checked
+	}
+	return false
+}
+
+func (x *SharedStateStatus) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *SharedStateStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *SharedStateStatus) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *SharedStateStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
 }
 
 // RetryBudget is the retry budget's state over its 10 s window.
@@ -175,7 +279,7 @@ type RetryBudget struct {
 
 func (x *RetryBudget) Reset() {
 	*x = RetryBudget{}
-	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	mi := &file_detour_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +291,7 @@ func (x *RetryBudget) String() string {
 func (*RetryBudget) ProtoMessage() {}
 
 func (x *RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[2]
+	mi := &file_detour_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +304,7 @@ func (x *RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
 func (*RetryBudget) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RetryBudget) GetSpent() float64 {
@@ -229,7 +333,7 @@ type Rejection struct {
 
 func (x *Rejection) Reset() {
 	*x = Rejection{}
-	mi := &file_detour_v1_admin_proto_msgTypes[3]
+	mi := &file_detour_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -241,7 +345,7 @@ func (x *Rejection) String() string {
 func (*Rejection) ProtoMessage() {}
 
 func (x *Rejection) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[3]
+	mi := &file_detour_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -254,7 +358,7 @@ func (x *Rejection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
 func (*Rejection) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Rejection) GetRevision() int64 {
@@ -302,7 +406,7 @@ type BackendStatus struct {
 
 func (x *BackendStatus) Reset() {
 	*x = BackendStatus{}
-	mi := &file_detour_v1_admin_proto_msgTypes[4]
+	mi := &file_detour_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +418,7 @@ func (x *BackendStatus) String() string {
 func (*BackendStatus) ProtoMessage() {}
 
 func (x *BackendStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[4]
+	mi := &file_detour_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +431,7 @@ func (x *BackendStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendStatus.ProtoReflect.Descriptor instead.
 func (*BackendStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BackendStatus) GetName() string {
@@ -430,7 +534,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	mi := &file_detour_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +546,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[5]
+	mi := &file_detour_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +559,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Capacity) GetLimit() int64 {
@@ -516,7 +620,7 @@ type ResetBreakerRequest struct {
 
 func (x *ResetBreakerRequest) Reset() {
 	*x = ResetBreakerRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	mi := &file_detour_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +632,7 @@ func (x *ResetBreakerRequest) String() string {
 func (*ResetBreakerRequest) ProtoMessage() {}
 
 func (x *ResetBreakerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[6]
+	mi := &file_detour_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +645,7 @@ func (x *ResetBreakerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetBreakerRequest.ProtoReflect.Descriptor instead.
 func (*ResetBreakerRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ResetBreakerRequest) GetBackend() string {
@@ -562,7 +666,7 @@ type ResetBreakerResponse struct {
 
 func (x *ResetBreakerResponse) Reset() {
 	*x = ResetBreakerResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	mi := &file_detour_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +678,7 @@ func (x *ResetBreakerResponse) String() string {
 func (*ResetBreakerResponse) ProtoMessage() {}
 
 func (x *ResetBreakerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[7]
+	mi := &file_detour_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +691,7 @@ func (x *ResetBreakerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetBreakerResponse.ProtoReflect.Descriptor instead.
 func (*ResetBreakerResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ResetBreakerResponse) GetWasOpen() bool {
@@ -606,7 +710,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[8]
+	mi := &file_detour_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +722,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[8]
+	mi := &file_detour_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +735,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DrainRequest) GetBackend() string {
@@ -649,7 +753,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[9]
+	mi := &file_detour_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +765,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[9]
+	mi := &file_detour_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +778,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 type UndrainRequest struct {
@@ -686,7 +790,7 @@ type UndrainRequest struct {
 
 func (x *UndrainRequest) Reset() {
 	*x = UndrainRequest{}
-	mi := &file_detour_v1_admin_proto_msgTypes[10]
+	mi := &file_detour_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +802,7 @@ func (x *UndrainRequest) String() string {
 func (*UndrainRequest) ProtoMessage() {}
 
 func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[10]
+	mi := &file_detour_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +815,7 @@ func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainRequest.ProtoReflect.Descriptor instead.
 func (*UndrainRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UndrainRequest) GetBackend() string {
@@ -729,7 +833,7 @@ type UndrainResponse struct {
 
 func (x *UndrainResponse) Reset() {
 	*x = UndrainResponse{}
-	mi := &file_detour_v1_admin_proto_msgTypes[11]
+	mi := &file_detour_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +845,7 @@ func (x *UndrainResponse) String() string {
 func (*UndrainResponse) ProtoMessage() {}
 
 func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_admin_proto_msgTypes[11]
+	mi := &file_detour_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +858,7 @@ func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainResponse.ProtoReflect.Descriptor instead.
 func (*UndrainResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 var File_detour_v1_admin_proto protoreflect.FileDescriptor
@@ -762,7 +866,7 @@ var File_detour_v1_admin_proto protoreflect.FileDescriptor
 const file_detour_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15detour/v1/admin.proto\x12\tdetour.v1\x1a\x16detour/v1/router.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
-	"\rStatusRequest\"\xf3\x02\n" +
+	"\rStatusRequest\"\xb4\x03\n" +
 	"\x0eStatusResponse\x12'\n" +
 	"\x0fconfig_revision\x18\x01 \x01(\x03R\x0econfigRevision\x12#\n" +
 	"\rconfig_source\x18\x02 \x01(\tR\fconfigSource\x129\n" +
@@ -771,8 +875,17 @@ const file_detour_v1_admin_proto_rawDesc = "" +
 	"\x0elast_rejection\x18\x04 \x01(\v2\x14.detour.v1.RejectionR\rlastRejection\x124\n" +
 	"\bbackends\x18\x05 \x03(\v2\x18.detour.v1.BackendStatusR\bbackends\x12\x16\n" +
 	"\x06region\x18\x06 \x01(\tR\x06region\x12\x12\n" +
-	"\x04zone\x18\a \x01(\tR\x04zone\x129\n" +
-	"\fretry_budget\x18\b \x01(\v2\x16.detour.v1.RetryBudgetR\vretryBudget\"=\n" +
+	"\x04zone\x18\a \x01(\tR\x04zone\x12?\n" +
+	"\fshared_state\x18\b \x01(\v2\x1c.detour.v1.SharedStateStatusR\vsharedState\x129\n" +
+	"\fretry_budget\x18\t \x01(\v2\x16.detour.v1.RetryBudgetR\vretryBudget\"\xba\x01\n" +
+	"\x11SharedStateStatus\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x18\n" +
+	"\achecked\x18\x02 \x01(\bR\achecked\x12\x0e\n" +
+	"\x02up\x18\x03 \x01(\bR\x02up\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06errors\x18\x05 \x01(\x04R\x06errors\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\"=\n" +
 	"\vRetryBudget\x12\x14\n" +
 	"\x05spent\x18\x01 \x01(\x01R\x05spent\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x01R\aallowed\"m\n" +
@@ -832,45 +945,48 @@ func file_detour_v1_admin_proto_rawDescGZIP() []byte {
 	return file_detour_v1_admin_proto_rawDescData
 }
 
-var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_detour_v1_admin_proto_goTypes = []any{
 	(*StatusRequest)(nil),         // 0: detour.v1.StatusRequest
 	(*StatusResponse)(nil),        // 1: detour.v1.StatusResponse
-	(*RetryBudget)(nil),           // 2: detour.v1.RetryBudget
-	(*Rejection)(nil),             // 3: detour.v1.Rejection
-	(*BackendStatus)(nil),         // 4: detour.v1.BackendStatus
-	(*Capacity)(nil),              // 5: detour.v1.Capacity
-	(*ResetBreakerRequest)(nil),   // 6: detour.v1.ResetBreakerRequest
-	(*ResetBreakerResponse)(nil),  // 7: detour.v1.ResetBreakerResponse
-	(*DrainRequest)(nil),          // 8: detour.v1.DrainRequest
-	(*DrainResponse)(nil),         // 9: detour.v1.DrainResponse
-	(*UndrainRequest)(nil),        // 10: detour.v1.UndrainRequest
-	(*UndrainResponse)(nil),       // 11: detour.v1.UndrainResponse
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(ProviderKind)(0),             // 13: detour.v1.ProviderKind
+	(*SharedStateStatus)(nil),     // 2: detour.v1.SharedStateStatus
+	(*RetryBudget)(nil),           // 3: detour.v1.RetryBudget
+	(*Rejection)(nil),             // 4: detour.v1.Rejection
+	(*BackendStatus)(nil),         // 5: detour.v1.BackendStatus
+	(*Capacity)(nil),              // 6: detour.v1.Capacity
+	(*ResetBreakerRequest)(nil),   // 7: detour.v1.ResetBreakerRequest
+	(*ResetBreakerResponse)(nil),  // 8: detour.v1.ResetBreakerResponse
+	(*DrainRequest)(nil),          // 9: detour.v1.DrainRequest
+	(*DrainResponse)(nil),         // 10: detour.v1.DrainResponse
+	(*UndrainRequest)(nil),        // 11: detour.v1.UndrainRequest
+	(*UndrainResponse)(nil),       // 12: detour.v1.UndrainResponse
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(ProviderKind)(0),             // 14: detour.v1.ProviderKind
 }
 var file_detour_v1_admin_proto_depIdxs = []int32{
-	12, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
-	3,  // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
-	4,  // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
-	2,  // 3: detour.v1.StatusResponse.retry_budget:type_name -> detour.v1.RetryBudget
-	12, // 4: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
-	13, // 5: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
-	5,  // 6: detour.v1.BackendStatus.capacity:type_name -> detour.v1.Capacity
-	12, // 7: detour.v1.BackendStatus.open_until:type_name -> google.protobuf.Timestamp
-	0,  // 8: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
-	8,  // 9: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
-	10, // 10: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
-	6,  // 11: detour.v1.Admin.ResetBreaker:input_type -> detour.v1.ResetBreakerRequest
-	1,  // 12: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
-	9,  // 13: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
-	11, // 14: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
-	7,  // 15: detour.v1.Admin.ResetBreaker:output_type -> detour.v1.ResetBreakerResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	13, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
+	4,  // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
+	5,  // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
+	2,  // 3: detour.v1.StatusResponse.shared_state:type_name -> detour.v1.SharedStateStatus
+	3,  // 4: detour.v1.StatusResponse.retry_budget:type_name -> detour.v1.RetryBudget
+	13, // 5: detour.v1.SharedStateStatus.since:type_name -> google.protobuf.Timestamp
+	13, // 6: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
+	14, // 7: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
+	6,  // 8: detour.v1.BackendStatus.capacity:type_name -> detour.v1.Capacity
+	13, // 9: detour.v1.BackendStatus.open_until:type_name -> google.protobuf.Timestamp
+	0,  // 10: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
+	9,  // 11: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
+	11, // 12: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
+	7,  // 13: detour.v1.Admin.ResetBreaker:input_type -> detour.v1.ResetBreakerRequest
+	1,  // 14: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
+	10, // 15: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
+	12, // 16: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
+	8,  // 17: detour.v1.Admin.ResetBreaker:output_type -> detour.v1.ResetBreakerResponse
+	14, // [14:18] is the sub-list for method output_type
+	10, // [10:14] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_admin_proto_init() }
@@ -885,7 +1001,7 @@ func file_detour_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_admin_proto_rawDesc), len(file_detour_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -102,6 +102,23 @@ native gRPC probe cannot do TLS), else the Router port. */}}
 {{- if include "detour.tlsEnabled" . }}{{ .Values.ports.health }}{{ else }}{{ .Values.ports.grpc }}{{ end }}
 {{- end }}
 
+{{/* The oldest Kubernetes the chart works on: 1.30 (gRPC probes: 1.27; the
+preStop sleep action: 1.30). It is checked whenever the target's version is
+known: against a cluster (install, upgrade, template --validate or
+--dry-run=server), and with `helm template --kube-version X`. Without a
+cluster and without --kube-version, helm renders for its built-in default,
+v1.20.0 in a helm built from source without release flags: that version with
+no cluster behind it says nothing about the cluster, and is let through, so
+that `helm template` and `helm lint` work with no flags. (A real 1.20 cluster
+answers the kube-system lookup, and is refused.) */}}
+{{- define "detour.checkKubeVersion" -}}
+{{- $v := .Capabilities.KubeVersion.Version }}
+{{- $helmDefault := and (eq $v "v1.20.0") (not (lookup "v1" "Namespace" "" "kube-system")) }}
+{{- if and (not $helmDefault) (not (semverCompare ">=1.30.0-0" $v)) }}
+{{- fail (printf "detour needs Kubernetes 1.30 or later (gRPC probes, the preStop sleep action); the target is %s (with helm template: the --kube-version given, else helm's default)" $v) }}
+{{- end }}
+{{- end }}
+
 {{/* Combinations that detour serve would refuse, refused at render time. */}}
 {{- define "detour.checkSecurity" -}}
 {{- if and .Values.tls.clientCASecretName (not .Values.tls.secretName) }}
