@@ -103,6 +103,10 @@ const (
 	DefaultQueueFactor = 4
 	minQueue           = 16
 
+	// maxHoldCalls and maxHold bound how long a Retry-After holds a slot.
+	maxHoldCalls = 4
+	maxHold      = 10 * time.Second
+
 	// Unlimited is a Max that no limit reaches: with Disabled, a backend
 	// without max_concurrency takes every call.
 	Unlimited = 1 << 30
@@ -460,7 +464,13 @@ type Permit struct {
 
 // Done returns the slot (a Busy outcome keeps it held for about one call's
 // duration) and records the outcome. Calls after the first are ignored.
-func (p *Permit) Done(o Outcome) {
+func (p *Permit) Done(o Outcome) { p.DoneAfter(o, 0) }
+
+// DoneAfter is Done with the backend's Retry-After for a Busy outcome: the
+// slot stays held that long (at least one call's duration, at most
+// maxHoldCalls of them and maxHold), so that a rate limit's "come back in a
+// second" throttles the rate of calls as much as it asks.
+func (p *Permit) DoneAfter(o Outcome, retryAfter time.Duration) {
 	if p == nil || !p.done.CompareAndSwap(false, true) {
 		return
 	}
@@ -476,7 +486,11 @@ func (p *Permit) Done(o Outcome) {
 		return
 	}
 	if o == Busy {
-		until := now.Add(l.est.hold())
+		hold := l.est.hold()
+		if retryAfter > hold {
+			hold = min(retryAfter, maxHoldCalls*hold, maxHold)
+		}
+		until := now.Add(hold)
 		// Holds are nearly always in order; keep the slice sorted anyway.
 		i := len(l.holds)
 		for i > 0 && l.holds[i-1].After(until) {
