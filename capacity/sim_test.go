@@ -286,7 +286,7 @@ func TestLimitUnderLoad(t *testing.T) {
 	}{
 		{
 			// Recipe with 3 attempts: 1-0.5^3 = 87.5% at 1.75 calls (2% slack for
-	// chance).
+			// chance).
 			name: "sole backend, 50% busy at random, 20 ms",
 			cfg: simConfig{rate: 500, attempts: 3, maxWait: time.Second,
 				backend: simBackend{busyRate: 0.5, lat: 20 * time.Millisecond, jitter: 5 * time.Millisecond}},
