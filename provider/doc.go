@@ -25,11 +25,15 @@
 //
 // Errors are shaped for breaker.Classify. An HTTP error status is an
 // *HTTPError (StatusCode, RetryAfter); a 2xx answer that cannot be used is an
-// *HTTPError with that 2xx status wrapping ErrMalformed (class Failed); a
-// stream that ends before its "data: [DONE]" wraps ErrIncomplete (Failed); a
-// gRPC backend's status is wrapped in an *RPCError that status.FromError still
-// sees (RetryAfter from errdetails.RetryInfo); transport errors and ctx errors
-// are wrapped with %w so that refused or reset connections and deadlines
-// classify as Busy. Every error names its backend. No error contains the
-// backend's API key.
+// *HTTPError with that 2xx status wrapping ErrMalformed (class Failed), and
+// so is an answer with neither content nor a finish reason; a stream that
+// ends before its "data: [DONE]", or without any finish reason, wraps
+// ErrIncomplete (Failed); a gRPC backend's status is wrapped in an *RPCError
+// that status.FromError still sees (RetryAfter from errdetails.RetryInfo);
+// transport errors and ctx errors are wrapped with %w so that refused or
+// reset connections and deadlines classify as Busy. Every error names its
+// backend. An error quotes an upstream only as a one-line excerpt of a few
+// hundred bytes, marked when clipped, with the backend's API key and
+// anything else that looks like a credential replaced (package
+// internal/excerpt).
 package provider

@@ -149,6 +149,10 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		return nil, o.malformed(resp.StatusCode, msg)
 	}
 	c := cr.Choices[0]
+	if c.Message.Content == "" && c.FinishReason == "" && !present(c.Message.ToolCalls) {
+		// {"choices":[{}]}: a 200 that says nothing is no answer.
+		return nil, o.malformed(resp.StatusCode, "empty choice: no content, no tool calls and no finish reason")
+	}
 	return &detourv1.CompleteResponse{
 		Id:           cr.ID,
 		Model:        cr.Model,
@@ -160,8 +164,9 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 
 // Stream sends req with "stream": true and returns once the backend has
 // answered with a 2xx status; the chunks follow through the stream. The
-// stream ends with io.EOF only after the backend's "data: [DONE]"; an answer
-// cut before it is an error wrapping ErrIncomplete. Events that carry no
+// stream ends with io.EOF only after the backend's "data: [DONE]" and a
+// finish reason; an answer cut before [DONE], or a [DONE] that no finish
+// reason preceded, is an error wrapping ErrIncomplete. Events that carry no
 // text, finish reason or usage (a role-only first delta, say) are skipped.
 // After [DONE], Recv reads the end of the response (normally already there)
 // so that the connection goes back to the pool. The caller must Close the
@@ -287,6 +292,8 @@ type openAIStream struct {
 	sse    *sseReader
 	err    error // sticky: io.EOF after [DONE], or what broke the stream
 
+	finished bool // an event carried a finish reason
+
 	closeOnce sync.Once
 }
 
@@ -303,6 +310,11 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 			continue
 		}
 		if string(data) == "[DONE]" {
+			if !s.finished {
+				// A [DONE] without a finish reason ends an answer that
+				// did not finish: never a complete (cacheable) one.
+				return nil, s.fail(fmt.Errorf("backend %s: %w: [DONE] without a finish reason", s.o.name, ErrIncomplete))
+			}
 			// Read to the end of the body, which normally follows at once, so
 			// that the connection is reused; ctx bounds the wait.
 			_, _ = io.CopyN(io.Discard, s.sse.br, maxDrainBytes)
@@ -328,6 +340,9 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 		if ch.Delta == "" && ch.FinishReason == "" && ch.Usage == nil {
 			continue
 		}
+		if ch.FinishReason != "" {
+			s.finished = true
+		}
 		return ch, nil
 	}
 }
@@ -338,9 +353,9 @@ func (s *openAIStream) streamError(err error) error {
 	case s.ctx.Err() != nil:
 		return s.o.readError(s.ctx, "stream", err)
 	case errors.Is(err, io.EOF):
-		return fmt.Errorf("backend %s: %w", s.o.name, ErrIncomplete)
+		return fmt.Errorf("backend %s: %w: cut before [DONE]", s.o.name, ErrIncomplete)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("backend %s: %w: %w", s.o.name, ErrIncomplete, err)
+		return fmt.Errorf("backend %s: %w: cut before [DONE]: %w", s.o.name, ErrIncomplete, err)
 	case errors.Is(err, errEventTooLarge):
 		return s.o.malformed(s.status, "stream: "+err.Error())
 	}
@@ -408,7 +423,8 @@ type chatResponse struct {
 	Model   string `json:"model"`
 	Choices []struct {
 		Message struct {
-			Content string `json:"content"`
+			Content   string          `json:"content"`
+			ToolCalls json.RawMessage `json:"tool_calls"` // only whether there are any
 		} `json:"message"`
 		FinishReason string `json:"finish_reason"`
 	} `json:"choices"`
