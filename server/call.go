@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/auth"
+	"github.com/detour-dev/detour/internal/excerpt"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/router"
 )
@@ -30,6 +31,10 @@ const (
 	// Options.ReturnRequestID the response header carries it back.
 	RequestIDKey = "x-request-id"
 )
+
+// maxModelBytes bounds the model name in a call log line: room for every
+// real name, not for a caller's megabyte.
+const maxModelBytes = 128
 
 // callInfo is the bookkeeping of one call: its context for the router, and
 // what its log line and metrics need.
@@ -69,7 +74,7 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 	}
 	v = append(v, validate(req, s.limits().requestBytes)...)
 	if len(v) > 0 {
-		st := status.New(codes.InvalidArgument, describe(v))
+		st := status.New(codes.InvalidArgument, excerpt.Clip(describe(v), maxMessageBytes))
 		if d, err := st.WithDetails(badRequest(v)); err == nil {
 			st = d
 		}
@@ -107,7 +112,7 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		reqID:     c.reqID,
 		method:    c.method,
 		tenant:    c.tenant,
-		model:     clip(c.model),
+		model:     excerpt.Clip(c.model, maxModelBytes),
 		region:    region,
 		backend:   backend,
 		attempts:  n,
@@ -119,7 +124,7 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		l.traceID = sc.TraceID().String()
 	}
 	if err != nil && code != codes.OK {
-		l.errMsg = status.Convert(err).Message()
+		l.errMsg = excerpt.Clip(status.Convert(err).Message(), maxMessageBytes)
 	}
 	if w := c.s.opts.CallLog; w != nil {
 		l.writeTo(w)

@@ -11,8 +11,14 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/detour-dev/detour/internal/excerpt"
 	"github.com/detour-dev/detour/router"
 )
+
+// maxMessageBytes bounds a status message (and the error of a call log
+// line), before its clip mark: detour's words and an excerpt of what the
+// caller or an upstream said.
+const maxMessageBytes = 384
 
 // codeOf is the one table from routing failures to gRPC codes.
 var codeOf = map[router.Code]codes.Code{
@@ -48,7 +54,9 @@ func toStatus(log *slog.Logger, err error) error {
 	if !ok {
 		code = codes.Internal
 	}
-	msg := re.Message
+	// The message may quote the caller (a model name) or an upstream: never
+	// more than an excerpt.
+	msg := excerpt.Clip(re.Message, maxMessageBytes)
 	if re.Code == router.Rejected && re.UpstreamStatus == 404 {
 		code = codes.NotFound
 	}

@@ -1,0 +1,220 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/detour-dev/detour/internal/hostile"
+	"github.com/detour-dev/detour/internal/testkit"
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/router"
+)
+
+// The tests of this file reproduce the faults of issue 13 end to end: a
+// real Server and Router on loopback, over upstreams from internal/hostile
+// served with httptest.
+
+// hostileFixture is a Server routing over real provider clients.
+type hostileFixture struct {
+	rt     *router.Router
+	srv    *Server
+	addr   string
+	client detourv1.RouterClient
+	logs   *testkit.Buffer // the call log
+}
+
+// upstream serves h on loopback until the test ends and returns its base
+// URL for an openai backend.
+func upstream(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return ts.URL + "/v1"
+}
+
+func startHostile(t *testing.T, cfg *regions.Config, region string) *hostileFixture {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	rt, err := router.New(&regions.Snapshot{Config: cfg}, router.Options{Region: region, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := &hostileFixture{rt: rt, logs: &testkit.Buffer{}}
+	fx.srv = New(rt, Options{Logger: quiet, LogCalls: true, CallLog: fx.logs})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.addr = lis.Addr().String()
+	served := make(chan struct{})
+	go func() { defer close(served); fx.srv.Serve(lis) }()
+	conn, err := grpc.NewClient(fx.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.client = detourv1.NewRouterClient(conn)
+	t.Cleanup(func() {
+		conn.Close()
+		fx.srv.Shutdown(context.Background())
+		<-served
+		rt.Close()
+	})
+	return fx
+}
+
+// twoRegions is a config whose own region "a" holds the backend at aURL
+// and a second region "b" the one at bURL.
+func twoRegions(aURL, bURL string) *regions.Config {
+	return &regions.Config{
+		Regions: []regions.Region{
+			{Name: "a", Backends: []regions.Backend{{Name: "a-1", Endpoint: aURL}}},
+			{Name: "b", Priority: 1, Backends: []regions.Backend{{Name: "b-1", Endpoint: bURL}}},
+		},
+		Retry: regions.RetryPolicy{MaxAttempts: 2},
+	}
+}
+
+const goodAnswer = `{"id":"ok","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"fine"},"finish_reason":"stop"}]}`
+
+func deterministic(content string) *detourv1.CompleteRequest {
+	return &detourv1.CompleteRequest{Model: "m", Messages: []*detourv1.Message{{Role: "user", Content: content}}, Temperature: proto.Float64(0)}
+}
+
+func callCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestEmptyAnswerIsTriedElsewhereNotCached: a 200 with {"choices":[{}]}
+// is a failed attempt: the call is served by the other region, and what is
+// cached is that answer, never the empty one.
+func TestEmptyAnswerIsTriedElsewhereNotCached(t *testing.T) {
+	fx := startHostile(t, twoRegions(upstream(t, hostile.Answer(`{"choices":[{}]}`)), upstream(t, hostile.Answer(goodAnswer))), "a")
+	ctx := callCtx(t)
+	for i, wantSource := range []detourv1.Source{detourv1.Source_SOURCE_LIVE, detourv1.Source_SOURCE_CACHE} {
+		resp, err := fx.client.Complete(ctx, deterministic("hi"))
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if resp.GetContent() != "fine" || resp.GetServedBy().GetBackend() != "b-1" || resp.GetSource() != wantSource {
+			t.Errorf("call %d: %q from %q, %v; want \"fine\" from b-1, %v", i, resp.GetContent(), resp.GetServedBy().GetBackend(), resp.GetSource(), wantSource)
+		}
+	}
+}
+
+// TestStreamWithoutFinishReasonIsNotCached: an SSE stream that ends in
+// [DONE] without a finish reason is a broken stream (UNAVAILABLE after
+// its chunks), and the next identical call goes upstream again rather than
+// replaying it from the cache.
+func TestStreamWithoutFinishReasonIsNotCached(t *testing.T) {
+	unfinished := hostile.Stream(hostile.Delta("Hel", ""), hostile.Delta("lo", ""), "[DONE]")
+	var n hostile.Counter
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "a", Backends: []regions.Backend{{Name: "a-1", Endpoint: upstream(t, n.Count(unfinished))}}}}}
+	fx := startHostile(t, cfg, "a")
+	ctx := callCtx(t)
+	for i := range 2 {
+		st, err := fx.client.StreamComplete(ctx, deterministic("hi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var text string
+		var sources []detourv1.Source
+		for {
+			c, err := st.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) || status.Code(err) != codes.Unavailable {
+					t.Errorf("call %d: stream ended with %v after %q, want UNAVAILABLE", i, err, text)
+				}
+				break
+			}
+			text += c.GetDelta()
+			sources = append(sources, c.GetSource())
+		}
+		for _, s := range sources {
+			if s != detourv1.Source_SOURCE_LIVE {
+				t.Errorf("call %d: a chunk came from %v, want every chunk live", i, s)
+			}
+		}
+	}
+	if got := n.Started(); got != 2 {
+		t.Errorf("%d upstream streams, want 2 (nothing cached)", got)
+	}
+}
+
+// maxLine bounds one call log line: the fixed fields and a few clipped
+// excerpts.
+const maxLine = 2 << 10
+
+// TestUnknownModelMessageIsBounded: a 1 MB model name is neither echoed
+// whole in the NOT_FOUND message nor in the call log line.
+func TestUnknownModelMessageIsBounded(t *testing.T) {
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "a", Backends: []regions.Backend{
+		{Name: "a-1", Endpoint: upstream(t, hostile.Answer(goodAnswer)), Models: []string{"m"}}}}}}
+	fx := startHostile(t, cfg, "a")
+	req := deterministic("hi")
+	req.Model = strings.Repeat("é", 512<<10)
+	_, err := fx.client.Complete(callCtx(t), req)
+	st := status.Convert(err)
+	if st.Code() != codes.NotFound {
+		t.Fatalf("code %v (%.200s), want NotFound", st.Code(), st.Message())
+	}
+	if len(st.Message()) > maxEcho || !utf8.ValidString(st.Message()) || !strings.Contains(st.Message(), "clipped") {
+		t.Errorf("NOT_FOUND message: %d bytes, valid UTF-8 %v: %.300q; want <= %d bytes, valid, marked clipped",
+			len(st.Message()), utf8.ValidString(st.Message()), st.Message(), maxEcho)
+	}
+	fx.srv.Shutdown(context.Background()) // flushes nothing: the log is written at once
+	for _, line := range fx.logs.Lines() {
+		if len(line) > maxLine {
+			t.Errorf("call log line of %d bytes, want <= %d: %.300s", len(line), maxLine, line)
+		}
+	}
+}
+
+// maxEcho bounds a status message that quotes outside text.
+const maxEcho = 512
+
+// TestUpstreamErrorIsScrubbedForCallerAndLog: an upstream 400 whose body
+// quotes the prompt at length and a key reaches the caller (INVALID_ARGUMENT)
+// and the call log only as a clipped excerpt without the key.
+func TestUpstreamErrorIsScrubbedForCallerAndLog(t *testing.T) {
+	body := `{"error":{"message":"Incorrect API key provided: sk-proj-********wxyz; prompt: ` + strings.Repeat("my secret prompt ", 2000) + `"}}`
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "a", Backends: []regions.Backend{
+		{Name: "a-1", Endpoint: upstream(t, hostile.Status(http.StatusBadRequest, body))}}}}}
+	fx := startHostile(t, cfg, "a")
+	_, err := fx.client.Complete(callCtx(t), deterministic("hi"))
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		t.Fatalf("code %v (%.200s), want InvalidArgument", st.Code(), st.Message())
+	}
+	for what, text := range map[string]string{"message": st.Message(), "log": fx.logs.String()} {
+		if strings.Contains(text, "sk-proj") || strings.Contains(text, "wxyz") {
+			t.Errorf("%s holds the key: %.300q", what, text)
+		}
+		if n := strings.Count(text, "my secret prompt"); n > 20 {
+			t.Errorf("%s quotes the prompt %d times: %.300q", what, n, text)
+		}
+	}
+	if len(st.Message()) > maxEcho {
+		t.Errorf("message of %d bytes, want <= %d", len(st.Message()), maxEcho)
+	}
+}
