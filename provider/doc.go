@@ -19,6 +19,14 @@
 //	case breaker.Busy: // try another backend, honouring breaker.RetryAfter(err)
 //	}
 //
+// Memory is bounded per call (a unary body of 16 MiB, a stream event of
+// 4 MiB) and for the whole process: the bytes every client holds of
+// upstream bodies at once, while a unary answer is read and decoded and
+// while a stream's buffers are open, come from one budget (SetBodyBudget,
+// DefaultBodyBudget). A body that would pass it fails its attempt with an
+// error wrapping ErrBodyBudget, class Failed. gRPC (detour) backends are
+// bounded per message only.
+//
 // Clients apply no timeouts of their own beyond a short dial timeout: the
 // caller bounds each attempt with ctx, and every call, including a blocked
 // ChunkStream.Recv, returns promptly once ctx ends.

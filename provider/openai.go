@@ -130,10 +130,15 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		return nil, err
 	}
 	defer release(resp.Body)
-	body, err := readCapped(resp, maxAnswerBytes)
+	var h hold
+	defer h.release() // once decoded: the answer holds copies
+	body, err := readCapped(resp, maxAnswerBytes, &h)
 	if err != nil {
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			return nil, o.malformed(resp.StatusCode, err.Error())
+		case errors.Is(err, ErrBodyBudget):
+			return nil, o.overBudget(resp.StatusCode, err)
 		}
 		return nil, o.readError(ctx, "reading answer", err)
 	}
@@ -180,19 +185,26 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 		if mt, _, _ := mime.ParseMediaType(ct); mt != "text/event-stream" {
 			defer release(resp.Body)
 			msg := fmt.Sprintf("content type %q, not text/event-stream", mt)
-			if body, err := readCapped(resp, maxErrorBytes); err == nil && len(body) > 0 {
+			var h hold
+			defer h.release()
+			if body, err := readCapped(resp, maxErrorBytes, &h); err == nil && len(body) > 0 {
 				msg += "; upstream said: " + upstreamMessage(body)
 			}
 			return nil, o.malformed(resp.StatusCode, msg)
 		}
 	}
-	return &openAIStream{
+	st := &openAIStream{
 		o:      o,
 		ctx:    ctx,
 		status: resp.StatusCode,
 		body:   resp.Body,
-		sse:    newSSEReader(resp.Body, maxEventBytes),
-	}, nil
+	}
+	if !st.hold.grow(sseBufferBytes) {
+		release(resp.Body)
+		return nil, o.overBudget(resp.StatusCode, overBudget(sseBufferBytes))
+	}
+	st.sse = newSSEReader(resp.Body, maxEventBytes, &st.hold)
+	return st, nil
 }
 
 // post sends req and returns a 2xx response, or the error status as an
@@ -238,8 +250,11 @@ func (o *OpenAI) statusError(resp *http.Response) error {
 		Status:      resp.StatusCode,
 		RetryAfterD: retryAfter(resp.Header, time.Now()),
 	}
-	// A body cut by ctx still says something; use what arrived.
-	body, _ := readCapped(resp, maxErrorBytes)
+	// A body cut by ctx still says something; use what arrived. A body the
+	// budget cannot take leaves the status alone to speak.
+	var h hold
+	defer h.release()
+	body, _ := readCapped(resp, maxErrorBytes, &h)
 	if len(body) > 0 {
 		e.Message = cleanMessage(upstreamMessage(body), o.cred)
 	}
@@ -263,17 +278,61 @@ func (o *OpenAI) readError(ctx context.Context, what string, err error) error {
 
 var errTooLarge = errors.New("answer too large")
 
-// readCapped reads resp.Body whole, up to limit bytes.
-func readCapped(resp *http.Response, limit int64) ([]byte, error) {
-	var buf bytes.Buffer
-	if n := resp.ContentLength; n > 0 && n <= limit {
-		buf.Grow(int(n))
+// readChunk is the least a body's buffer grows by.
+const readChunk = 32 << 10
+
+// readCapped reads resp.Body whole, up to limit bytes, reserving the
+// buffer's bytes in h (the process budget, see SetBodyBudget) before it
+// grows: a body larger than limit is errTooLarge, one the budget cannot
+// hold wraps ErrBodyBudget. On any error the bytes read so far are
+// returned too. The caller releases h once done with the bytes.
+func readCapped(resp *http.Response, limit int64, h *hold) ([]byte, error) {
+	size := int64(readChunk)
+	if n := resp.ContentLength; n >= 0 && n <= limit {
+		size = n + 1 // one more, to see the end without growing
 	}
-	_, err := buf.ReadFrom(io.LimitReader(resp.Body, limit+1))
-	if int64(buf.Len()) > limit {
-		return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+	size = min(size, limit+1)
+	if !h.grow(size) {
+		return nil, overBudget(size)
 	}
-	return buf.Bytes(), err
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+			}
+			grow := min(max(int64(cap(buf)), readChunk), limit+1-int64(cap(buf)))
+			if !h.grow(grow) {
+				return buf, overBudget(grow)
+			}
+			nb := make([]byte, len(buf), int64(cap(buf))+grow)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+		}
+		if errors.Is(err, io.EOF) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// overBudget reports an answer of status that the process's body budget
+// could not hold (err wraps a *budgetError): Failed, like a malformed
+// answer.
+func (o *OpenAI) overBudget(status int, err error) error {
+	msg := err.Error()
+	var be *budgetError
+	if errors.As(err, &be) {
+		msg = be.detail
+	}
+	return &HTTPError{Backend: o.name, Status: status, Message: msg, Err: ErrBodyBudget}
 }
 
 // release drains a little of what is left of body, so that the connection
@@ -290,6 +349,7 @@ type openAIStream struct {
 	status int
 	body   io.ReadCloser
 	sse    *sseReader
+	hold   hold  // the stream's buffers in the process budget
 	err    error // sticky: io.EOF after [DONE], or what broke the stream
 
 	finished bool // an event carried a finish reason
@@ -358,6 +418,8 @@ func (s *openAIStream) streamError(err error) error {
 		return fmt.Errorf("backend %s: %w: cut before [DONE]: %w", s.o.name, ErrIncomplete, err)
 	case errors.Is(err, errEventTooLarge):
 		return s.o.malformed(s.status, "stream: "+err.Error())
+	case errors.Is(err, ErrBodyBudget):
+		return s.o.overBudget(s.status, err)
 	}
 	return s.o.readError(s.ctx, "stream", err)
 }
@@ -370,7 +432,10 @@ func (s *openAIStream) fail(err error) error {
 }
 
 func (s *openAIStream) Close() error {
-	s.closeOnce.Do(func() { _ = s.body.Close() })
+	s.closeOnce.Do(func() {
+		_ = s.body.Close()
+		s.hold.release()
+	})
 	return nil
 }
 
