@@ -77,7 +77,7 @@ func (c *Cache) Close() error {
 	c.flights.mu.Lock()
 	closing := c.flights.closing
 	c.flights.closing = true
-	for _, m := range []map[Key]*flight{c.flights.unary, c.flights.streams} {
+	for _, m := range []map[flightKey]*flight{c.flights.unary, c.flights.streams} {
 		for _, f := range m {
 			f.cancel()
 		}

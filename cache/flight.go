@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -16,13 +17,25 @@ import (
 type flights struct {
 	mu      sync.Mutex // guards the maps, every flight's waiters, and closing
 	closing bool
-	unary   map[Key]*flight
-	streams map[Key]*flight
+	unary   map[flightKey]*flight
+	streams map[flightKey]*flight
 }
 
+// flightKey is a request's key and the hop count of its call (package
+// hop): a call that a routing loop brings back to this instance has one
+// more hop than the call waiting for it, so it starts its own upstream call
+// (which the hop limit ends) instead of joining the one waiting for it and
+// waiting with it until the attempt times out.
+type flightKey struct {
+	key  Key
+	hops int
+}
+
+func flightKeyOf(ctx context.Context, p Plan) flightKey { return flightKey{p.Key, hop.From(ctx)} }
+
 func (fs *flights) init() {
-	fs.unary = map[Key]*flight{}
-	fs.streams = map[Key]*flight{}
+	fs.unary = map[flightKey]*flight{}
+	fs.streams = map[flightKey]*flight{}
 }
 
 // flight is one shared upstream call. It runs on its own goroutine under
@@ -64,7 +77,7 @@ type reader struct{ next int }
 // none; the caller is counted as a waiter and, for a stream flight, given a
 // reader at the first chunk (nil otherwise). It returns nil once the cache
 // is closed.
-func (c *Cache) join(m map[Key]*flight, ctx context.Context, k Key, stream bool, run func(ctx context.Context, f *flight)) (*flight, *reader) {
+func (c *Cache) join(m map[flightKey]*flight, ctx context.Context, k flightKey, stream bool, run func(ctx context.Context, f *flight)) (*flight, *reader) {
 	fs := &c.flights
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -127,7 +140,7 @@ func (c *Cache) spawn(fn func()) bool {
 // leave uncounts a waiter that gave up, and its reader r (nil for a unary
 // flight); the last one cancels the call and forgets it, so that a later
 // caller starts afresh rather than joining a cancelled call.
-func (c *Cache) leave(m map[Key]*flight, k Key, f *flight, r *reader) {
+func (c *Cache) leave(m map[flightKey]*flight, k flightKey, f *flight, r *reader) {
 	fs := &c.flights
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -153,7 +166,7 @@ func (c *Cache) leave(m map[Key]*flight, k Key, f *flight, r *reader) {
 
 // forget removes a flight from the map so that later callers read the
 // cache, or start their own call.
-func (c *Cache) forget(m map[Key]*flight, k Key, f *flight) {
+func (c *Cache) forget(m map[flightKey]*flight, k flightKey, f *flight) {
 	c.flights.mu.Lock()
 	defer c.flights.mu.Unlock()
 	if m[k] == f {
@@ -178,12 +191,13 @@ func (c *Cache) Do(ctx context.Context, p Plan, fn func(ctx context.Context) (*d
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f, _ := c.join(c.flights.unary, ctx, p.Key, false, func(ctx context.Context, f *flight) {
+	k := flightKeyOf(ctx, p)
+	f, _ := c.join(c.flights.unary, ctx, k, false, func(ctx context.Context, f *flight) {
 		resp, err := call(ctx, fn)
 		if err == nil {
 			c.Put(p, resp)
 		}
-		c.forget(c.flights.unary, p.Key, f)
+		c.forget(c.flights.unary, k, f)
 		f.resp, f.err = resp, err
 		close(f.done)
 	})
@@ -197,7 +211,7 @@ func (c *Cache) Do(ctx context.Context, p Plan, fn func(ctx context.Context) (*d
 		}
 		return proto.CloneOf(f.resp), nil
 	case <-ctx.Done():
-		c.leave(c.flights.unary, p.Key, f, nil)
+		c.leave(c.flights.unary, k, f, nil)
 		return nil, ctx.Err()
 	}
 }
@@ -239,9 +253,10 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 		return err
 	}
 	limit := int64(c.cfg.maxEntryBytes())
-	f, r := c.join(c.flights.streams, ctx, p.Key, true, func(ctx context.Context, f *flight) {
+	k := flightKeyOf(ctx, p)
+	f, r := c.join(c.flights.streams, ctx, k, true, func(ctx context.Context, f *flight) {
 		err := callStream(ctx, fn, func(ch *detourv1.CompleteChunk) error {
-			return c.hold(ctx, p, f, ch, limit)
+			return c.hold(ctx, k, f, ch, limit)
 		})
 		f.mu.Lock()
 		store, chunks := err == nil && !f.overflow, f.chunks
@@ -249,7 +264,7 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 		if store {
 			c.PutStream(p, chunks) // fn has returned: chunks no longer grow
 		}
-		c.forget(c.flights.streams, p.Key, f)
+		c.forget(c.flights.streams, k, f)
 		f.mu.Lock()
 		f.ended, f.err = true, err
 		close(f.changed)
@@ -264,7 +279,7 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 		f.mu.Unlock()
 		for _, ch := range chunks {
 			if err := send(proto.CloneOf(ch)); err != nil {
-				c.leave(c.flights.streams, p.Key, f, r)
+				c.leave(c.flights.streams, k, f, r)
 				return err
 			}
 		}
@@ -280,7 +295,7 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			c.leave(c.flights.streams, p.Key, f, r)
+			c.leave(c.flights.streams, k, f, r)
 			return ctx.Err()
 		}
 	}
@@ -290,7 +305,7 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 // chunks pass limit it takes f out of the map (first: see addReader), marks
 // it overflowed and, from then on, waits while the readers have more than
 // limit bytes left to read.
-func (c *Cache) hold(ctx context.Context, p Plan, f *flight, ch *detourv1.CompleteChunk, limit int64) error {
+func (c *Cache) hold(ctx context.Context, k flightKey, f *flight, ch *detourv1.CompleteChunk, limit int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -304,7 +319,7 @@ func (c *Cache) hold(ctx context.Context, p Plan, f *flight, ch *detourv1.Comple
 	overflowing := !f.overflow && f.bytes > limit
 	f.mu.Unlock()
 	if overflowing {
-		c.forget(c.flights.streams, p.Key, f)
+		c.forget(c.flights.streams, k, f)
 		f.mu.Lock()
 		f.overflow = true
 		f.drop()

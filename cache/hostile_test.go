@@ -69,7 +69,7 @@ func TestEndlessStreamStopsBuffering(t *testing.T) {
 	stop, tooMuch := errors.New("enough"), errors.New("buffered too much")
 	err := c.Stream(context.Background(), p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
 		c.flights.mu.Lock()
-		f = c.flights.streams[p.Key]
+		f = c.flights.streams[flightKey{key: p.Key}]
 		c.flights.mu.Unlock()
 		for {
 			if err := send(proto.CloneOf(chunk)); err != nil {
@@ -168,7 +168,7 @@ func TestLongStreamSharedPastTheEntryBound(t *testing.T) {
 	eventually(t, "the stream to outgrow the bound", func() bool {
 		c.flights.mu.Lock()
 		defer c.flights.mu.Unlock()
-		return c.flights.streams[p.Key] == nil
+		return c.flights.streams[flightKey{key: p.Key}] == nil
 	})
 	late := run(nil)
 	if r := <-late; r.err != nil || len(r.got) != 1 || r.got[0] != 9999 {

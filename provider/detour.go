@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -118,12 +119,15 @@ func (d *Detour) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 	return &detourStream{d: d, st: st, cancel: cancel, parent: parent}, nil
 }
 
+// outgoing adds the call's metadata: trace context, the hop count (one
+// more than the call this one serves, so that a routing loop ends at the
+// limit of the detour it leads back to) and the key.
 func (d *Detour) outgoing(ctx context.Context) context.Context {
 	ctx = outgoingTrace(ctx)
 	if d.cred == nil {
-		return ctx
+		return metadata.AppendToOutgoingContext(ctx, hop.Key, hop.Next(ctx))
 	}
-	return metadata.AppendToOutgoingContext(ctx, "authorization", d.cred.bearer)
+	return metadata.AppendToOutgoingContext(ctx, hop.Key, hop.Next(ctx), "authorization", d.cred.bearer)
 }
 
 // wrap names the backend in a gRPC error, makes its message a clean

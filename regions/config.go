@@ -196,6 +196,12 @@ type LimitPolicy struct {
 	// longest call it should carry at that rate (upstream latency, not
 	// detour's). Zero means no limit.
 	MaxInflight int `yaml:"max_inflight,omitempty" json:"max_inflight,omitempty"`
+	// MaxHops is how many detour instances may pass a call on before this
+	// one (its x-detour-hops metadata, which detour's kind: detour client
+	// sets); a call over it is a routing loop, refused with
+	// FAILED_PRECONDITION, which the detour that sent it counts against
+	// that backend before it tries another. Zero means 4.
+	MaxHops int `yaml:"max_hops,omitempty" json:"max_hops,omitempty"`
 }
 
 // Defaults.
@@ -366,6 +372,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxInflight < 0 {
 		v.add("limits.max_inflight: %d must be >= 0", c.Limits.MaxInflight)
+	}
+	if c.Limits.MaxHops < 0 || c.Limits.MaxHops > 100 {
+		v.add("limits.max_hops: %d must be in 0..100", c.Limits.MaxHops)
 	}
 	if err := c.Cache.Validate(); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

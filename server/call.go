@@ -18,6 +18,7 @@ import (
 
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/excerpt"
+	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/router"
 )
@@ -72,7 +73,12 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 			Description: "tenant must be 1-64 characters of letters, digits, '.', '_' or '-'"})
 		c.tenant = "invalid"
 	}
-	v = append(v, validate(req, s.limits().requestBytes)...)
+	lim := s.limits()
+	hops, err := hop.Parse(first(ctx, hop.Key))
+	if err != nil {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: hop.Key, Description: hop.Key + " " + err.Error()})
+	}
+	v = append(v, validate(req, lim.requestBytes)...)
 	if len(v) > 0 {
 		st := status.New(codes.InvalidArgument, excerpt.Clip(describe(v), maxMessageBytes))
 		if d, err := st.WithDetails(badRequest(v)); err == nil {
@@ -81,7 +87,13 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 		c.err = st.Err()
 		return c
 	}
-	c.ctx = router.WithStats(router.WithTenant(ctx, c.tenant), &c.stats)
+	if hops > lim.maxHops {
+		// A routing loop: the detour that sent the call counts this
+		// against its backend (breaker.Classify) and tries another.
+		c.err = hop.Refusal(hops, lim.maxHops).Err()
+		return c
+	}
+	c.ctx = router.WithStats(router.WithTenant(hop.With(ctx, hops), c.tenant), &c.stats)
 	return c
 }
 

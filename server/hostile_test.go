@@ -16,9 +16,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/internal/hop"
 	"github.com/detour-dev/detour/internal/hostile"
 	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -50,6 +52,16 @@ func upstream(t *testing.T, h http.Handler) string {
 
 func startHostile(t *testing.T, cfg *regions.Config, region string) *hostileFixture {
 	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startHostileOn(t, lis, cfg, region)
+}
+
+// startHostileOn is startHostile on lis, whose address cfg may name.
+func startHostileOn(t *testing.T, lis net.Listener, cfg *regions.Config, region string) *hostileFixture {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -60,10 +72,6 @@ func startHostile(t *testing.T, cfg *regions.Config, region string) *hostileFixt
 	}
 	fx := &hostileFixture{rt: rt, logs: &testkit.Buffer{}}
 	fx.srv = New(rt, Options{Logger: quiet, LogCalls: true, CallLog: fx.logs})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	fx.addr = lis.Addr().String()
 	served := make(chan struct{})
 	go func() { defer close(served); fx.srv.Serve(lis) }()
@@ -216,5 +224,82 @@ func TestUpstreamErrorIsScrubbedForCallerAndLog(t *testing.T) {
 	}
 	if len(st.Message()) > maxEcho {
 		t.Errorf("message of %d bytes, want <= %d", len(st.Message()), maxEcho)
+	}
+}
+
+// TestRoutingLoopEndsAtMaxHops: a kind: detour backend that is the
+// instance itself. Each nested call carries one more hop; the one over
+// limits.max_hops (4) is refused, the detour that sent it counts that
+// against the backend and serves the call from the other region, and the
+// answer goes back up the chain: six calls in all, instead of recursing
+// until the attempt times out. A cacheable call must not wait for itself
+// either (a nested call joining the shared call it serves would wait until
+// the attempt timed out): it is answered through the loop, in one attempt.
+func TestRoutingLoopEndsAtMaxHops(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		temperature float64
+	}{{"uncacheable", 0.7}, {"cacheable", 0}} {
+		t.Run(tt.name, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := &regions.Config{
+				Regions: []regions.Region{
+					{Name: "a", Backends: []regions.Backend{{Name: "self", Kind: regions.KindDetour, Endpoint: lis.Addr().String()}}},
+					{Name: "b", Priority: 1, Backends: []regions.Backend{{Name: "b-1", Endpoint: upstream(t, hostile.Answer(goodAnswer))}}},
+				},
+				Retry: regions.RetryPolicy{MaxAttempts: 2, AttemptTimeout: regions.Duration(300 * time.Millisecond)},
+			}
+			fx := startHostileOn(t, lis, cfg, "a")
+			req := deterministic("loop")
+			req.Temperature = proto.Float64(tt.temperature)
+			resp, err := fx.client.Complete(callCtx(t), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.GetContent() != "fine" || resp.GetAttempts() != 1 {
+				t.Errorf("answer %q in %d attempts, want \"fine\" through the loop in 1", resp.GetContent(), resp.GetAttempts())
+			}
+			var refused, served int
+			for _, line := range fx.logs.Lines() {
+				switch {
+				case strings.Contains(line, `"code":"FailedPrecondition"`) && strings.Contains(line, "routing loop"):
+					refused++
+				case strings.Contains(line, `"code":"OK"`):
+					served++
+				default:
+					t.Errorf("unexpected call line: %.300s", line)
+				}
+			}
+			if refused != 1 || served != hop.DefaultMax+1 {
+				t.Errorf("%d calls served and %d refused, want %d and 1", served, refused, hop.DefaultMax+1)
+			}
+		})
+	}
+}
+
+// TestHopHeader: the hop count a caller sends is checked before routing.
+func TestHopHeader(t *testing.T) {
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "a", Backends: []regions.Backend{{Name: "a-1", Endpoint: upstream(t, hostile.Answer(goodAnswer))}}}},
+		Limits: regions.LimitPolicy{MaxHops: 2}}
+	fx := startHostile(t, cfg, "a")
+	for _, tt := range []struct {
+		hops string
+		want codes.Code
+	}{{"", codes.OK}, {"2", codes.OK}, {"3", codes.FailedPrecondition}, {"-1", codes.InvalidArgument}, {"x", codes.InvalidArgument}} {
+		ctx := callCtx(t)
+		if tt.hops != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, hop.Key, tt.hops)
+		}
+		_, err := fx.client.Complete(ctx, deterministic("hi"))
+		st := status.Convert(err)
+		if st.Code() != tt.want {
+			t.Errorf("%s %q: %v (%s), want %v", hop.Key, tt.hops, st.Code(), st.Message(), tt.want)
+		}
+		if tt.want == codes.FailedPrecondition && !hop.Refused(st) {
+			t.Errorf("%s %q: status %v lacks the hop ErrorInfo", hop.Key, tt.hops, st.Proto())
+		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/internal/hop"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -203,12 +204,16 @@ const maxRequestCeiling = 64 << 20
 type limits struct {
 	requestBytes int
 	deadline     time.Duration
+	maxHops      int
 }
 
 // limits returns the live config's request limits, defaults applied.
 func (s *Server) limits() limits {
 	l := s.router.Snapshot().Config.Limits
-	out := limits{requestBytes: l.MaxRequestBytes, deadline: l.DefaultDeadline.D()}
+	out := limits{requestBytes: l.MaxRequestBytes, deadline: l.DefaultDeadline.D(), maxHops: l.MaxHops}
+	if out.maxHops <= 0 {
+		out.maxHops = hop.DefaultMax
+	}
 	if out.requestBytes <= 0 {
 		out.requestBytes = regions.DefaultMaxRequestBytes
 	}
