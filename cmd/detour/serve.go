@@ -192,6 +192,11 @@ func (m *Main) Run(ctx context.Context) error {
 		stopAdmin(ctx)
 		return fmt.Errorf("listen: %w", err)
 	}
+	if err := live.listening(lis.Addr()); err != nil {
+		lis.Close()
+		stopAdmin(ctx)
+		return err
+	}
 	// Stopped when Run returns: after the drain, so that probes see
 	// NOT_SERVING while it lasts.
 	stopHealth, err := m.startHealth(srv, log)
