@@ -78,6 +78,9 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 	if err != nil {
 		v = append(v, &errdetails.BadRequest_FieldViolation{Field: hop.Key, Description: hop.Key + " " + err.Error()})
 	}
+	for _, f := range badUTF8(req) {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: f, Description: "must be valid UTF-8"})
+	}
 	v = append(v, validate(req, lim.requestBytes)...)
 	if len(v) > 0 {
 		st := status.New(codes.InvalidArgument, excerpt.Clip(describe(v), maxMessageBytes))

@@ -13,11 +13,15 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/detour-dev/detour/internal/hop"
@@ -301,5 +305,87 @@ func TestHopHeader(t *testing.T) {
 		if tt.want == codes.FailedPrecondition && !hop.Refused(st) {
 			t.Errorf("%s %q: status %v lacks the hop ErrorInfo", hop.Key, tt.hops, st.Proto())
 		}
+	}
+}
+
+// rawCodec sends requests as the wire bytes given, so that a test can
+// send what grpc-go's proto codec refuses to encode (invalid UTF-8).
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return proto.Unmarshal(data.Materialize(), v.(proto.Message))
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+// rawRequest encodes a CompleteRequest by hand: model, then one message
+// with role and content, whatever their bytes.
+func rawRequest(model, role, content string) []byte {
+	var msg []byte
+	msg = protowire.AppendTag(msg, 1, protowire.BytesType)
+	msg = protowire.AppendString(msg, role)
+	msg = protowire.AppendTag(msg, 2, protowire.BytesType)
+	msg = protowire.AppendString(msg, content)
+	var b []byte
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, model)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendBytes(b, msg)
+	return b
+}
+
+// TestInvalidUTF8IsInvalidArgument: a request whose string fields hold
+// invalid UTF-8 is the caller's error, INVALID_ARGUMENT naming each field,
+// logged and counted as other rejections are; grpc-go's codec made it
+// INTERNAL, before detour saw the call.
+func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "a", Backends: []regions.Backend{{Name: "a-1", Endpoint: upstream(t, hostile.Answer(goodAnswer))}}}}}
+	fx := startHostile(t, cfg, "a")
+	conn, err := grpc.NewClient(fx.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bad := rawRequest("m\xff", "user", "caf\xe9 au lait")
+	check := func(method string, err error) {
+		t.Helper()
+		st := status.Convert(err)
+		if st.Code() != codes.InvalidArgument {
+			t.Fatalf("%s: %v (%s), want InvalidArgument", method, st.Code(), st.Message())
+		}
+		var fields []string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fields = append(fields, v.GetField())
+				}
+			}
+		}
+		if diff := cmp.Diff(fields, []string{"model", "messages[0].content"}); diff != "" {
+			t.Errorf("%s: field violations (-got +want):\n%s", method, diff)
+		}
+	}
+	var resp detourv1.CompleteResponse
+	check("Complete", conn.Invoke(callCtx(t), "/detour.v1.Router/Complete", bad, &resp, grpc.ForceCodecV2(rawCodec{})))
+	st, err := conn.NewStream(callCtx(t), &detourv1.Router_ServiceDesc.Streams[0], "/detour.v1.Router/StreamComplete", grpc.ForceCodecV2(rawCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SendMsg(bad); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseSend()
+	var chunk detourv1.CompleteChunk
+	check("StreamComplete", st.RecvMsg(&chunk))
+	// Logged like any other rejection; a valid raw request still works.
+	if n := strings.Count(fx.logs.String(), `"code":"InvalidArgument"`); n != 2 {
+		t.Errorf("%d call lines with InvalidArgument, want 2:\n%s", n, fx.logs.String())
+	}
+	if err := conn.Invoke(callCtx(t), "/detour.v1.Router/Complete", rawRequest("m", "user", "café"), &resp, grpc.ForceCodecV2(rawCodec{})); err != nil {
+		t.Errorf("valid raw request: %v", err)
 	}
 }

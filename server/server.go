@@ -94,6 +94,9 @@ func New(r *router.Router, opts Options) *Server {
 		// field-level INVALID_ARGUMENT; this ceiling stops the transport from
 		// reading anything larger at all (RESOURCE_EXHAUSTED).
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
+		// Invalid UTF-8 in a request is the caller's INVALID_ARGUMENT, not
+		// grpc-go's INTERNAL (codec.go).
+		grpc.ForceServerCodecV2(newCodec()),
 		// Admission control (limits.max_inflight, see admit.go) refuses a
 		// call before its goroutine starts or its request is read.
 		grpc.InTapHandle(newAdmission(r, opts.Metrics, s.log).tap),
