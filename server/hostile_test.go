@@ -389,3 +389,57 @@ func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 		t.Errorf("valid raw request: %v", err)
 	}
 }
+
+// TestGraceCutIsLoggedAsShutdown: calls still running when Shutdown's
+// grace ends are cut by the server, not canceled by their callers, and
+// their log lines say so.
+func TestGraceCutIsLoggedAsShutdown(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	g := newGate()
+	rt, err := router.New(&regions.Snapshot{Config: admitConfig(regions.LimitPolicy{})}, router.Options{
+		NewProvider: func(regions.Backend) (router.Provider, error) { return g, nil }, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	var logs testkit.Buffer
+	s := New(rt, Options{Logger: quiet, LogCalls: true, CallLog: &logs})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); s.Serve(lis) }()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := detourv1.NewRouterClient(conn)
+	done := make(chan error, 2)
+	go func() { _, err := client.Complete(callCtx(t), admitReq); done <- err }()
+	go func() {
+		st, err := client.StreamComplete(callCtx(t), admitReq)
+		if err == nil {
+			_, err = st.Recv()
+		}
+		done <- err
+	}()
+	<-g.entered
+	<-g.entered
+	grace, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	s.Shutdown(grace) // the gate never opens: both calls outlive the grace
+	<-served
+	for range 2 {
+		if err := <-done; err == nil {
+			t.Error("a call outlived the shutdown")
+		}
+	}
+	testkit.Until(t, 5*time.Second, "two call lines", func() bool { return strings.Count(logs.String(), `"msg":"call"`) == 2 })
+	for _, line := range logs.Lines() {
+		if strings.Contains(line, "canceled by the caller") || !strings.Contains(line, "cut by shutdown") {
+			t.Errorf("call line %s, want one saying the call was cut by shutdown", line)
+		}
+	}
+}
