@@ -20,6 +20,10 @@ import (
 // caller or an upstream said.
 const maxMessageBytes = 384
 
+// maxLogErrorBytes bounds the detail of an error logged in full (detour's
+// words and the upstream excerpts they quote, already scrubbed).
+const maxLogErrorBytes = 2 << 10
+
 // codeOf is the one table from routing failures to gRPC codes.
 var codeOf = map[router.Code]codes.Code{
 	router.Unavailable:  codes.Unavailable,
@@ -47,7 +51,7 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	var re *router.Error
 	if !errors.As(err, &re) {
-		log.Error("unexpected error", "err", err)
+		log.Error("unexpected error", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
 		return status.Error(codes.Internal, "internal error")
 	}
 	code, ok := codeOf[re.Code]
@@ -61,7 +65,7 @@ func toStatus(log *slog.Logger, err error) error {
 		code = codes.NotFound
 	}
 	if code == codes.Internal {
-		log.Error("routing failed", "err", err)
+		log.Error("routing failed", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
 	}
 	st := status.New(code, msg)
 	if re.RetryAfter > 0 && (code == codes.Unavailable || code == codes.ResourceExhausted) {
