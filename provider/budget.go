@@ -8,9 +8,12 @@ import (
 )
 
 // DefaultBodyBudget is the process-wide budget of upstream body bytes
-// unless SetBodyBudget says otherwise: room for four answers at the
-// per-call cap (16 MiB) at once, or thousands of ordinary ones.
-const DefaultBodyBudget = 64 << 20
+// unless SetBodyBudget says otherwise: room for two answers at the
+// per-call cap (16 MiB) at once, or thousands of ordinary ones (an answer
+// is a few KiB; a stream holds the size of its largest event). Under 50
+// calls at once to an upstream sending 200 MB bodies, detour's RSS peaks
+// at about 150 MiB with it (bench hostile, RELIABILITY.md).
+const DefaultBodyBudget = 32 << 20
 
 // ErrBodyBudget is wrapped when an upstream body cannot be read because
 // the bodies being read by every client of the process already hold the
@@ -23,8 +26,8 @@ var ErrBodyBudget = errors.New("upstream body budget exhausted")
 
 // bodies is the process-wide budget: every OpenAI client reserves the
 // bytes it holds of an upstream body (a unary answer or error body while
-// it is read and decoded, a stream's buffers while it is open) and gives
-// them back when done.
+// it is read and decoded, a stream's event buffers while it is open) and
+// gives them back when done.
 var bodies budget
 
 // SetBodyBudget sets the process-wide budget of bytes held from upstream

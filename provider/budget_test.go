@@ -2,6 +2,7 @@ package provider
 
 import (
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,15 +98,21 @@ func TestBodyBudgetRefusal(t *testing.T) {
 	if resp, err := ok.Complete(t.Context(), userRequest("hi")); err != nil || resp.GetContent() != "fine" {
 		t.Errorf("small answer: %v, %v", resp, err)
 	}
-	// A stream's buffers count too, and are given back at Close.
-	sst := serveHostile(t, "", hostile.Stream(hostile.Delta("x", "stop"), "[DONE]"))
+	// A stream's event buffers count too, and are given back at Close; an
+	// event the budget cannot hold ends the stream.
+	sst := serveHostile(t, "", hostile.Stream(hostile.Delta("x", ""), hostile.Delta(strings.Repeat("y", 100<<10), "stop"), "[DONE]"))
 	st, err := sst.Stream(t.Context(), userRequest("hi"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if BodyBytesHeld() < sseBufferBytes {
-		t.Errorf("an open stream holds %d bytes of the budget, want >= %d", BodyBytesHeld(), sseBufferBytes)
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
 	}
+	if BodyBytesHeld() == 0 {
+		t.Error("an open stream holds nothing of the budget")
+	}
+	_, err = st.Recv()
+	errCheck{class: breaker.Failed, is: ErrBodyBudget}.check(t, err)
 	st.Close()
 	if h := BodyBytesHeld(); h != 0 {
 		t.Errorf("%d bytes held after Close", h)

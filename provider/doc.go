@@ -22,7 +22,7 @@
 // Memory is bounded per call (a unary body of 16 MiB, a stream event of
 // 4 MiB) and for the whole process: the bytes every client holds of
 // upstream bodies at once, while a unary answer is read and decoded and
-// while a stream's buffers are open, come from one budget (SetBodyBudget,
+// while a stream's event buffers are open, come from one budget (SetBodyBudget,
 // DefaultBodyBudget). A body that would pass it fails its attempt with an
 // error wrapping ErrBodyBudget, class Failed. gRPC (detour) backends are
 // bounded per message only.

@@ -199,10 +199,6 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 		status: resp.StatusCode,
 		body:   resp.Body,
 	}
-	if !st.hold.grow(sseBufferBytes) {
-		release(resp.Body)
-		return nil, o.overBudget(resp.StatusCode, overBudget(sseBufferBytes))
-	}
 	st.sse = newSSEReader(resp.Body, maxEventBytes, &st.hold)
 	return st, nil
 }
@@ -349,7 +345,7 @@ type openAIStream struct {
 	status int
 	body   io.ReadCloser
 	sse    *sseReader
-	hold   hold  // the stream's buffers in the process budget
+	hold   hold  // the stream's event buffers in the process budget
 	err    error // sticky: io.EOF after [DONE], or what broke the stream
 
 	finished bool // an event carried a finish reason

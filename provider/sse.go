@@ -27,13 +27,14 @@ type sseReader struct {
 	skipLF bool   // the last line ended in CR: an LF next completes a CRLF
 }
 
-// sseBufferBytes is the size of an sseReader's read buffer, which its
-// owner reserves in the budget.
+// sseBufferBytes is the size of an sseReader's read buffer: a fixed cost
+// per open stream, like its goroutine, which the body budget leaves out.
 const sseBufferBytes = 16 << 10
 
 // newSSEReader reads events from r. The memory its line and event buffers
-// grow to is reserved in h (nil: not accounted); a buffer the budget
-// cannot take makes Next fail with an error wrapping ErrBodyBudget.
+// grow to, which an upstream decides (up to max per event), is reserved in
+// h (nil: not accounted); a buffer the budget cannot take makes Next fail
+// with an error wrapping ErrBodyBudget.
 func newSSEReader(r io.Reader, max int, h *hold) *sseReader {
 	return &sseReader{br: bufio.NewReaderSize(r, sseBufferBytes), hold: h, max: max, first: true}
 }

@@ -40,7 +40,7 @@ type Main struct {
 	// environment variable, when set, wins.
 	GCHeapFloorMiB int
 	// UpstreamBodyBudgetMiB bounds the upstream body bytes the process
-	// holds at once (provider.SetBodyBudget); 0 means its default, 64.
+	// holds at once (provider.SetBodyBudget); 0 means its default, 32.
 	UpstreamBodyBudgetMiB int
 	Logger                *slog.Logger
 	// CallLog receives the per-call JSON lines; nil means through Logger.
@@ -79,7 +79,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	fs.StringVar(&m.HealthListen, "health-listen", "", "address of a plaintext listener serving only grpc.health.v1, for the kubelet's gRPC probes when TLS is on (empty: off)")
 	fs.DurationVar(&m.Grace, "grace", 30*time.Second, "how long in-flight calls may run after SIGTERM")
 	fs.IntVar(&m.GCHeapFloorMiB, "gc-heap-floor", 16, "MiB below which the garbage collector's heap goal never falls (fewer GC cycles for a small live heap; 0: plain GOGC; an explicit GOGC env wins)")
-	fs.IntVar(&m.UpstreamBodyBudgetMiB, "upstream-body-budget", provider.DefaultBodyBudget>>20, "MiB of upstream bodies (answers being read, stream buffers) the process holds at once, across every backend; a body that would pass it fails its attempt, which is tried elsewhere")
+	fs.IntVar(&m.UpstreamBodyBudgetMiB, "upstream-body-budget", provider.DefaultBodyBudget>>20, "MiB of upstream bodies (answers being read, stream events) the process holds at once, across every backend; a body that would pass it fails its attempt, which is tried elsewhere")
 	m.Live.register(fs)
 	m.Observe.register(fs)
 	m.Security.register(fs)
