@@ -130,10 +130,15 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		return nil, err
 	}
 	defer release(resp.Body)
-	body, err := readCapped(resp, maxAnswerBytes)
+	var h hold
+	defer h.release() // once decoded: the answer holds copies
+	body, err := readCapped(resp, maxAnswerBytes, &h)
 	if err != nil {
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			return nil, o.malformed(resp.StatusCode, err.Error())
+		case errors.Is(err, ErrBodyBudget):
+			return nil, o.overBudget(resp.StatusCode, err)
 		}
 		return nil, o.readError(ctx, "reading answer", err)
 	}
@@ -149,6 +154,10 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		return nil, o.malformed(resp.StatusCode, msg)
 	}
 	c := cr.Choices[0]
+	if c.Message.Content == "" && c.FinishReason == "" && !present(c.Message.ToolCalls) {
+		// {"choices":[{}]}: a 200 that says nothing is no answer.
+		return nil, o.malformed(resp.StatusCode, "empty choice: no content, no tool calls and no finish reason")
+	}
 	return &detourv1.CompleteResponse{
 		Id:           cr.ID,
 		Model:        cr.Model,
@@ -160,8 +169,9 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 
 // Stream sends req with "stream": true and returns once the backend has
 // answered with a 2xx status; the chunks follow through the stream. The
-// stream ends with io.EOF only after the backend's "data: [DONE]"; an answer
-// cut before it is an error wrapping ErrIncomplete. Events that carry no
+// stream ends with io.EOF only after the backend's "data: [DONE]" and a
+// finish reason; an answer cut before [DONE], or a [DONE] that no finish
+// reason preceded, is an error wrapping ErrIncomplete. Events that carry no
 // text, finish reason or usage (a role-only first delta, say) are skipped.
 // After [DONE], Recv reads the end of the response (normally already there)
 // so that the connection goes back to the pool. The caller must Close the
@@ -175,19 +185,22 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 		if mt, _, _ := mime.ParseMediaType(ct); mt != "text/event-stream" {
 			defer release(resp.Body)
 			msg := fmt.Sprintf("content type %q, not text/event-stream", mt)
-			if body, err := readCapped(resp, maxErrorBytes); err == nil && len(body) > 0 {
+			var h hold
+			defer h.release()
+			if body, err := readCapped(resp, maxErrorBytes, &h); err == nil && len(body) > 0 {
 				msg += "; upstream said: " + upstreamMessage(body)
 			}
 			return nil, o.malformed(resp.StatusCode, msg)
 		}
 	}
-	return &openAIStream{
+	st := &openAIStream{
 		o:      o,
 		ctx:    ctx,
 		status: resp.StatusCode,
 		body:   resp.Body,
-		sse:    newSSEReader(resp.Body, maxEventBytes),
-	}, nil
+	}
+	st.sse = newSSEReader(resp.Body, maxEventBytes, &st.hold)
+	return st, nil
 }
 
 // post sends req and returns a 2xx response, or the error status as an
@@ -233,8 +246,11 @@ func (o *OpenAI) statusError(resp *http.Response) error {
 		Status:      resp.StatusCode,
 		RetryAfterD: retryAfter(resp.Header, time.Now()),
 	}
-	// A body cut by ctx still says something; use what arrived.
-	body, _ := readCapped(resp, maxErrorBytes)
+	// A body cut by ctx still says something; use what arrived. A body the
+	// budget cannot take leaves the status alone to speak.
+	var h hold
+	defer h.release()
+	body, _ := readCapped(resp, maxErrorBytes, &h)
 	if len(body) > 0 {
 		e.Message = cleanMessage(upstreamMessage(body), o.cred)
 	}
@@ -258,17 +274,61 @@ func (o *OpenAI) readError(ctx context.Context, what string, err error) error {
 
 var errTooLarge = errors.New("answer too large")
 
-// readCapped reads resp.Body whole, up to limit bytes.
-func readCapped(resp *http.Response, limit int64) ([]byte, error) {
-	var buf bytes.Buffer
-	if n := resp.ContentLength; n > 0 && n <= limit {
-		buf.Grow(int(n))
+// readChunk is the least a body's buffer grows by.
+const readChunk = 32 << 10
+
+// readCapped reads resp.Body whole, up to limit bytes, reserving the
+// buffer's bytes in h (the process budget, see SetBodyBudget) before it
+// grows: a body larger than limit is errTooLarge, one the budget cannot
+// hold wraps ErrBodyBudget. On any error the bytes read so far are
+// returned too. The caller releases h once done with the bytes.
+func readCapped(resp *http.Response, limit int64, h *hold) ([]byte, error) {
+	size := int64(readChunk)
+	if n := resp.ContentLength; n >= 0 && n <= limit {
+		size = n + 1 // one more, to see the end without growing
 	}
-	_, err := buf.ReadFrom(io.LimitReader(resp.Body, limit+1))
-	if int64(buf.Len()) > limit {
-		return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+	size = min(size, limit+1)
+	if !h.grow(size) {
+		return nil, overBudget(size)
 	}
-	return buf.Bytes(), err
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+			}
+			grow := min(max(int64(cap(buf)), readChunk), limit+1-int64(cap(buf)))
+			if !h.grow(grow) {
+				return buf, overBudget(grow)
+			}
+			nb := make([]byte, len(buf), int64(cap(buf))+grow)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+		}
+		if errors.Is(err, io.EOF) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// overBudget reports an answer of status that the process's body budget
+// could not hold (err wraps a *budgetError): Failed, like a malformed
+// answer.
+func (o *OpenAI) overBudget(status int, err error) error {
+	msg := err.Error()
+	var be *budgetError
+	if errors.As(err, &be) {
+		msg = be.detail
+	}
+	return &HTTPError{Backend: o.name, Status: status, Message: msg, Err: ErrBodyBudget}
 }
 
 // release drains a little of what is left of body, so that the connection
@@ -285,7 +345,10 @@ type openAIStream struct {
 	status int
 	body   io.ReadCloser
 	sse    *sseReader
+	hold   hold  // the stream's event buffers in the process budget
 	err    error // sticky: io.EOF after [DONE], or what broke the stream
+
+	finished bool // an event carried a finish reason
 
 	closeOnce sync.Once
 }
@@ -303,6 +366,11 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 			continue
 		}
 		if string(data) == "[DONE]" {
+			if !s.finished {
+				// A [DONE] without a finish reason ends an answer that
+				// did not finish: never a complete (cacheable) one.
+				return nil, s.fail(fmt.Errorf("backend %s: %w: [DONE] without a finish reason", s.o.name, ErrIncomplete))
+			}
 			// Read to the end of the body, which normally follows at once, so
 			// that the connection is reused; ctx bounds the wait.
 			_, _ = io.CopyN(io.Discard, s.sse.br, maxDrainBytes)
@@ -328,6 +396,9 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 		if ch.Delta == "" && ch.FinishReason == "" && ch.Usage == nil {
 			continue
 		}
+		if ch.FinishReason != "" {
+			s.finished = true
+		}
 		return ch, nil
 	}
 }
@@ -338,11 +409,13 @@ func (s *openAIStream) streamError(err error) error {
 	case s.ctx.Err() != nil:
 		return s.o.readError(s.ctx, "stream", err)
 	case errors.Is(err, io.EOF):
-		return fmt.Errorf("backend %s: %w", s.o.name, ErrIncomplete)
+		return fmt.Errorf("backend %s: %w: cut before [DONE]", s.o.name, ErrIncomplete)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("backend %s: %w: %w", s.o.name, ErrIncomplete, err)
+		return fmt.Errorf("backend %s: %w: cut before [DONE]: %w", s.o.name, ErrIncomplete, err)
 	case errors.Is(err, errEventTooLarge):
 		return s.o.malformed(s.status, "stream: "+err.Error())
+	case errors.Is(err, ErrBodyBudget):
+		return s.o.overBudget(s.status, err)
 	}
 	return s.o.readError(s.ctx, "stream", err)
 }
@@ -355,7 +428,10 @@ func (s *openAIStream) fail(err error) error {
 }
 
 func (s *openAIStream) Close() error {
-	s.closeOnce.Do(func() { _ = s.body.Close() })
+	s.closeOnce.Do(func() {
+		_ = s.body.Close()
+		s.hold.release()
+	})
 	return nil
 }
 
@@ -408,7 +484,8 @@ type chatResponse struct {
 	Model   string `json:"model"`
 	Choices []struct {
 		Message struct {
-			Content string `json:"content"`
+			Content   string          `json:"content"`
+			ToolCalls json.RawMessage `json:"tool_calls"` // only whether there are any
 		} `json:"message"`
 		FinishReason string `json:"finish_reason"`
 	} `json:"choices"`
