@@ -1,18 +1,3 @@
-// Package capacity finds and holds the working capacity of one upstream
-// backend: how many calls it can take at once before it answers busy.
-//
-// A Limiter is a concurrency limit that learns (see the estimator in
-// estimator.go): it grows while the backend answers and shrinks when
-// detour's own load is what makes the backend busy, telling that apart from
-// a backend that answers a share of all calls busy whatever it is sent
-// (which is capacity to use, not a signal to back off). A busy answer keeps
-// its slot for about one call's duration, as the call would have, so that a
-// full backend is not asked again at once. Calls over the limit may wait in
-// a bounded queue, served in turn across callers.
-//
-// The package knows nothing of routing: the router asks each candidate's
-// Limiter for room, spills to the next candidate when there is none, and
-// waits in the queue of the best one when no candidate has room.
 package capacity
 
 import (
