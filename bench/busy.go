@@ -76,6 +76,7 @@ type busyRow struct {
 	withRetryInfo   int           // failed calls with a RetryInfo
 	breakerOpenedIn time.Duration // dead scenario: from the start; <0: never
 	deadAttempts    int           // dead scenario: connections to the dead backend
+	foreign         float64       // cores other processes used during the run
 	elapsed         time.Duration
 }
 
@@ -365,7 +366,9 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 		}
 		return err
 	}
+	mark := markCPU()
 	r := openLoop(ctx, s.rate, o.dur, o.maxInFlight, nil, wrapped)
+	row.foreign = mark.foreignCPU()
 	cancel()
 	bg.Wait()
 	row.elapsed = r.Elapsed
@@ -563,10 +566,10 @@ func printBusy(s *busyScenario, modes []string, rows map[string]*busyRow) {
 		tab = append(tab, []string{m, fmt.Sprint(r.sum.N), pctText(r.sum.successRate()), fmt.Sprintf("%.2f", r.perCall()),
 			fmt.Sprintf("%.2f", float64(r.upstream.Total)/float64(max(r.sum.OK, 1))),
 			ms(r.sum.P50), ms(r.sum.P99), pctText(busyShare(r.upstream)), pctText(busyShare(r.upstream2)),
-			fmt.Sprintf("%.0f", r.goodput), fail, opened, r.sum.codesText()})
+			fmt.Sprintf("%.0f", r.goodput), fail, opened, r.sum.codesText(), fmt.Sprintf("%.2f", r.foreign)})
 	}
 	fmt.Println(mdTable([]string{"mode", "calls", "success", "upstream/call", "upstream/answer", "p50 ms", "p99 ms", "busy/upstream", "busy/upstream, 2nd half",
-		"goodput/s, 2nd half", "failed calls", "dead breaker open", "errors"}, tab))
+		"goodput/s, 2nd half", "failed calls", "dead breaker open", "errors", "other processes, cores"}, tab))
 }
 
 func judgeSoleRandom(s *busyScenario, rows map[string]*busyRow) []string {
