@@ -34,7 +34,7 @@ const (
 	// a stream cut short, a detour backend refusing a call that looped back
 	// to it). Retried elsewhere; counts against the backend.
 	Failed
-	// Client: the request itself was refused (400, 401, 403, 404, 422,
+	// Client: the request itself was refused (400, 409, 413, 422,
 	// INVALID_ARGUMENT, ...). Not retried; never trips a breaker.
 	Client
 	// Canceled: the caller went away. Neither retried nor counted.
@@ -115,9 +115,9 @@ func Classify(err error) Class {
 				return Failed
 			}
 			return Client
-		case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied,
-			codes.Unauthenticated, codes.OutOfRange,
-			codes.Unimplemented, codes.AlreadyExists:
+		case codes.NotFound, codes.PermissionDenied, codes.Unauthenticated:
+			return Failed // the backend's setup, not the caller's request: Misdirected
+		case codes.InvalidArgument, codes.OutOfRange, codes.Unimplemented, codes.AlreadyExists:
 			return Client
 		case codes.Unknown:
 			if mentionsBusy(s.Message()) {
@@ -181,6 +181,8 @@ func classifyHTTP(code int, msg string) Class {
 			return Busy
 		}
 		return Failed
+	case code == http.StatusUnauthorized, code == http.StatusForbidden, code == http.StatusNotFound:
+		return Failed // detour's credentials or base URL: Misdirected
 	case code >= 400:
 		return Client
 	case code >= 200 && code < 300:
@@ -195,6 +197,31 @@ func mentionsBusy(msg string) bool {
 	return strings.Contains(m, "busy") || strings.Contains(m, "overloaded") ||
 		strings.Contains(m, "rate limit") || strings.Contains(m, "try again later") ||
 		strings.Contains(m, "retry later")
+}
+
+// Misdirected reports an upstream that refused detour's own request setup
+// rather than the caller's request: its credentials (HTTP 401, 403; gRPC
+// UNAUTHENTICATED, PERMISSION_DENIED) or its endpoint (HTTP 404 for a wrong
+// base URL or a model the backend does not have though the config says it
+// does; gRPC NOT_FOUND from a detour backend that serves no such model). It
+// is Failed: tried on another backend, counted by the breaker, and never
+// reported to the caller as its own fault.
+func Misdirected(err error) bool {
+	if err == nil {
+		return false
+	}
+	var sc StatusCoder
+	if errors.As(err, &sc) {
+		c := sc.StatusCode()
+		return c == http.StatusUnauthorized || c == http.StatusForbidden || c == http.StatusNotFound
+	}
+	if s, ok := status.FromError(err); ok {
+		switch s.Code() {
+		case codes.NotFound, codes.PermissionDenied, codes.Unauthenticated:
+			return true
+		}
+	}
+	return false
 }
 
 // RetryAfter returns the upstream Retry-After hint carried by err, or 0.

@@ -64,9 +64,10 @@ func TestClassify(t *testing.T) {
 		{"http 500 overloaded", &httpError{code: 500, msg: "Server Overloaded"}, Busy},
 		{"http 502 busy", &httpError{code: 502, msg: "server busy, please retry later"}, Busy},
 		{"http 400", &httpError{code: 400, msg: "server busy"}, Client},
-		{"http 401", &httpError{code: 401}, Client},
-		{"http 403", &httpError{code: 403}, Client},
-		{"http 404", &httpError{code: 404}, Client},
+		{"http 401: detour's credentials", &httpError{code: 401}, Failed},
+		{"http 403: detour's credentials", &httpError{code: 403}, Failed},
+		{"http 404: detour's endpoint", &httpError{code: 404}, Failed},
+		{"http 409", &httpError{code: 409}, Client},
 		{"http 422", &httpError{code: 422}, Client},
 		{"http 200 unusable body", &httpError{code: 200}, Failed},
 		{"http wrapped", fmt.Errorf("backend eu-1: %w", &httpError{code: 503}), Busy},
@@ -91,9 +92,9 @@ func TestClassify(t *testing.T) {
 		{"grpc deadline exceeded", status.Error(codes.DeadlineExceeded, "slow"), Down},
 		{"grpc canceled", status.Error(codes.Canceled, "gone"), Canceled},
 		{"grpc invalid argument", status.Error(codes.InvalidArgument, "bad"), Client},
-		{"grpc not found", status.Error(codes.NotFound, "no model"), Client},
-		{"grpc permission denied", status.Error(codes.PermissionDenied, "no"), Client},
-		{"grpc unauthenticated", status.Error(codes.Unauthenticated, "no"), Client},
+		{"grpc not found: the backend serves no such model", status.Error(codes.NotFound, "no model"), Failed},
+		{"grpc permission denied: detour's credentials", status.Error(codes.PermissionDenied, "no"), Failed},
+		{"grpc unauthenticated: detour's credentials", status.Error(codes.Unauthenticated, "no"), Failed},
 		{"grpc failed precondition", status.Error(codes.FailedPrecondition, "no"), Client},
 		{"grpc out of range", status.Error(codes.OutOfRange, "no"), Client},
 		{"grpc unimplemented", status.Error(codes.Unimplemented, "no"), Client},
@@ -170,5 +171,29 @@ func TestHopLimitIsABackendFault(t *testing.T) {
 	}
 	if got := Classify(status.Error(codes.FailedPrecondition, "x")); got != Client {
 		t.Errorf("Classify(FAILED_PRECONDITION) = %v, want %v", got, Client)
+	}
+}
+
+func TestMisdirected(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{&httpError{code: 401}, true},
+		{&httpError{code: 403}, true},
+		{fmt.Errorf("backend x: %w", &httpError{code: 404}), true},
+		{&httpError{code: 400}, false},
+		{&httpError{code: 503}, false},
+		{status.Error(codes.Unauthenticated, "bad token"), true},
+		{status.Error(codes.PermissionDenied, "no"), true},
+		{fmt.Errorf("backend x: %w", status.Error(codes.NotFound, "no backend serves model")), true},
+		{status.Error(codes.InvalidArgument, "bad"), false},
+		{errors.New("connection refused"), false},
+	}
+	for _, tt := range tests {
+		if got := Misdirected(tt.err); got != tt.want {
+			t.Errorf("Misdirected(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }

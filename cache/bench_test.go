@@ -28,7 +28,7 @@ func BenchmarkKeyOf(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				KeyOf(req, false)
+				KeyOf(req, "", false)
 			}
 		})
 	}
@@ -57,12 +57,12 @@ func BenchmarkLocalHit(b *testing.B) {
 	c := New(Config{}, nil)
 	defer c.Close()
 	req := baseRequest()
-	c.Put(c.Plan(req), answer("positive"))
+	c.Put(c.Plan(req, Caller{}), answer("positive"))
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			hit, ok := c.Get(ctx, c.Plan(req))
+			hit, ok := c.Get(ctx, c.Plan(req, Caller{}))
 			if !ok {
 				b.Fatal("miss")
 			}
@@ -78,7 +78,7 @@ func BenchmarkRedisHit(b *testing.B) {
 	c := New(Config{MaxBytes: -1}, store)
 	defer c.Close()
 	req := baseRequest()
-	p := c.Plan(req)
+	p := c.Plan(req, Caller{})
 	c.Put(p, answer("positive"))
 	ctx := context.Background()
 	for _, ok := c.Get(ctx, p); !ok; _, ok = c.Get(ctx, p) {
@@ -88,7 +88,7 @@ func BenchmarkRedisHit(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		hit, ok := c.Get(ctx, c.Plan(req))
+		hit, ok := c.Get(ctx, c.Plan(req, Caller{}))
 		if !ok {
 			b.Fatal("miss")
 		}
@@ -103,7 +103,7 @@ func BenchmarkRedisMiss(b *testing.B) {
 	store := benchStore(b)
 	c := New(Config{}, store)
 	defer c.Close()
-	p := c.Plan(baseRequest())
+	p := c.Plan(baseRequest(), Caller{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

@@ -114,7 +114,7 @@ func (c *Cache) get(ctx context.Context, p Plan, stale bool) (*Hit, bool) {
 	}
 	now := c.now()
 	usable := func(e *entry) (*Hit, bool) {
-		if now.Before(e.freshUntil) {
+		if now.Before(e.freshUntil) && (p.MaxAge <= 0 || now.Sub(e.stored) <= p.MaxAge) {
 			return &Hit{Age: max(0, now.Sub(e.stored)), e: e}, true
 		}
 		if stale && now.Sub(e.freshUntil) <= p.MaxStale && now.Before(e.staleUntil) {

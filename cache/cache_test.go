@@ -104,10 +104,18 @@ func TestPlan(t *testing.T) {
 			want: Plan{Cacheable: true, TTL: time.Minute, MaxStale: 10 * time.Minute}},
 		{name: "no stale window", cfg: Config{StaleWindow: -1}, change: temp(ptr(0.0)),
 			want: Plan{Cacheable: true, TTL: DefaultTTL}},
-		{name: "ttl hint", change: hints(&detourv1.CacheHints{Ttl: durationpb.New(30 * time.Second)}),
+		{name: "ttl hint, tenant scope", cfg: Config{Scope: ScopeTenant}, change: hints(&detourv1.CacheHints{Ttl: durationpb.New(30 * time.Second)}),
 			want: Plan{Cacheable: true, TTL: 30 * time.Second, MaxStale: DefaultStaleWindow}},
-		{name: "ttl hint capped", cfg: Config{MaxTTL: time.Hour}, change: hints(&detourv1.CacheHints{Ttl: durationpb.New(48 * time.Hour)}),
+		{name: "ttl hint capped, tenant scope", cfg: Config{Scope: ScopeTenant, MaxTTL: time.Hour}, change: hints(&detourv1.CacheHints{Ttl: durationpb.New(48 * time.Hour)}),
 			want: Plan{Cacheable: true, TTL: time.Hour, MaxStale: DefaultStaleWindow}},
+		{name: "shorter ttl hint, shared scope: the caller's max age", change: hints(&detourv1.CacheHints{Ttl: durationpb.New(30 * time.Second)}),
+			want: Plan{Cacheable: true, TTL: DefaultTTL, MaxAge: 30 * time.Second, MaxStale: DefaultStaleWindow}},
+		{name: "longer ttl hint, shared scope: ignored", change: hints(&detourv1.CacheHints{Ttl: durationpb.New(48 * time.Hour)}),
+			want: Plan{Cacheable: true, TTL: DefaultTTL, MaxStale: DefaultStaleWindow}},
+		{name: "routing hints", change: func(r *detourv1.CompleteRequest) {
+			r.Temperature = ptr(0.0)
+			r.Routing = &detourv1.RoutingHints{PreferRegion: "eu", NoFallback: true}
+		}, want: Plan{Cacheable: true, TTL: DefaultTTL, MaxStale: DefaultStaleWindow, Route: "1eu"}},
 		{name: "max_stale narrows", change: hints(&detourv1.CacheHints{MaxStale: durationpb.New(time.Minute)}),
 			want: Plan{Cacheable: true, TTL: DefaultTTL, MaxStale: time.Minute}},
 		{name: "max_stale cannot widen", change: hints(&detourv1.CacheHints{MaxStale: durationpb.New(48 * time.Hour)}),
@@ -118,7 +126,7 @@ func TestPlan(t *testing.T) {
 			c := newCache(t, tt.cfg, nil)
 			r := request("hi")
 			tt.change(r)
-			got := c.Plan(r)
+			got := c.Plan(r, Caller{})
 			if got.Cacheable != (got.Key != Key{}) {
 				t.Errorf("Cacheable %v with key %v", got.Cacheable, got.Key)
 			}
@@ -134,7 +142,7 @@ func TestLocalHitMissExpiry(t *testing.T) {
 	clk := newClock()
 	c := newCache(t, Config{TTL: time.Minute, StaleWindow: time.Hour}, nil, WithClock(clk.Now))
 	ctx := context.Background()
-	p := c.Plan(request("hi"))
+	p := c.Plan(request("hi"), Caller{})
 	if _, ok := c.Get(ctx, p); ok {
 		t.Fatal("hit in an empty cache")
 	}
@@ -147,7 +155,7 @@ func TestLocalHitMissExpiry(t *testing.T) {
 	if diff := cmp.Diff(hit.Response(), cached("hello", detourv1.Source_SOURCE_CACHE, 20*time.Second), protocmp.Transform()); diff != "" {
 		t.Errorf("Response (-got +want):\n%s", diff)
 	}
-	if _, ok := c.Get(ctx, c.Plan(request("other"))); ok {
+	if _, ok := c.Get(ctx, c.Plan(request("other"), Caller{})); ok {
 		t.Error("hit for another request")
 	}
 	clk.Advance(40 * time.Second) // TTL over
@@ -168,7 +176,7 @@ func TestStale(t *testing.T) {
 	c := newCache(t, Config{TTL: time.Minute, StaleWindow: 10 * time.Minute}, nil, WithClock(clk.Now))
 	ctx := context.Background()
 	req := request("hi")
-	p := c.Plan(req)
+	p := c.Plan(req, Caller{})
 	c.Put(p, answer("hello"))
 
 	hit, ok := c.GetStale(ctx, p)
@@ -190,12 +198,12 @@ func TestStale(t *testing.T) {
 
 	narrow := request("hi")
 	narrow.Cache = &detourv1.CacheHints{MaxStale: durationpb.New(time.Minute)}
-	if _, ok := c.GetStale(ctx, c.Plan(narrow)); ok {
+	if _, ok := c.GetStale(ctx, c.Plan(narrow, Caller{})); ok {
 		t.Error("GetStale ignored max_stale: served an answer 2m past its TTL for max_stale 1m")
 	}
 	wide := request("hi")
 	wide.Cache = &detourv1.CacheHints{MaxStale: durationpb.New(5 * time.Minute)}
-	if _, ok := c.GetStale(ctx, c.Plan(wide)); !ok {
+	if _, ok := c.GetStale(ctx, c.Plan(wide, Caller{})); !ok {
 		t.Error("GetStale missed within max_stale")
 	}
 
@@ -208,7 +216,7 @@ func TestStale(t *testing.T) {
 func TestNoStaleWindow(t *testing.T) {
 	clk := newClock()
 	c := newCache(t, Config{TTL: time.Minute, StaleWindow: -1}, nil, WithClock(clk.Now))
-	p := c.Plan(request("hi"))
+	p := c.Plan(request("hi"), Caller{})
 	c.Put(p, answer("hello"))
 	clk.Advance(time.Minute + time.Second)
 	if _, ok := c.GetStale(context.Background(), p); ok {
@@ -220,7 +228,7 @@ func TestNoStaleWindow(t *testing.T) {
 func TestByteBound(t *testing.T) {
 	ctx := context.Background()
 	probe := New(Config{}, nil)
-	p0 := probe.Plan(request("q0"))
+	p0 := probe.Plan(request("q0"), Caller{})
 	probe.Put(p0, answer(strings.Repeat("x", 1000)))
 	size := probe.Stats().Bytes // the accounted size of one entry
 	probe.Close()
@@ -228,7 +236,7 @@ func TestByteBound(t *testing.T) {
 	c := newCache(t, Config{MaxBytes: 5 * size}, nil)
 	plans := make([]Plan, 8)
 	for i := range plans {
-		plans[i] = c.Plan(request(fmt.Sprintf("q%d", i)))
+		plans[i] = c.Plan(request(fmt.Sprintf("q%d", i)), Caller{})
 	}
 	for i := range 5 {
 		c.Put(plans[i], answer(strings.Repeat("x", 1000)))
@@ -253,7 +261,7 @@ func TestByteBound(t *testing.T) {
 
 	// An answer over MaxEntryBytes is not stored.
 	small := newCache(t, Config{MaxEntryBytes: 500}, nil)
-	p := small.Plan(request("big"))
+	p := small.Plan(request("big"), Caller{})
 	small.Put(p, answer(strings.Repeat("x", 1000)))
 	if _, ok := small.Get(ctx, p); ok {
 		t.Error("an answer over MaxEntryBytes was stored")
@@ -274,7 +282,7 @@ func TestPutOnlyLive(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.src.String(), func(t *testing.T) {
 			c := newCache(t, Config{}, nil)
-			p := c.Plan(request("hi"))
+			p := c.Plan(request("hi"), Caller{})
 			a := answer("hello")
 			a.Source = tt.src
 			c.Put(p, a)
@@ -289,7 +297,7 @@ func TestNotCacheable(t *testing.T) {
 	c := newCache(t, Config{}, nil)
 	r := request("hi")
 	r.Temperature = ptr(0.8)
-	p := c.Plan(r)
+	p := c.Plan(r, Caller{})
 	c.Put(p, answer("hello"))
 	if _, ok := c.Get(context.Background(), p); ok {
 		t.Error("a nondeterministic request was cached")
@@ -311,7 +319,7 @@ func TestStreamReplay(t *testing.T) {
 		{Id: "s1", Model: "m", Delta: "lo", ServedBy: sb, Source: detourv1.Source_SOURCE_LIVE, Attempts: 1},
 		{Id: "s1", Model: "m", FinishReason: "stop", Usage: &detourv1.Usage{TotalTokens: 4}, ServedBy: sb, Source: detourv1.Source_SOURCE_LIVE, Attempts: 1},
 	}
-	p := c.Plan(request("stream me"))
+	p := c.Plan(request("stream me"), Caller{})
 	var relayed []*detourv1.CompleteChunk
 	err := c.Stream(ctx, p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
 		for _, ch := range live {
@@ -353,7 +361,7 @@ func TestStreamReplay(t *testing.T) {
 	}
 
 	// A unary answer replays as one chunk.
-	pu := c.Plan(request("unary"))
+	pu := c.Plan(request("unary"), Caller{})
 	c.Put(pu, answer("whole"))
 	hit, _ = c.Get(ctx, pu)
 	replayed = nil
@@ -370,7 +378,7 @@ func TestStreamReplay(t *testing.T) {
 func TestStreamFailedNotStored(t *testing.T) {
 	c := newCache(t, Config{}, nil)
 	ctx := context.Background()
-	p := c.Plan(request("x"))
+	p := c.Plan(request("x"), Caller{})
 	boom := fmt.Errorf("upstream broke")
 	var n int
 	err := c.Stream(ctx, p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
@@ -391,7 +399,7 @@ func TestSharedTier(t *testing.T) {
 	ctx := context.Background()
 	a := newCache(t, Config{}, openStore(t, addr, prefix))
 	b := newCache(t, Config{}, openStore(t, addr, prefix))
-	p := a.Plan(request("shared"))
+	p := a.Plan(request("shared"), Caller{})
 	a.Put(p, answer("from a"))
 	var hit *Hit
 	eventually(t, "b to find a's answer in Redis", func() bool {
@@ -422,7 +430,7 @@ func TestSharedTierStale(t *testing.T) {
 	cfg := Config{TTL: time.Minute, StaleWindow: time.Hour}
 	a := newCache(t, cfg, openStore(t, addr, prefix), WithClock(clk.Now))
 	b := newCache(t, cfg, openStore(t, addr, prefix), WithClock(clk.Now))
-	p := a.Plan(request("shared stale"))
+	p := a.Plan(request("shared stale"), Caller{})
 	a.Put(p, answer("old"))
 	eventually(t, "the answer to reach Redis", func() bool { _, ok := b.Get(ctx, p); return ok })
 	c := newCache(t, cfg, openStore(t, addr, prefix), WithClock(clk.Now))
@@ -446,12 +454,12 @@ func TestSharedTierRedisKilled(t *testing.T) {
 	storeA, storeB := openStore(t, srv.Addr, prefix), openStore(t, srv.Addr, prefix)
 	a := newCache(t, Config{RedisTimeout: 100 * time.Millisecond}, storeA)
 	b := newCache(t, Config{RedisTimeout: 100 * time.Millisecond}, storeB)
-	p1 := a.Plan(request("one"))
+	p1 := a.Plan(request("one"), Caller{})
 	a.Put(p1, answer("1"))
 	eventually(t, "b to see answer 1", func() bool { _, ok := b.Get(ctx, p1); return ok })
 
 	srv.Kill()
-	p2 := a.Plan(request("two"))
+	p2 := a.Plan(request("two"), Caller{})
 	a.Put(p2, answer("2")) // Redis write fails in the background
 	if _, ok := a.Get(ctx, p2); !ok {
 		t.Error("a lost its own answer with Redis down")
@@ -470,7 +478,7 @@ func TestSharedTierRedisKilled(t *testing.T) {
 	}
 
 	srv.Restart()
-	p3 := a.Plan(request("three"))
+	p3 := a.Plan(request("three"), Caller{})
 	eventually(t, "the stores to use Redis again", func() bool {
 		a.Put(p3, answer("3"))
 		_, ok := b.Get(ctx, p3)
@@ -490,7 +498,7 @@ func TestSharedTierSlowRedis(t *testing.T) {
 	const timeout = 50 * time.Millisecond
 	c := newCache(t, Config{RedisTimeout: timeout}, store)
 	ctx := context.Background()
-	p := c.Plan(request("slow"))
+	p := c.Plan(request("slow"), Caller{})
 	if _, ok := c.Get(ctx, p); ok {
 		t.Fatal("hit in an empty cache")
 	}

@@ -39,9 +39,17 @@ type Config struct {
 	// decoding), so such requests are cached too. False caches only requests
 	// that set temperature 0, and those with the force_cache hint.
 	Deterministic bool `yaml:"deterministic,omitempty" json:"deterministic,omitempty"`
-	// PerUser makes the request's user field part of the key, so that
-	// answers are never shared between end users. False shares them: the
-	// answer depends on the prompt, not on who sent it.
+	// Scope says whose answers a request may get: "tenant" keys every
+	// answer on the caller's tenant (the authenticated identity), so no
+	// tenant reads another's; "shared" shares answers between tenants (the
+	// answer depends on the prompt, not on who sent it). Empty means tenant
+	// when authentication is on and shared when it is off (then the tenant
+	// is only what a caller claims).
+	Scope string `yaml:"scope,omitempty" json:"scope,omitempty"`
+	// PerUser makes the request's user field part of the key too (with the
+	// tenant: one tenant's end-user ids never reach another's answers), so
+	// that answers are never shared between end users. False shares them
+	// within the scope.
 	PerUser bool `yaml:"per_user,omitempty" json:"per_user,omitempty"`
 	// MaxBytes bounds the memory of the local tier (encoded answers and
 	// keys). Zero means 64 MiB; a negative value means no local tier.
@@ -79,6 +87,21 @@ func (c Config) coalesceTimeout() time.Duration {
 	return orDefault(c.CoalesceTimeout, DefaultCoalesceTimeout)
 }
 
+// Cache scopes (Config.Scope).
+const (
+	ScopeTenant = "tenant"
+	ScopeShared = "shared"
+)
+
+// Caller is who a request comes from, as the cache scopes answers.
+type Caller struct {
+	// Tenant is the caller's tenant.
+	Tenant string
+	// Authenticated says the tenant was proven (a token or a certificate),
+	// not only claimed; it decides the default scope.
+	Authenticated bool
+}
+
 // Plan is the cache's decision for one request, made once by Cache.Plan and
 // passed to the other methods.
 type Plan struct {
@@ -90,9 +113,18 @@ type Plan struct {
 	// Reason says why the request is not Cacheable ("disabled", "no_cache",
 	// "nondeterministic"), for logs and metrics; empty when it is.
 	Reason string
-	// TTL is how long an answer stored for this request stays fresh: the
-	// request's ttl hint (capped at Config.MaxTTL) or Config.TTL.
+	// TTL is how long an answer stored for this request stays fresh:
+	// Config.TTL, or in the tenant scope the request's ttl hint (capped at
+	// Config.MaxTTL).
 	TTL time.Duration
+	// MaxAge, when positive, is the oldest answer this request takes as
+	// fresh: in the shared scope a ttl hint bounds what its own caller
+	// reads and never the freshness of what others read.
+	MaxAge time.Duration
+	// Route encodes the routing hints that change which answers a request
+	// may get (routing.prefer_region and routing.no_fallback): identical
+	// requests with different ones never share an upstream call.
+	Route string
 	// MaxStale is how far past its TTL a stale answer may be for this
 	// request: the smaller of the request's max_stale hint and
 	// Config.StaleWindow. Zero means no stale answer.
@@ -107,10 +139,13 @@ type Plan struct {
 //     unset when Config.Deterministic says the backends default to
 //     deterministic answers.
 //
-// The ttl hint replaces Config.TTL for the answer this request stores; the
+// The key is scoped to the caller (see Config.Scope). In the tenant scope
+// the ttl hint replaces Config.TTL for the answer this request stores; in
+// the shared scope it only bounds the age of the answer this request takes
+// (HTTP's max-age), so one tenant cannot set the freshness others get. The
 // max_stale hint narrows the stale window this request accepts (like HTTP's
 // max-stale, it bounds how long past its TTL an answer may be).
-func (c *Cache) Plan(req *detourv1.CompleteRequest) Plan {
+func (c *Cache) Plan(req *detourv1.CompleteRequest, who Caller) Plan {
 	cfg := &c.cfg
 	hints := req.GetCache()
 	switch {
@@ -124,9 +159,21 @@ func (c *Cache) Plan(req *detourv1.CompleteRequest) Plan {
 	default:
 		return Plan{Reason: "nondeterministic"}
 	}
-	p := Plan{Key: KeyOf(req, cfg.PerUser), Cacheable: true, TTL: cfg.ttl(), MaxStale: cfg.staleWindow()}
+	scoped := cfg.Scope == ScopeTenant || (cfg.Scope == "" && who.Authenticated)
+	tenant := ""
+	if scoped || cfg.PerUser {
+		// per_user keys on the end user within the tenant: one tenant's
+		// user ids never reach another tenant's answers.
+		tenant = who.Tenant
+	}
+	p := Plan{Key: KeyOf(req, tenant, cfg.PerUser), Cacheable: true, TTL: cfg.ttl(), MaxStale: cfg.staleWindow(),
+		Route: routeOf(req.GetRouting())}
 	if d := hints.GetTtl().AsDuration(); d > 0 {
-		p.TTL = min(d, cfg.maxTTL())
+		if scoped {
+			p.TTL = min(d, cfg.maxTTL())
+		} else if d < p.TTL {
+			p.MaxAge = d
+		}
 	}
 	if d := hints.GetMaxStale().AsDuration(); d > 0 {
 		p.MaxStale = min(d, p.MaxStale)
@@ -150,5 +197,21 @@ func (c Config) Validate() error {
 	if c.TTL > 0 && c.MaxTTL > 0 && c.TTL > c.MaxTTL {
 		errs = append(errs, fmt.Errorf("cache.ttl %v exceeds cache.max_ttl %v", c.TTL, c.MaxTTL))
 	}
+	if c.Scope != "" && c.Scope != ScopeTenant && c.Scope != ScopeShared {
+		errs = append(errs, fmt.Errorf("cache.scope %q must be %q or %q", c.Scope, ScopeTenant, ScopeShared))
+	}
 	return errors.Join(errs...)
+}
+
+// routeOf encodes the routing hints that change which answers a request may
+// get.
+func routeOf(h *detourv1.RoutingHints) string {
+	if h == nil || (h.GetPreferRegion() == "" && !h.GetNoFallback()) {
+		return ""
+	}
+	nf := "0"
+	if h.GetNoFallback() {
+		nf = "1"
+	}
+	return nf + h.GetPreferRegion()
 }

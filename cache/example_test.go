@@ -20,7 +20,7 @@ func ExampleCache() {
 	ctx := context.Background()
 
 	complete := func(req *detourv1.CompleteRequest) *detourv1.CompleteResponse {
-		p := c.Plan(req)
+		p := c.Plan(req, cache.Caller{})
 		if hit, ok := c.Get(ctx, p); ok {
 			return hit.Response()
 		}
@@ -53,7 +53,7 @@ func ExampleCache_GetStale() {
 	defer c.Close()
 	ctx := context.Background()
 	req := &detourv1.CompleteRequest{Model: "m", Messages: []*detourv1.Message{{Role: "user", Content: "hi"}}, Temperature: zero()}
-	p := c.Plan(req)
+	p := c.Plan(req, cache.Caller{})
 	c.Put(p, &detourv1.CompleteResponse{Content: "hello", FinishReason: "stop", Source: detourv1.Source_SOURCE_LIVE})
 
 	now = now.Add(5 * time.Minute)
@@ -76,7 +76,7 @@ func ExampleCache_Plan() {
 		{Model: "m", Temperature: &t, Cache: &detourv1.CacheHints{ForceCache: true}},
 		{Model: "m", Temperature: zero(), Cache: &detourv1.CacheHints{NoCache: true}},
 	} {
-		p := c.Plan(req)
+		p := c.Plan(req, cache.Caller{})
 		fmt.Printf("%v %q\n", p.Cacheable, p.Reason)
 	}
 
@@ -93,7 +93,7 @@ func ExampleKeyOf() {
 		Stop: []string{"a", "b"}}
 	b := &detourv1.CompleteRequest{Model: "m", Messages: []*detourv1.Message{{Role: "User", Content: "hi\n"}},
 		Stop: []string{"b", "a"}, Routing: &detourv1.RoutingHints{PreferRegion: "us-east"}}
-	fmt.Println(cache.KeyOf(a, false) == cache.KeyOf(b, false))
+	fmt.Println(cache.KeyOf(a, "", false) == cache.KeyOf(b, "", false))
 
 	// Output:
 	// true

@@ -26,12 +26,17 @@ type flights struct {
 // more hop than the call waiting for it, so it starts its own upstream call
 // (which the hop limit ends) instead of joining the one waiting for it and
 // waiting with it until the attempt times out.
+//
+// The routing hints that change which answers a request may get are part of
+// it too (Plan.Route): a caller that forbids fallbacks never joins a call
+// that may be answered by one.
 type flightKey struct {
-	key  Key
-	hops int
+	key   Key
+	hops  int
+	route string
 }
 
-func flightKeyOf(ctx context.Context, p Plan) flightKey { return flightKey{p.Key, hop.From(ctx)} }
+func flightKeyOf(ctx context.Context, p Plan) flightKey { return flightKey{p.Key, hop.From(ctx), p.Route} }
 
 func (fs *flights) init() {
 	fs.unary = map[flightKey]*flight{}

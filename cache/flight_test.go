@@ -40,7 +40,7 @@ func (u *upstream) complete(ctx context.Context) (*detourv1.CompleteResponse, er
 func TestCoalesce(t *testing.T) {
 	c := newCache(t, Config{}, nil)
 	u := newUpstream()
-	p := c.Plan(request("same"))
+	p := c.Plan(request("same"), Caller{})
 	const n = 100
 	var wg sync.WaitGroup
 	results := make([]*detourv1.CompleteResponse, n)
@@ -77,7 +77,7 @@ func TestCoalesce(t *testing.T) {
 func TestCoalesceCallerCancel(t *testing.T) {
 	c := newCache(t, Config{}, nil)
 	u := newUpstream()
-	p := c.Plan(request("same"))
+	p := c.Plan(request("same"), Caller{})
 
 	impatient, giveUp := context.WithCancel(context.Background())
 	patient := make(chan error, 1)
@@ -107,7 +107,7 @@ func TestCoalesceCallerCancel(t *testing.T) {
 
 	// Everyone gives up: the shared call ends, and the next caller starts
 	// a new one.
-	p2 := c.Plan(request("abandoned"))
+	p2 := c.Plan(request("abandoned"), Caller{})
 	u2 := newUpstream()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -130,7 +130,7 @@ func TestCoalesceCallerCancel(t *testing.T) {
 func TestCoalesceErrorsAndUncacheable(t *testing.T) {
 	c := newCache(t, Config{}, nil)
 	boom := errors.New("all busy")
-	p := c.Plan(request("x"))
+	p := c.Plan(request("x"), Caller{})
 	_, err := c.Do(context.Background(), p, func(context.Context) (*detourv1.CompleteResponse, error) { return nil, boom })
 	if err != boom {
 		t.Errorf("Do: %v, want %v", err, boom)
@@ -141,7 +141,7 @@ func TestCoalesceErrorsAndUncacheable(t *testing.T) {
 
 	r := request("x")
 	r.Cache = &detourv1.CacheHints{NoCache: true}
-	pn := c.Plan(r)
+	pn := c.Plan(r, Caller{})
 	caller := context.WithValue(context.Background(), ctxKey{}, "caller")
 	_, err = c.Do(caller, pn, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
 		if ctx != caller {
@@ -160,7 +160,7 @@ type ctxKey struct{}
 // even when it joins late; a caller whose send fails leaves alone.
 func TestCoalesceStream(t *testing.T) {
 	c := newCache(t, Config{}, nil)
-	p := c.Plan(request("stream"))
+	p := c.Plan(request("stream"), Caller{})
 	var calls atomic.Int32
 	next := make(chan struct{})
 	fn := func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
@@ -221,7 +221,7 @@ func TestCoalesceStream(t *testing.T) {
 func TestCloseCancelsFlights(t *testing.T) {
 	c := New(Config{}, nil)
 	u := newUpstream()
-	p := c.Plan(request("x"))
+	p := c.Plan(request("x"), Caller{})
 	done := make(chan error, 1)
 	go func() { _, err := c.Do(context.Background(), p, u.complete); done <- err }()
 	shared := <-u.ctxs
@@ -242,7 +242,7 @@ func TestCloseCancelsFlights(t *testing.T) {
 func TestCoalesceCallerDeadline(t *testing.T) {
 	c := newCache(t, Config{}, nil)
 	u := newUpstream()
-	p := c.Plan(request("same"))
+	p := c.Plan(request("same"), Caller{})
 	patient := make(chan error, 1)
 	go func() { _, err := c.Do(context.Background(), p, u.complete); patient <- err }()
 	shared := <-u.ctxs

@@ -38,7 +38,7 @@ func TestEmptyOrUnfinishedAnswerIsNotCached(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCache(t, Config{}, nil)
-			p := c.Plan(request("hi"))
+			p := c.Plan(request("hi"), Caller{})
 			if tt.chunks != nil {
 				c.PutStream(p, tt.chunks)
 			} else {
@@ -58,7 +58,7 @@ func TestEmptyOrUnfinishedAnswerIsNotCached(t *testing.T) {
 func TestEndlessStreamStopsBuffering(t *testing.T) {
 	const maxEntry = 64 << 10
 	c := newCache(t, Config{MaxEntryBytes: maxEntry}, nil)
-	p := c.Plan(request("endless"))
+	p := c.Plan(request("endless"), Caller{})
 	chunk := &detourv1.CompleteChunk{Delta: strings.Repeat("x", 1000), Source: detourv1.Source_SOURCE_LIVE}
 	// The bound, one chunk over it, and what was sent while the caller read.
 	limit := int64(2*maxEntry + proto.Size(chunk))
@@ -117,7 +117,7 @@ func held(f *flight) int64 {
 func TestLongStreamSharedPastTheEntryBound(t *testing.T) {
 	const maxEntry = 8 << 10
 	c := newCache(t, Config{MaxEntryBytes: maxEntry}, nil)
-	p := c.Plan(request("long"))
+	p := c.Plan(request("long"), Caller{})
 	const n = 200 // about 25 times the bound
 	var calls atomic.Int32
 	start := make(chan struct{})

@@ -20,7 +20,7 @@ func (k Key) String() string { return hex.EncodeToString(k[:]) }
 
 // keyVersion starts every encoding; change it when the encoding or the
 // normalization changes, so that old entries are no longer found.
-const keyVersion = "detour.cache.v1\x00"
+const keyVersion = "detour.cache.v2\x00"
 
 // KeyOf returns the canonical key of req: the SHA-256 of a length-prefixed
 // binary encoding, in a fixed order, of everything that changes the answer:
@@ -30,6 +30,7 @@ const keyVersion = "detour.cache.v1\x00"
 //   - temperature and top_p, each as "unset" or its value (-0 is 0);
 //   - max_tokens;
 //   - the stop sequences as a set (sorted, without duplicates);
+//   - the tenant, when the cache is scoped to tenants (empty: shared);
 //   - user, only when perUser is true (Config.PerUser).
 //
 // Routing hints and cache hints are not part of the key: they change where
@@ -41,9 +42,10 @@ const keyVersion = "detour.cache.v1\x00"
 //
 // KeyOf does not allocate (it encodes into a pooled buffer) and is safe for
 // concurrent use.
-func KeyOf(req *detourv1.CompleteRequest, perUser bool) Key {
+func KeyOf(req *detourv1.CompleteRequest, tenant string, perUser bool) Key {
 	bp := keyBufs.Get().(*[]byte)
 	b := append((*bp)[:0], keyVersion...)
+	b = appendString(b, 'T', tenant)
 	b = appendString(b, 'm', strings.TrimSpace(req.GetModel()))
 	for _, m := range req.GetMessages() {
 		b = appendString(b, 'r', strings.ToLower(strings.TrimSpace(m.GetRole())))

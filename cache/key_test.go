@@ -52,12 +52,12 @@ func TestKeyOfSame(t *testing.T) {
 		{name: "stop order", change: func(r *detourv1.CompleteRequest) { r.Stop = []string{"END", "\n"} }},
 		{name: "stop duplicates", change: func(r *detourv1.CompleteRequest) { r.Stop = []string{"END", "\n", "END"} }},
 	}
-	want := KeyOf(baseRequest(), false)
+	want := KeyOf(baseRequest(), "", false)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := baseRequest()
 			tt.change(r)
-			if got := KeyOf(r, false); got != want {
+			if got := KeyOf(r, "", false); got != want {
 				t.Errorf("KeyOf changed: %v, want %v", got, want)
 			}
 		})
@@ -67,7 +67,7 @@ func TestKeyOfSame(t *testing.T) {
 		negZero := 0.0
 		negZero = -negZero
 		r.Temperature = &negZero
-		if got := KeyOf(r, false); got != want {
+		if got := KeyOf(r, "", false); got != want {
 			t.Errorf("KeyOf(-0) = %v, want %v", got, want)
 		}
 	})
@@ -103,13 +103,13 @@ var keyChanges = []struct {
 }
 
 func TestKeyOfDiffers(t *testing.T) {
-	base := KeyOf(baseRequest(), false)
+	base := KeyOf(baseRequest(), "", false)
 	seen := map[Key]string{}
 	for _, tt := range keyChanges {
 		t.Run(tt.name, func(t *testing.T) {
 			r := baseRequest()
 			tt.change(r)
-			got := KeyOf(r, false)
+			got := KeyOf(r, "", false)
 			if got == base {
 				t.Errorf("KeyOf did not change")
 			}
@@ -122,7 +122,7 @@ func TestKeyOfDiffers(t *testing.T) {
 	t.Run("user with PerUser", func(t *testing.T) {
 		r := baseRequest()
 		r.User = "u-2"
-		if KeyOf(r, true) == KeyOf(baseRequest(), true) {
+		if KeyOf(r, "", true) == KeyOf(baseRequest(), "", true) {
 			t.Error("KeyOf(perUser) ignores user")
 		}
 	})
@@ -167,7 +167,7 @@ func TestKeyOfJSON(t *testing.T) {
 		if err := protojson.Unmarshal([]byte(d), r); err != nil {
 			t.Fatal(err)
 		}
-		keys = append(keys, KeyOf(r, false))
+		keys = append(keys, KeyOf(r, "", false))
 	}
 	if keys[0] != keys[1] {
 		t.Errorf("keys differ: %v, %v", keys[0], keys[1])
@@ -179,7 +179,7 @@ func TestKeyOfDoesNotAllocate(t *testing.T) {
 		t.Skip("the race detector makes sync.Pool drop buffers")
 	}
 	r := baseRequest() // its stop sequences are sorted: nothing to copy
-	if n := testing.AllocsPerRun(100, func() { KeyOf(r, false) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { KeyOf(r, "", false) }); n != 0 {
 		t.Errorf("KeyOf allocates %v times, want 0", n)
 	}
 }

@@ -295,7 +295,7 @@ func TestChartThreeZones(t *testing.T) {
 		}
 		for env, secret := range map[string]string{
 			"DETOUR_ETCD_ENDPOINTS": "detour-etcd", "DETOUR_ETCD_USER": "detour-etcd-auth",
-			"DETOUR_ETCD_PASSWORD": "detour-etcd-auth", "DEEPSEEK_API_KEY": "detour-provider-keys",
+			"DETOUR_ETCD_PASSWORD": "detour-etcd-auth", "DETOUR_KEY_DEEPSEEK": "detour-provider-keys",
 		} {
 			e := envVar(c, env)
 			if e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Name != secret {
@@ -421,7 +421,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"root", []string{"--set", "securityContext.runAsNonRoot=false"}, "runAsNonRoot"},
 		{"privilege escalation", []string{"--set", "securityContext.allowPrivilegeEscalation=true"}, "allowPrivilegeEscalation"},
 		{"bad spread policy", []string{"--set", "topologySpread.zone.whenUnsatisfiable=Never"}, "whenUnsatisfiable"},
-		{"key in values", []string{"--set", "providerKeys[0].env=DEEPSEEK_API_KEY", "--set", "providerKeys[0].value=sk-1"}, "additional properties 'value' not allowed"},
+		{"key in values", []string{"--set", "providerKeys[0].env=DETOUR_KEY_DEEPSEEK", "--set", "providerKeys[0].value=sk-1"}, "additional properties 'value' not allowed"},
 		{"unknown auth mode", []string{"--set", "auth.mode=mtls"}, "/auth/mode"},
 		{"bad reload interval", []string{"--set", "tls.secretName=detour-tls", "--set", "tls.reloadInterval=10"}, "/tls/reloadInterval"},
 		{"client CA without certificate", []string{"--set", "tls.clientCASecretName=detour-client-ca"}, "tls.clientCASecretName needs tls.secretName"},

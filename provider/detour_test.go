@@ -225,7 +225,7 @@ func TestDetourErrors(t *testing.T) {
 			name:     "key echoed, details kept",
 			err:      retry(codes.Unauthenticated, "bad token Bearer "+key, time.Second),
 			wantCode: codes.Unauthenticated,
-			want:     errCheck{class: breaker.Client, retryAfter: time.Second, contains: "bad token Bearer [redacted]"},
+			want:     errCheck{class: breaker.Failed, retryAfter: time.Second, contains: "bad token Bearer [redacted]"},
 		},
 	}
 	for _, tt := range tests {
@@ -365,7 +365,7 @@ func TestNewDetour(t *testing.T) {
 	}{
 		{name: "openai kind", backend: regions.Backend{Name: testBackend, Kind: "openai", Endpoint: "127.0.0.1:1"}, wantErr: `kind "openai" is not "detour"`},
 		{name: "no endpoint", backend: regions.Backend{Name: testBackend, Kind: "detour"}, wantErr: "endpoint is required"},
-		{name: "key env unset", backend: regions.Backend{Name: testBackend, Kind: "detour", Endpoint: "127.0.0.1:1", APIKeyEnv: "DETOUR_TEST_UNSET_KEY"}, wantErr: "DETOUR_TEST_UNSET_KEY is not set"},
+		{name: "key env unset", backend: regions.Backend{Name: testBackend, Kind: "detour", Endpoint: "127.0.0.1:1", APIKeyEnv: "DETOUR_KEY_TEST_UNSET"}, wantErr: "DETOUR_KEY_TEST_UNSET is not set"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

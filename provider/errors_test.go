@@ -123,7 +123,7 @@ func TestHTTPError(t *testing.T) {
 			name:      "no message",
 			err:       &HTTPError{Backend: "b", Status: 404},
 			wantText:  "backend b: HTTP 404 Not Found",
-			wantClass: breaker.Client,
+			wantClass: breaker.Failed, // detour's endpoint: breaker.Misdirected
 		},
 		{
 			name:      "malformed",

@@ -236,7 +236,7 @@ func TestOpenAICompleteErrors(t *testing.T) {
 		{
 			name:       "401 no body",
 			status:     401,
-			want:       errCheck{class: breaker.Client, contains: "HTTP 401 Unauthorized"},
+			want:       errCheck{class: breaker.Failed, contains: "HTTP 401 Unauthorized"}, // detour's credentials: breaker.Misdirected
 			wantStatus: 401,
 		},
 		{

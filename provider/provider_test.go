@@ -49,7 +49,9 @@ func backendFor(t *testing.T, kind, endpoint, key string) regions.Backend {
 	t.Helper()
 	b := regions.Backend{Name: testBackend, Kind: kind, Endpoint: endpoint}
 	if key != "" {
-		b.APIKeyFile = filepath.Join(t.TempDir(), "key")
+		dir := t.TempDir()
+		t.Setenv(regions.KeyDirsVar, dir)
+		b.APIKeyFile = filepath.Join(dir, "key")
 		if err := os.WriteFile(b.APIKeyFile, []byte(key+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}

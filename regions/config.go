@@ -109,9 +109,13 @@ type Backend struct {
 	// Timeout bounds one attempt. Zero means the retry policy's
 	// attempt_timeout.
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
-	// APIKeyEnv names the environment variable holding the API key.
+	// APIKeyEnv names the environment variable holding the API key; it must
+	// be called DETOUR_KEY_* (or be listed in the process's
+	// DETOUR_KEY_ENV_ALLOW).
 	APIKeyEnv string `yaml:"api_key_env,omitempty" json:"api_key_env,omitempty"`
-	// APIKeyFile names a file holding the API key (a mounted Secret).
+	// APIKeyFile names a file holding the API key (a mounted Secret), inside
+	// one of the process's DETOUR_KEY_DIRS (default /var/run/secrets,
+	// /run/secrets, /etc/detour/keys).
 	APIKeyFile string `yaml:"api_key_file,omitempty" json:"api_key_file,omitempty"`
 	// Drained backends take no new calls.
 	Drained bool `yaml:"drained,omitempty" json:"drained,omitempty"`
@@ -592,12 +596,16 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 		v.add("%s: set api_key_env or api_key_file, not both", where)
 	}
 	if b.APIKeyEnv != "" {
-		if _, ok := os.LookupEnv(b.APIKeyEnv); !ok {
+		if err := checkKeyEnv(b.APIKeyEnv); err != nil {
+			v.add("%s: api_key_env %s: %v", where, b.APIKeyEnv, err)
+		} else if _, ok := os.LookupEnv(b.APIKeyEnv); !ok {
 			v.add("%s: api_key_env %s is not set", where, b.APIKeyEnv)
 		}
 	}
 	if b.APIKeyFile != "" {
-		if _, err := os.Stat(b.APIKeyFile); err != nil {
+		if err := checkKeyFile(b.APIKeyFile); err != nil {
+			v.add("%s: api_key_file %s: %v", where, b.APIKeyFile, err)
+		} else if _, err := os.Stat(b.APIKeyFile); err != nil {
 			v.add("%s: api_key_file: %v", where, err)
 		}
 	}
@@ -641,9 +649,15 @@ func (b *Backend) Serves(model string) bool {
 }
 
 // APIKey reads the backend's API key from its env var or file; "" when none is
-// configured. The error never contains the key.
+// configured. The error never contains the key. It refuses a variable or a
+// file outside the places keys may come from (see keys.go), whatever
+// validated the document.
 func (b *Backend) APIKey() (string, error) {
 	switch {
+	case b.APIKeyEnv != "" && checkKeyEnv(b.APIKeyEnv) != nil:
+		return "", fmt.Errorf("backend %s: api_key_env %s: %w", b.Name, b.APIKeyEnv, checkKeyEnv(b.APIKeyEnv))
+	case b.APIKeyFile != "" && checkKeyFile(b.APIKeyFile) != nil:
+		return "", fmt.Errorf("backend %s: api_key_file %s: %w", b.Name, b.APIKeyFile, checkKeyFile(b.APIKeyFile))
 	case b.APIKeyEnv != "":
 		k, ok := os.LookupEnv(b.APIKeyEnv)
 		if !ok {

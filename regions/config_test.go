@@ -3,6 +3,8 @@ package regions
 import (
 	"errors"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,7 +12,7 @@ import (
 )
 
 func TestLoadFull(t *testing.T) {
-	t.Setenv("DETOUR_TEST_KEY", "sk-test")
+	t.Setenv("DETOUR_KEY_TEST", "sk-test")
 	c, err := LoadFile("testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +30,7 @@ func TestLoadFull(t *testing.T) {
 }
 
 func TestValidateListsEveryReason(t *testing.T) {
-	os.Unsetenv("DETOUR_MISSING_KEY")
+	os.Unsetenv("DETOUR_KEY_MISSING")
 	tests := []struct {
 		name string
 		doc  string
@@ -62,7 +64,7 @@ func TestValidateListsEveryReason(t *testing.T) {
     backends:
       - name: y
         endpoint: http://h/v1
-        api_key_env: DETOUR_MISSING_KEY
+        api_key_env: DETOUR_KEY_MISSING
         api_key_file: /nonexistent/key
 retry:
   max_attempts: 11
@@ -81,8 +83,8 @@ limits:
 				`regions[1]: duplicate region name "a"`,
 				"regions[1] (a): at least one backend is required",
 				"regions[2].backends[0] (y): set api_key_env or api_key_file, not both",
-				"regions[2].backends[0] (y): api_key_env DETOUR_MISSING_KEY is not set",
-				"regions[2].backends[0] (y): api_key_file: stat /nonexistent/key: no such file or directory",
+				"regions[2].backends[0] (y): api_key_env DETOUR_KEY_MISSING is not set",
+				"regions[2].backends[0] (y): api_key_file /nonexistent/key: not a place a backend key may come from: api_key_file must be inside /var/run/secrets, /run/secrets, /etc/detour/keys (DETOUR_KEY_DIRS); see README, \"Secrets\"",
 				"retry.max_attempts: 11 must be in 0..10",
 				"retry.budget_ratio: 2 must be in 0..1",
 				"breaker.busy_ratio: 1.5 must be in 0..1",
@@ -111,6 +113,7 @@ limits:
 
 func TestAPIKeyFromFile(t *testing.T) {
 	dir := t.TempDir()
+	t.Setenv(KeyDirsVar, dir)
 	b := Backend{Name: "x", APIKeyFile: dir + "/missing"}
 	_, err := b.APIKey()
 	if err == nil {
@@ -123,5 +126,67 @@ func TestAPIKeyFromFile(t *testing.T) {
 	k, err := b.APIKey()
 	if err != nil || k != "sk-secret-value" {
 		t.Errorf("APIKey() = %q, %v; want the trimmed file content", k, err)
+	}
+}
+
+// TestKeysOnlyFromKeyPlaces: a document cannot point a backend's key at any
+// variable or file of the process (api_key_env: DETOUR_ETCD_PASSWORD would
+// send detour's etcd password to the backend as a bearer token): only
+// DETOUR_KEY_* variables (and ones the deployer allows) and files inside the
+// key directories, links resolved.
+func TestKeysOnlyFromKeyPlaces(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	if err := os.Mkdir(keys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"keys/good": "sk-good", "outside": "etcd-password"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(filepath.Join(dir, "outside"), filepath.Join(keys, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(KeyDirsVar, keys)
+	t.Setenv("DETOUR_ETCD_PASSWORD", "etcd-password")
+	t.Setenv("DETOUR_KEY_DEEPSEEK", "sk-good")
+	t.Setenv("LEGACY_DEEPSEEK_KEY", "sk-good")
+	tests := []struct {
+		name    string
+		b       Backend
+		wantErr bool
+	}{
+		{"a DETOUR_KEY_ variable", Backend{APIKeyEnv: "DETOUR_KEY_DEEPSEEK"}, false},
+		{"detour's etcd password", Backend{APIKeyEnv: "DETOUR_ETCD_PASSWORD"}, true},
+		{"another variable", Backend{APIKeyEnv: "LEGACY_DEEPSEEK_KEY"}, true},
+		{"the prefix alone", Backend{APIKeyEnv: "DETOUR_KEY_"}, true},
+		{"a file in the key directory", Backend{APIKeyFile: filepath.Join(keys, "good")}, false},
+		{"a file outside it", Backend{APIKeyFile: filepath.Join(dir, "outside")}, true},
+		{"a link out of it", Backend{APIKeyFile: filepath.Join(keys, "escape")}, true},
+		{"a relative path", Backend{APIKeyFile: "keys/good"}, true},
+		{"dot-dot out of it", Backend{APIKeyFile: keys + "/../outside"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := tt.b
+			b.Name, b.Endpoint = "b", "https://api.example.com/v1"
+			cfg := &Config{Regions: []Region{{Name: "r", Backends: []Backend{b}}}}
+			err := cfg.Validate()
+			if (err != nil) != tt.wantErr {
+				t.Errorf("Validate() = %v, want an error: %v", err, tt.wantErr)
+			}
+			if _, kerr := b.APIKey(); (kerr != nil) != tt.wantErr {
+				t.Errorf("APIKey() error %v, want an error: %v", kerr, tt.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "etcd-password") {
+				t.Errorf("the error quotes a secret: %v", err)
+			}
+		})
+	}
+	// The deployer may allow a name.
+	t.Setenv(KeyEnvAllowVar, "OTHER, LEGACY_DEEPSEEK_KEY")
+	if _, err := (&Backend{Name: "b", APIKeyEnv: "LEGACY_DEEPSEEK_KEY"}).APIKey(); err != nil {
+		t.Errorf("an allowed name: %v", err)
 	}
 }

@@ -435,7 +435,7 @@ func TestWatcherStartsFromLastKnownGoodWhenEtcdIsDown(t *testing.T) {
 }
 
 func TestLastKnownGoodRoundTrip(t *testing.T) {
-	t.Setenv("DETOUR_TEST_KEY", "sk-test")
+	t.Setenv("DETOUR_KEY_TEST", "sk-test")
 	cfg, err := LoadFile("testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)

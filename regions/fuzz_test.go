@@ -21,7 +21,7 @@ import (
 //
 //	go test ./regions -run='^$' -fuzz=FuzzLoad -fuzztime=60s
 func FuzzLoad(f *testing.F) {
-	f.Setenv("DETOUR_TEST_KEY", "sk-test") // full.yaml's api_key_env
+	f.Setenv("DETOUR_KEY_TEST", "sk-test") // full.yaml's api_key_env
 	if full, err := os.ReadFile("testdata/full.yaml"); err == nil {
 		f.Add(full)
 	} else {

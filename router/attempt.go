@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -68,7 +69,7 @@ func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
 		trace.WithAttributes(attribute.String("detour.backend", b.cfg.Name), attribute.String("detour.region", b.region),
 			attribute.Int("detour.attempt", a.n), attribute.Bool("detour.fallback", b.fallback)))
 	start := r.now()
-	try(ctx, a)
+	r.try(ctx, a, try)
 	a.elapsed = r.now().Sub(start)
 	defer func() {
 		span.SetAttributes(attribute.String("detour.outcome", a.class.String()))
@@ -100,6 +101,24 @@ func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
 	}
 }
 
+// try runs the attempt, turning a panic in the provider into a failed
+// attempt (the call then ends INTERNAL, see merge): hedged attempts run on
+// goroutines of their own, where a panic would end the process, and no
+// attempt may leak its slot or its breaker probe.
+func (r *Router) try(ctx context.Context, a *attempt, try tryFunc) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("panic in an upstream attempt", "backend", a.b.cfg.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			a.class, a.err = breaker.Failed, fmt.Errorf("backend %s: %w: %v", a.b.cfg.Name, errPanic, p)
+			a.committed = a.committed && a.resp == nil // a stream that started stays committed
+		}
+	}()
+	try(ctx, a)
+}
+
+// errPanic marks an attempt whose provider panicked.
+var errPanic = errors.New("the provider panicked")
+
 // merge folds a finished attempt into the call; see run for the results.
 func (c *call) merge(ctx context.Context, a *attempt) (*attempt, error) {
 	c.upstream += a.elapsed
@@ -117,6 +136,11 @@ func (c *call) merge(ctx context.Context, a *attempt) (*attempt, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if errors.Is(a.err, errPanic) {
+		// A bug in detour, not a busy backend: the caller gets INTERNAL and
+		// the log has the stack.
+		return nil, &Error{Code: Internal, Message: "internal error", Attempts: a.n, Backend: a.b.cfg.Name, Region: a.b.region, Err: a.err}
 	}
 	if a.class == breaker.Client {
 		return nil, rejected(a.b, a.n, a.err)

@@ -20,21 +20,15 @@ import (
 // a call with less fails fast rather than queueing for nothing.
 const minStart = time.Millisecond
 
-// route runs the decision of the package documentation: quota; primaries in
-// the order of table.order, each attempt on the first candidate with room
+// route runs the decision of the package documentation (the caller's own
+// checks, in Router.admit, come first): primaries in the order of
+// table.order, each attempt on the first candidate with room
 // under its capacity limit, waiting for a slot when none has room, sending a
 // bounded share to the least-bad backend when every one is closed; retries
 // inside the budget and the deadline; then fallbacks; then an error with a
 // retry hint. It returns the attempt that answered.
 func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequest, hedgeable bool, try tryFunc) (*attempt, error) {
 	stats := statsFrom(ctx)
-	if !t.serves(req.GetModel()) {
-		return nil, &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", req.GetModel())}
-	}
-	if ok, wait, label := t.quotas.allow(TenantFrom(ctx)); !ok {
-		r.opts.Metrics.QuotaRejected(label)
-		return nil, &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", TenantFrom(ctx)), RetryAfter: wait}
-	}
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
 		return nil, context.DeadlineExceeded
 	}
@@ -379,8 +373,21 @@ func (c *call) failure() error {
 	} else if s, ok := status.FromError(c.lastErr); ok && s.Code() == codes.ResourceExhausted {
 		code = Exhausted
 	}
+	var backend, region string
+	if c.last != nil {
+		backend, region = c.last.b.cfg.Name, c.last.b.region
+	}
+	if breaker.Misdirected(c.lastErr) {
+		// The backends answered, but refused detour's own credentials or
+		// had no such endpoint: an operator's problem, not the caller's and
+		// not busy. The detail goes to the log only.
+		return &Error{Code: Internal, Message: "no backend would take detour's request (credentials or endpoint refused); see detour's log",
+			Attempts: c.attempts, Backend: backend, Region: region, Err: c.lastErr}
+	}
 	return &Error{
 		Code:    code,
+		Backend: backend,
+		Region:  region,
 		Message: fmt.Sprintf("every backend is busy or failing (%d attempts, last: %s)", c.attempts, c.lastClass),
 		// An upstream's Retry-After is passed on, but no longer than a
 		// breaker may stay open: the hint is not a promise of days.
@@ -400,15 +407,17 @@ func cmpOr(ds ...time.Duration) time.Duration {
 	return 0
 }
 
+// rejected is the error of a request an upstream refused as invalid. The
+// caller learns which backend and the upstream's status, never its words:
+// they may quote the prompt or a key (they go to detour's log).
 func rejected(b *backend, attempts int, err error) error {
-	e := &Error{Code: Rejected, Message: fmt.Sprintf("backend %s rejected the request: %v", b.cfg.Name, err), Attempts: attempts, Err: err}
+	e := &Error{Code: Rejected, Attempts: attempts, Backend: b.cfg.Name, Region: b.region, Err: err}
 	var sc breaker.StatusCoder
 	if errors.As(err, &sc) {
 		e.UpstreamStatus = sc.StatusCode()
-		if e.UpstreamStatus == 401 || e.UpstreamStatus == 403 {
-			e.Code = Internal
-			e.Message = fmt.Sprintf("backend %s refused detour's credentials", b.cfg.Name)
-		}
+		e.Message = fmt.Sprintf("backend %s rejected the request as invalid (HTTP %d); its reason is in detour's log", b.cfg.Name, e.UpstreamStatus)
+	} else {
+		e.Message = fmt.Sprintf("backend %s rejected the request as invalid; its reason is in detour's log", b.cfg.Name)
 	}
 	return e
 }

@@ -18,11 +18,12 @@ const (
 	OverQuota
 	// UnknownModel: no configured backend serves the requested model.
 	UnknownModel
-	// Rejected: the upstream refused the request itself (HTTP 4xx,
+	// Rejected: the upstream refused the request itself (HTTP 400, 422,
 	// INVALID_ARGUMENT); retrying elsewhere would not help.
 	Rejected
 	// Internal: detour or a backend misbehaved in a way the caller cannot fix
-	// (for example the upstream refused detour's credentials).
+	// (for example every backend tried refused detour's credentials or had
+	// no such endpoint).
 	Internal
 )
 
@@ -55,7 +56,10 @@ type Error struct {
 	Attempts int
 	// UpstreamStatus is the HTTP status of a Rejected answer, when known.
 	UpstreamStatus int
-	Err            error
+	// Backend and Region are those of the call's last attempt, for logs;
+	// empty when no attempt was made.
+	Backend, Region string
+	Err             error
 }
 
 func (e *Error) Error() string {

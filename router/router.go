@@ -9,6 +9,7 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"log/slog"
 	"maps"
@@ -23,6 +24,7 @@ import (
 	"github.com/detour-dev/detour/cache"
 	"github.com/detour-dev/detour/capacity"
 	"github.com/detour-dev/detour/fleet"
+	"github.com/detour-dev/detour/internal/excerpt"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
@@ -60,6 +62,10 @@ type Options struct {
 	// FleetOptions are passed to the fleet's capacity sharing (e.g. how
 	// often it syncs, for tests).
 	FleetOptions []fleet.Option
+	// AuthenticatedTenants says the tenant in a call's context was proven
+	// (authentication is on), not only claimed: the cache then keeps each
+	// tenant's answers apart by default (cache.scope).
+	AuthenticatedTenants bool
 }
 
 // Router routes calls over the backends of the applied snapshot. It is safe
@@ -230,9 +236,17 @@ func (r *Router) Close() error {
 // from the first backend that can (identical concurrent cacheable requests
 // share one upstream call), retrying busy answers elsewhere and degrading to
 // fallbacks, and last to a stale cached answer.
+//
+// Everything that belongs to the caller is decided for the caller before any
+// upstream call is shared: the model check, its tenant's quota, its cache
+// scope and the routing hints that restrict which answers it may get (a
+// caller only joins identical calls with the same ones).
 func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
 	t := r.tab.Load()
-	p := t.cache.Plan(req)
+	if err := r.admit(ctx, t, req); err != nil {
+		return nil, err
+	}
+	p := t.cache.Plan(req, r.caller(ctx))
 	if hit, ok := t.cache.Get(ctx, p); ok {
 		r.cacheHit(hit)
 		return hit.Response(), nil
@@ -240,7 +254,10 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 	r.cacheMiss(p)
 	resp, err := t.cache.Do(ctx, p, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
 		if p.Cacheable {
-			ctx = withoutStats(ctx) // shared by callers that may leave first
+			// Shared by callers that may leave first: it writes no caller's
+			// stats. Each caller reads who answered from the answer, or from
+			// the *Error (Attempts, Backend, Region).
+			ctx = withoutStats(ctx)
 		}
 		a, err := r.route(ctx, t, req, true, func(ctx context.Context, a *attempt) {
 			ctx, cancel := context.WithTimeout(ctx, a.timeout)
@@ -250,7 +267,8 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 				a.class, a.err = breaker.Classify(err), err
 				return
 			}
-			res.ServedBy, res.Source, res.Attempts = a.b.servedBy, a.src, int32(a.n)
+			res.ServedBy, res.Attempts = a.b.servedBy, int32(a.n)
+			res.Source = provenance(a.src, res.GetSource())
 			a.resp, a.committed = res, true
 		})
 		if err != nil {
@@ -267,13 +285,35 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 	return resp, err
 }
 
+// admit makes the checks that belong to the caller, before its call may be
+// shared with others: the model is served, the tenant is within its quota.
+func (r *Router) admit(ctx context.Context, t *table, req *detourv1.CompleteRequest) error {
+	if !t.serves(req.GetModel()) {
+		return &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", excerpt.Clip(req.GetModel(), excerpt.Max))}
+	}
+	tenant := TenantFrom(ctx)
+	if ok, wait, label := t.quotas.allow(tenant); !ok {
+		r.opts.Metrics.QuotaRejected(label)
+		return &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", excerpt.Clip(tenant, excerpt.Max)), RetryAfter: wait}
+	}
+	return nil
+}
+
+// caller is who the call comes from, as the cache scopes answers.
+func (r *Router) caller(ctx context.Context) cache.Caller {
+	return cache.Caller{Tenant: TenantFrom(ctx), Authenticated: r.opts.AuthenticatedTenants}
+}
+
 // Stream answers req as chunks passed to send, with the same path as
 // Complete: a cached stream is replayed; otherwise, until the first chunk is
 // sent, a failure is retried like Complete, and after that it ends the call
 // with an error. send is called from the calling goroutine.
 func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send func(*detourv1.CompleteChunk) error) error {
 	t := r.tab.Load()
-	p := t.cache.Plan(req)
+	if err := r.admit(ctx, t, req); err != nil {
+		return err
+	}
+	p := t.cache.Plan(req, r.caller(ctx))
 	if hit, ok := t.cache.Get(ctx, p); ok {
 		r.cacheHit(hit)
 		return hit.Replay(send)
@@ -299,6 +339,20 @@ func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send
 		}
 	}
 	return err
+}
+
+// provenance is the source of an upstream's answer as detour passes it on:
+// what the attempt was (LIVE, or FALLBACK for a fallback provider), unless a
+// detour backend said its answer came from its cache or from its own
+// fallback, which stays said: a stale answer is never passed on as fresh.
+func provenance(attempt, upstream detourv1.Source) detourv1.Source {
+	switch upstream {
+	case detourv1.Source_SOURCE_CACHE, detourv1.Source_SOURCE_STALE_CACHE:
+		return upstream
+	case detourv1.Source_SOURCE_FALLBACK:
+		return detourv1.Source_SOURCE_FALLBACK
+	}
+	return attempt
 }
 
 // degradable reports whether a failed call may be answered from a stale

@@ -52,16 +52,20 @@ func relay(ctx context.Context, a *attempt, req *detourv1.CompleteRequest, send 
 			fail(err)
 			return
 		}
-		idle.Reset(a.timeout)
 		if !a.committed {
 			a.ttfc = time.Since(start)
 		}
-		ch.ServedBy, ch.Source, ch.Attempts = a.b.servedBy, a.src, int32(a.n)
+		ch.ServedBy, ch.Attempts = a.b.servedBy, int32(a.n)
+		ch.Source = provenance(a.src, ch.GetSource())
 		a.committed = true
+		// The gap timer measures the backend, not the caller: it does not
+		// run while detour waits for a slow reader to take the chunk.
+		idle.Stop()
 		if err := send(ch); err != nil {
 			// The caller is gone or its stream broke: not the backend's fault.
 			a.err, a.class = err, breaker.Canceled
 			return
 		}
+		idle.Reset(a.timeout)
 	}
 }

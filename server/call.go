@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -46,6 +47,9 @@ type callInfo struct {
 	method string
 	model  string
 	tenant string
+	// routed is the router's own error for a failed call (before it became
+	// a status), for the call line.
+	routed error
 	reqID  string
 	start  time.Time
 	stats  router.CallStats
@@ -100,6 +104,12 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 	return c
 }
 
+// route notes the router's error for the call line and returns it.
+func (c *callInfo) route(err error) error {
+	c.routed = err
+	return err
+}
+
 // end records the call's metrics and log line. served and attempts come from
 // the answer (nil and 0 for a failed call).
 func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attempts int32, err error) {
@@ -111,8 +121,14 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		overhead = -1 // a shared (coalesced) upstream call: detour's share is unknown
 	}
 	region, backend, n := c.stats.Region, c.stats.Backend, c.stats.Attempts
-	if served != nil {
+	var re *router.Error
+	switch {
+	case served != nil:
 		region, backend, n = served.GetRegion(), served.GetBackend(), int(attempts)
+	case n == 0 && errors.As(c.routed, &re):
+		// A failed call whose upstream call was shared (coalesced): its own
+		// stats are empty, the error says what the shared call did.
+		region, backend, n = re.Region, re.Backend, re.Attempts
 	}
 	c.s.opts.Metrics.Call(c.method, code.String(), src, total, overhead)
 	if c.method == "StreamComplete" && c.stats.FirstChunk > 0 {

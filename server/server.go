@@ -170,6 +170,7 @@ func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (r
 	}
 	resp, err = s.router.Complete(c.ctx, req)
 	if err != nil {
+		c.routed = err
 		return nil, s.cutOr(toStatus(s.log, err))
 	}
 	return resp, nil
@@ -183,12 +184,12 @@ func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.Serve
 	if err := c.err; err != nil {
 		return err
 	}
-	return s.cutOr(toStatus(s.log, s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
+	return s.cutOr(toStatus(s.log, c.route(s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
 		if first == nil {
 			first = ch
 		}
 		return stream.Send(ch)
-	})))
+	}))))
 }
 
 // unaryGuard applies the default deadline and turns a panic into INTERNAL.

@@ -36,36 +36,45 @@ var codeOf = map[router.Code]codes.Code{
 
 // toStatus converts an error from the router into the status sent on the
 // wire. Internal detail goes to the log, never to the caller.
+//
+// A routing failure is mapped before a context error: a router *Error may
+// wrap an attempt's own timeout (context.DeadlineExceeded), which is the
+// backend's, not the caller's deadline.
 func toStatus(log *slog.Logger, err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok && !isRouterError(err) && !isContextError(err) {
-		return err // already a status (e.g. from the caller's own stream)
-	}
+	var re *router.Error
 	switch {
+	case errors.As(err, &re):
+		return routingStatus(log, re, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before any backend answered")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "call canceled by the caller")
 	}
-	var re *router.Error
-	if !errors.As(err, &re) {
-		log.Error("unexpected error", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
-		return status.Error(codes.Internal, "internal error")
+	if _, ok := status.FromError(err); ok {
+		return err // already a status (e.g. from the caller's own stream)
 	}
+	log.Error("unexpected error", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
+	return status.Error(codes.Internal, "internal error")
+}
+
+// routingStatus is the status of a routing failure, from the one table.
+func routingStatus(log *slog.Logger, re *router.Error, err error) error {
 	code, ok := codeOf[re.Code]
 	if !ok {
 		code = codes.Internal
 	}
-	// The message may quote the caller (a model name) or an upstream: never
-	// more than an excerpt.
+	// The message may quote the caller (a model name): never more than an
+	// excerpt; it never quotes an upstream (the detail is logged).
 	msg := excerpt.Clip(re.Message, maxMessageBytes)
-	if re.Code == router.Rejected && re.UpstreamStatus == 404 {
-		code = codes.NotFound
-	}
-	if code == codes.Internal {
+	switch {
+	case code == codes.Internal:
 		log.Error("routing failed", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
+	case re.Code == router.Rejected:
+		log.Info("an upstream rejected the request", "backend", re.Backend, "status", re.UpstreamStatus,
+			"err", excerpt.Clip(err.Error(), maxLogErrorBytes))
 	}
 	st := status.New(code, msg)
 	if re.RetryAfter > 0 && (code == codes.Unavailable || code == codes.ResourceExhausted) {
@@ -76,11 +85,3 @@ func toStatus(log *slog.Logger, err error) error {
 	return st.Err()
 }
 
-func isRouterError(err error) bool {
-	var re *router.Error
-	return errors.As(err, &re)
-}
-
-func isContextError(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
-}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/detour-dev/detour/auth"
 	"context"
 	"errors"
 	"flag"
@@ -129,7 +130,8 @@ type liveConfig struct {
 // for a first config (from etcd, or the last-known-good file); it returns
 // nil, nil when ctx ends first.
 func (m *Main) openConfig(ctx context.Context, log *slog.Logger) (*liveConfig, error) {
-	opts := router.Options{Region: m.Region, Zone: m.Zone, Logger: log, Metrics: m.Live.Metrics, Fleet: m.fleet}
+	opts := router.Options{Region: m.Region, Zone: m.Zone, Logger: log, Metrics: m.Live.Metrics, Fleet: m.fleet,
+		AuthenticatedTenants: m.Security.Auth != auth.ModeOff}
 	l := &liveConfig{}
 	if len(m.Live.Etcd.Endpoints) == 0 {
 		cfg, source := m.config, "inline"

@@ -39,7 +39,7 @@ func TestSecurityEndToEnd(t *testing.T) {
 		oncallToken  = "tok-oncall-2b8e4d1f9a6c7350"
 		upstreamKey  = "sk-upstream-5c1e8a7d3f9b2046"
 	)
-	t.Setenv("DETOUR_TEST_UPSTREAM_KEY", upstreamKey)
+	t.Setenv("DETOUR_KEY_TEST_UPSTREAM", upstreamKey)
 	pki := testpki.New(t)
 	pki.Issue(t, "server", "detour", "", true)
 	search := pki.Issue(t, "search", "search", "spiffe://corp/ns/search/sa/api", false)
@@ -52,8 +52,8 @@ func TestSecurityEndToEnd(t *testing.T) {
 	lis.Close()
 	cfg := &regions.Config{
 		Regions: []regions.Region{
-			{Name: "dead", Backends: []regions.Backend{{Name: "dead-1", Endpoint: "http://" + deadAddr + "/v1", APIKeyEnv: "DETOUR_TEST_UPSTREAM_KEY"}}},
-			{Name: "home", Priority: 1, Backends: []regions.Backend{{Name: "home-1", Endpoint: "http://" + live.HTTPAddr() + "/v1", APIKeyEnv: "DETOUR_TEST_UPSTREAM_KEY"}}},
+			{Name: "dead", Backends: []regions.Backend{{Name: "dead-1", Endpoint: "http://" + deadAddr + "/v1", APIKeyEnv: "DETOUR_KEY_TEST_UPSTREAM"}}},
+			{Name: "home", Priority: 1, Backends: []regions.Backend{{Name: "home-1", Endpoint: "http://" + live.HTTPAddr() + "/v1", APIKeyEnv: "DETOUR_KEY_TEST_UPSTREAM"}}},
 		},
 		Tenants: []regions.Tenant{
 			{Principal: regions.Principal{Name: "search", Identities: []string{"spiffe://corp/ns/search/sa/api"}}, QPS: 0.001, Burst: 2},

@@ -76,7 +76,7 @@ func TestConfigValidate(t *testing.T) {
 	good := writeFile(t, "good.yaml", doc("a", "b"))
 	bad := writeFile(t, "bad.yaml", badDoc)
 	typo := writeFile(t, "typo.yaml", doc("a")+"retry:\n  max_attempt: 3\n  backof_base: 25ms\n  budget_ratio: 2\n")
-	secret := writeFile(t, "secret.yaml", doc("a")+"fallbacks:\n  - name: fb\n    endpoint: http://h/v1\n    api_key_env: DETOURCTL_TEST_UNSET_KEY\n")
+	secret := writeFile(t, "secret.yaml", doc("a")+"fallbacks:\n  - name: fb\n    endpoint: http://h/v1\n    api_key_env: DETOUR_KEY_DETOURCTL_TEST_UNSET\n")
 	tests := []struct {
 		name    string
 		args    []string
@@ -97,7 +97,7 @@ func TestConfigValidate(t *testing.T) {
 			"  - retry.budget_ratio: 2 must be in 0..1",
 		}},
 		{name: "secret not here", args: []string{"config", "validate", "-f", secret}, wantErr: errReported, want: []string{
-			"  - fallbacks[0] (fb): api_key_env DETOURCTL_TEST_UNSET_KEY is not set",
+			"  - fallbacks[0] (fb): api_key_env DETOUR_KEY_DETOURCTL_TEST_UNSET is not set",
 			"hint: API key references are checked on this machine; if only the replicas hold the keys, add --no-secret-check",
 		}},
 		{name: "secret not checked", args: []string{"config", "validate", "--no-secret-check", "-f", secret}, want: []string{secret + ": valid: 1 region, 1 backend, 1 fallback"}},
