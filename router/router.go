@@ -1,10 +1,3 @@
-// Package router makes detour's routing decision for one call: which backend
-// to try, whether to retry elsewhere, when to degrade to a fallback provider,
-// and which error to report when nothing can answer.
-//
-// A Router serves the table built from the latest applied regions.Snapshot;
-// Apply swaps it atomically, so a call in flight finishes on the table it
-// started with while new calls see the new one.
 package router
 
 import (
