@@ -2,8 +2,8 @@ package router
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
