@@ -375,7 +375,7 @@ func (m *Metrics) BreakerChanged(backend string, state int, to string) {
 // Backend is the set of one backend's series, resolved once so the hot path
 // does no label lookups. A nil *Backend records nothing.
 type Backend struct {
-	attempts   [6]prometheus.Counter // by outcome index, see Outcomes
+	attempts   [len(outcomes)]prometheus.Counter // by outcome index, see Outcomes
 	duration   prometheus.Observer
 	inflight   prometheus.Gauge
 	limitQPS   prometheus.Counter
@@ -385,7 +385,7 @@ type Backend struct {
 }
 
 // outcomes are the outcome label values, indexed like breaker.Class.
-var outcomes = [6]string{"ok", "busy", "failed", "client_error", "canceled", "down"}
+var outcomes = [7]string{"ok", "busy", "failed", "client_error", "canceled", "down", "exhausted"}
 
 // Backend returns the series of one backend.
 func (m *Metrics) Backend(name, region string) *Backend {

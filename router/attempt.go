@@ -88,6 +88,13 @@ func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
 	}
 	a.permit.Done(outcome(a.class))
 	b.m.Attempt(int(a.class), a.elapsed)
+	if a.class == breaker.Exhausted {
+		// The account cannot pay: out of rotation here and, through the
+		// fleet's cooldowns, on every replica.
+		until := r.now().Add(b.cfg.ExhaustedCooldown())
+		r.cooldowns.Publish(b.cfg.Name, until)
+		r.log.Warn("backend account exhausted: out of rotation", "backend", b.cfg.Name, "until", until, "err", a.err)
+	}
 	switch a.class {
 	case breaker.OK:
 		cost := a.elapsed
