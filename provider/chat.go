@@ -478,6 +478,55 @@ type chatChunk struct {
 	Error json.RawMessage `json:"error"`
 }
 
+// decodeAnswer maps a unary answer body to its first choice. When the body
+// is unusable it returns nil and says why.
+func decodeAnswer(body []byte) (*detourv1.CompleteResponse, string) {
+	var cr chatResponse
+	if err := json.Unmarshal(body, &cr); err != nil {
+		return nil, err.Error()
+	}
+	if len(cr.Choices) == 0 {
+		msg := "no choices"
+		if present(cr.Error) {
+			msg += "; upstream said: " + upstreamMessage(body)
+		}
+		return nil, msg
+	}
+	c := &cr.Choices[0]
+	return &detourv1.CompleteResponse{
+		Id:               cr.ID,
+		Model:            cr.Model,
+		Content:          c.Message.Content,
+		ReasoningContent: c.Message.ReasoningContent,
+		ToolCalls:        c.Message.toolCalls(),
+		Logprobs:         c.Logprobs.proto(),
+		FinishReason:     c.FinishReason,
+		Usage:            cr.Usage.proto(),
+	}, ""
+}
+
+// decodeChunk maps the data of one stream event to a chunk (its first
+// choice). upstreamErr reports an error event instead ({"error": ...}).
+func decodeChunk(data []byte) (ch *detourv1.CompleteChunk, upstreamErr bool, err error) {
+	var c chatChunk
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, false, err
+	}
+	if present(c.Error) {
+		return nil, true, nil
+	}
+	ch = &detourv1.CompleteChunk{Id: c.ID, Model: c.Model, Usage: c.Usage.proto()}
+	if len(c.Choices) > 0 {
+		d := &c.Choices[0]
+		ch.Delta = d.Delta.Content
+		ch.ReasoningDelta = d.Delta.ReasoningContent
+		ch.ToolCallDeltas = d.Delta.toolCallDeltas()
+		ch.Logprobs = d.Logprobs.proto()
+		ch.FinishReason = d.FinishReason
+	}
+	return ch, false, nil
+}
+
 // present reports whether a JSON field was sent with a value other than null.
 func present(raw json.RawMessage) bool {
 	return len(raw) > 0 && string(raw) != "null"

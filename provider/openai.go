@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -144,27 +143,9 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		}
 		return nil, o.readError(ctx, "reading answer", err)
 	}
-	var cr chatResponse
-	if err := json.Unmarshal(body, &cr); err != nil {
-		return nil, o.malformed(resp.StatusCode, err.Error())
-	}
-	if len(cr.Choices) == 0 {
-		msg := "no choices"
-		if present(cr.Error) {
-			msg += "; upstream said: " + upstreamMessage(body)
-		}
-		return nil, o.malformed(resp.StatusCode, msg)
-	}
-	c := &cr.Choices[0]
-	out := &detourv1.CompleteResponse{
-		Id:               cr.ID,
-		Model:            cr.Model,
-		Content:          c.Message.Content,
-		ReasoningContent: c.Message.ReasoningContent,
-		ToolCalls:        c.Message.toolCalls(),
-		Logprobs:         c.Logprobs.proto(),
-		FinishReason:     c.FinishReason,
-		Usage:            cr.Usage.proto(),
+	out, problem := decodeAnswer(body)
+	if out == nil {
+		return nil, o.malformed(resp.StatusCode, problem)
 	}
 	if blankAnswer(req, out) {
 		return nil, &HTTPError{Backend: o.name, Status: resp.StatusCode, Err: ErrBlankJSON}
@@ -362,24 +343,15 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 			s.Close()
 			return nil, io.EOF
 		}
-		var c chatChunk
-		if err := json.Unmarshal(data, &c); err != nil {
+		ch, upstreamErr, err := decodeChunk(data)
+		if err != nil {
 			return nil, s.fail(s.o.malformed(s.status, "stream event: "+err.Error()))
 		}
-		if present(c.Error) {
+		if upstreamErr {
 			// No %w: there is no cause to unwrap, and the upstream's words
 			// ("overloaded") decide whether breaker.Classify calls it Busy.
 			return nil, s.fail(fmt.Errorf("backend %s: error event in stream: %s",
 				s.o.name, cleanMessage(upstreamMessage(data), s.o.cred)))
-		}
-		ch := &detourv1.CompleteChunk{Id: c.ID, Model: c.Model, Usage: c.Usage.proto()}
-		if len(c.Choices) > 0 {
-			d := &c.Choices[0]
-			ch.Delta = d.Delta.Content
-			ch.ReasoningDelta = d.Delta.ReasoningContent
-			ch.ToolCallDeltas = d.Delta.toolCallDeltas()
-			ch.Logprobs = d.Logprobs.proto()
-			ch.FinishReason = d.FinishReason
 		}
 		if err := s.guard.check(ch); err != nil {
 			return nil, s.fail(&HTTPError{Backend: s.o.name, Status: s.status, Err: err})
