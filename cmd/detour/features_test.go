@@ -469,4 +469,3 @@ func TestTenantSentUpstream(t *testing.T) {
 		})
 	}
 }
-
