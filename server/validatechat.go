@@ -150,7 +150,7 @@ func validateChat(req *detourv1.CompleteRequest, bad func(field, format string, 
 		bad("max_completion_tokens", "max_completion_tokens %d must be >= 0", req.GetMaxCompletionTokens())
 	}
 	if err := provider.CheckExtraBody(req.GetExtraBody()); err != nil {
-		bad("extra_body", "%v", err)
+		bad("extra_body", "%s", strings.TrimPrefix(err.Error(), provider.ErrExtraBody.Error()+": "))
 	}
 }
 

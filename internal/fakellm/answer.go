@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -260,7 +261,8 @@ type answerOptions struct {
 // (tool_choice not "none") and does not end with a tool's result gets a call
 // of the first tool, or the forced one, instead of content: its arguments
 // fill the first required (else first) property of the function's
-// parameters with the echoed words, and finish reason "tool_calls".
+// parameters with the last capitalized word of the message (a place name,
+// say; else its last word), and finish reason "tool_calls".
 func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 	// FNV-1a over every message, so that the same last message in another
 	// conversation gets another ref; stable across processes, unlike maphash.
@@ -303,7 +305,6 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 	b.WriteByte('[')
 	b.WriteString(region)
 	b.WriteString(label)
-	start := b.Len()
 	words := 0
 	for w := range strings.FieldsSeq(source) {
 		if words == maxEchoWords {
@@ -314,7 +315,6 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 		b.WriteString(w)
 		words++
 	}
-	echoed := strings.TrimSpace(b.String()[start:])
 	b.WriteString(" (ref ")
 	var hexBuf [16]byte
 	hex := strconv.AppendUint(hexBuf[:0], h>>32|1<<32, 16)[1:] // 8 digits, zero-padded
@@ -347,7 +347,7 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 				t = &r.Tools[i]
 			}
 		}
-		args, _ := json.Marshal(map[string]string{firstProperty(t.Function.Parameters): echoed})
+		args, _ := json.Marshal(map[string]string{firstProperty(t.Function.Parameters): argumentWord(source)})
 		a.call = &toolCall{id: "call_" + strconv.FormatUint(h, 16), name: t.Function.Name, args: string(args)}
 		a.content, a.pieces, a.finish = "", 0, "tool_calls"
 		return a
@@ -375,6 +375,24 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 	return a
 }
 
+// argumentWord is the last word of s that starts with a capital letter,
+// else its last word, without punctuation around it.
+func argumentWord(s string) string {
+	words := strings.Fields(s)
+	if len(words) == 0 {
+		return ""
+	}
+	trim := func(w string) string {
+		return strings.TrimFunc(w, func(r rune) bool { return unicode.IsPunct(r) || unicode.IsSymbol(r) })
+	}
+	for i := len(words) - 1; i >= 0; i-- {
+		if w := trim(words[i]); w != "" && unicode.IsUpper([]rune(w)[0]) {
+			return w
+		}
+	}
+	return trim(words[len(words)-1])
+}
+
 // thinking is a think phase of n tokens (at least 2) over the words of
 // source.
 func thinking(region, source string, n int) string {
@@ -386,7 +404,7 @@ func thinking(region, source string, n int) string {
 	b.WriteString("[" + region + "] thinking:") // two pieces
 	for i := 2; i < n; i++ {
 		b.WriteByte(' ')
-		b.WriteString(words[(i-1)%len(words)])
+		b.WriteString(words[(i-2)%len(words)])
 	}
 	return b.String()
 }

@@ -215,8 +215,8 @@ func TestChatToolCalls(t *testing.T) {
 			t.Fatalf("answer %+v, finish %q: want one tool call, null content, finish tool_calls", m, deref(unary.Choices[0].FinishReason))
 		}
 		tc := m.ToolCalls[0]
-		if tc.Function.Name != "get_weather" || tc.Function.Arguments != `{"city":"Paris please"}` || !strings.HasPrefix(tc.ID, "call_") {
-			t.Errorf("tool call %+v, want get_weather({\"city\":\"Paris please\"}) with an id", tc)
+		if tc.Function.Name != "get_weather" || tc.Function.Arguments != `{"city":"Paris"}` || !strings.HasPrefix(tc.ID, "call_") {
+			t.Errorf("tool call %+v, want get_weather({\"city\":\"Paris\"}) with an id", tc)
 		}
 		if diff := cmp.Diff(streamed.calls, m.ToolCalls); diff != "" {
 			t.Errorf("streamed tool calls (-got +want):\n%s", diff)
@@ -227,7 +227,7 @@ func TestChatToolCalls(t *testing.T) {
 	})
 	t.Run("forced function", func(t *testing.T) {
 		unary, _ := unaryAndStream(t, f, `{"model":"deepseek-chat",`+weatherTools+`,"tool_choice":{"type":"function","function":{"name":"get_time"}},"messages":[`+user+`]}`)
-		if got := unary.Choices[0].Message.ToolCalls; len(got) != 1 || got[0].Function.Name != "get_time" || got[0].Function.Arguments != `{"zone":"Paris please"}` {
+		if got := unary.Choices[0].Message.ToolCalls; len(got) != 1 || got[0].Function.Name != "get_time" || got[0].Function.Arguments != `{"zone":"Paris"}` {
 			t.Errorf("tool calls %+v, want get_time with the first property", got)
 		}
 	})
@@ -369,7 +369,7 @@ func TestGRPCFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.GetReasoningContent() == "" || len(got.GetToolCalls()) != 1 || got.GetToolCalls()[0].GetFunction().GetArguments() != `{"city":"Paris please"}` ||
+	if got.GetReasoningContent() == "" || len(got.GetToolCalls()) != 1 || got.GetToolCalls()[0].GetFunction().GetArguments() != `{"city":"Paris"}` ||
 		got.GetFinishReason() != "tool_calls" || got.GetUsage().GetReasoningTokens() != 3 {
 		t.Errorf("answer %v, want reasoning, a get_weather call and 3 reasoning tokens", got)
 	}
