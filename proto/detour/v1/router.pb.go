@@ -828,7 +828,8 @@ type CompleteRequest struct {
 	MaxTokens int32 `protobuf:"varint,5,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
 	// stop holds up to 4 stop sequences.
 	Stop []string `protobuf:"bytes,6,rep,name=stop,proto3" json:"stop,omitempty"`
-	// user is an opaque end-user id passed to the provider.
+	// user is an opaque end-user id passed to the provider. A backend with
+	// send_tenant_as: user replaces it with the caller's tenant.
 	User    string        `protobuf:"bytes,7,opt,name=user,proto3" json:"user,omitempty"`
 	Routing *RoutingHints `protobuf:"bytes,8,opt,name=routing,proto3" json:"routing,omitempty"`
 	Cache   *CacheHints   `protobuf:"bytes,9,opt,name=cache,proto3" json:"cache,omitempty"`
