@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/internal/excerpt"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -172,7 +173,8 @@ func checkModel(id Identity, model string) error {
 			return nil
 		}
 	}
-	return status.Errorf(codes.PermissionDenied, "tenant %s may not call model %q", id.Tenant, model)
+	// The model is the caller's: quoted only as a short excerpt.
+	return status.Errorf(codes.PermissionDenied, "tenant %s may not call model %q", id.Tenant, excerpt.Clip(model, 128))
 }
 
 // Options configure an Authenticator.

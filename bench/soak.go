@@ -136,6 +136,14 @@ retry:
 		fmt.Fprintf(stderr, "soak %6s busy %.2f calls %d failed %d rss %s MiB threads %d goroutines %.0f heap %.1f MiB\n",
 			s.at.Round(time.Second), busy, s.calls, s.failed, mib(s.rss), s.threads, s.goroutines, s.heap/(1<<20))
 	}
+	// Heap in use rises and falls with every GC cycle (detour keeps a 16 MiB
+	// heap-goal floor, so a cycle is seconds long at this load): a sample
+	// every few seconds would fit a slope to where in the cycle each one
+	// fell. The heap is read every 250 ms instead and each row keeps the
+	// lowest reading since the last: the troughs follow the live heap.
+	heapMin := -1.0
+	heapTick := time.NewTicker(250 * time.Millisecond)
+	defer heapTick.Stop()
 	sampleTick := time.NewTicker(*sampleEvery)
 	defer sampleTick.Stop()
 	changeTick := time.NewTicker(*every)
@@ -148,8 +156,18 @@ wait:
 		select {
 		case r = <-loadDone:
 			break wait
+		case <-heapTick.C:
+			if metrics {
+				if _, h, err := dt.metricsSample(ctx); err == nil && (heapMin < 0 || h < heapMin) {
+					heapMin = h
+				}
+			}
 		case <-sampleTick.C:
 			read(cur)
+			if n := len(samples); n > 0 && heapMin >= 0 && heapMin < samples[n-1].heap {
+				samples[n-1].heap = heapMin
+			}
+			heapMin = -1
 		case <-changeTick.C:
 			idx = (idx + 1) % len(rates)
 			cur = rates[idx]
@@ -185,7 +203,7 @@ wait:
 		}
 		rows = append(rows, []string{s.at.Round(time.Second).String(), fmt.Sprintf("%.2f", s.busy), fmt.Sprint(s.calls), fmt.Sprint(s.failed), mib(s.rss), fmt.Sprint(s.threads), g, h})
 	}
-	fmt.Println(mdTable([]string{"t", "east busy rate", "calls", "failed", "RSS MiB", "threads", "goroutines", "heap in use MiB"}, rows))
+	fmt.Println(mdTable([]string{"t", "east busy rate", "calls", "failed", "RSS MiB", "threads", "goroutines", "heap in use MiB (lowest since the last row)"}, rows))
 
 	var post []soakSample
 	for _, s := range samples {

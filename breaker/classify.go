@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/detour-dev/detour/internal/hop"
 )
 
 // Class is the one classification of an upstream outcome that the breaker,
@@ -29,7 +31,8 @@ const (
 	// practically every call trips its breaker.
 	Busy
 	// Failed: the backend broke in another way (other 5xx, a malformed answer,
-	// a stream cut short). Retried elsewhere; counts against the backend.
+	// a stream cut short, a detour backend refusing a call that looped back
+	// to it). Retried elsewhere; counts against the backend.
 	Failed
 	// Client: the request itself was refused (400, 401, 403, 404, 422,
 	// INVALID_ARGUMENT, ...). Not retried; never trips a breaker.
@@ -114,8 +117,15 @@ func Classify(err error) Class {
 			return Down
 		case codes.Canceled:
 			return Canceled
+		case codes.FailedPrecondition:
+			if hop.Refused(s) {
+				// A detour backend refused a call that looped back to it:
+				// the fault is this backend's routing, not the request.
+				return Failed
+			}
+			return Client
 		case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied,
-			codes.Unauthenticated, codes.FailedPrecondition, codes.OutOfRange,
+			codes.Unauthenticated, codes.OutOfRange,
 			codes.Unimplemented, codes.AlreadyExists:
 			return Client
 		case codes.Unknown:

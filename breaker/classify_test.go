@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/detour-dev/detour/internal/hop"
 )
 
 // httpError is an upstream HTTP error, as provider returns them.
@@ -157,5 +159,22 @@ func TestClassString(t *testing.T) {
 		if got := tt.c.String(); got != tt.want {
 			t.Errorf("Class(%d).String() = %q, want %q", int(tt.c), got, tt.want)
 		}
+	}
+}
+
+// TestHopLimitIsABackendFault: a detour backend that refuses a call for
+// having passed through too many detours (a routing loop) failed, like a
+// broken backend: the call is tried elsewhere and the breaker counts it.
+// Any other FAILED_PRECONDITION stays the caller's.
+func TestHopLimitIsABackendFault(t *testing.T) {
+	refusal := hop.Refusal(5, 4).Err()
+	if got := Classify(refusal); got != Failed {
+		t.Errorf("Classify(hop refusal) = %v, want %v", got, Failed)
+	}
+	if got := Classify(fmt.Errorf("backend b: %w", refusal)); got != Failed {
+		t.Errorf("Classify(wrapped hop refusal) = %v, want %v", got, Failed)
+	}
+	if got := Classify(status.Error(codes.FailedPrecondition, "x")); got != Client {
+		t.Errorf("Classify(FAILED_PRECONDITION) = %v, want %v", got, Client)
 	}
 }

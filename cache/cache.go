@@ -77,7 +77,7 @@ func (c *Cache) Close() error {
 	c.flights.mu.Lock()
 	closing := c.flights.closing
 	c.flights.closing = true
-	for _, m := range []map[Key]*flight{c.flights.unary, c.flights.streams} {
+	for _, m := range []map[flightKey]*flight{c.flights.unary, c.flights.streams} {
 		for _, f := range m {
 			f.cancel()
 		}
@@ -186,26 +186,33 @@ func (c *Cache) redisKey(k Key) string { return c.store.Key("cache", k.String())
 
 // Put stores resp as the answer to p's request, unless p is not Cacheable,
 // resp is not a live answer (source LIVE or unset: fallback and cached
-// answers are not stored), or it is larger than Config.MaxEntryBytes. The
-// local tier is written at once, Redis in the background.
+// answers are not stored), it is not a finished answer (it needs a finish
+// reason and content: an answer cut short, or one that says nothing, must
+// not be served again to every caller), or it is larger than
+// Config.MaxEntryBytes. The local tier is written at once, Redis in the
+// background.
 func (c *Cache) Put(p Plan, resp *detourv1.CompleteResponse) {
-	if resp == nil || !storable(resp.GetSource()) {
+	if resp == nil || !storable(resp.GetSource()) || resp.GetFinishReason() == "" || resp.GetContent() == "" {
 		return
 	}
 	c.put(p, resp, nil)
 }
 
 // PutStream stores the chunks of a completed stream as the answer to p's
-// request, on the same conditions as Put (every chunk must be live). A Hit
-// replays them as they came; Hit.Response joins them.
+// request, on the same conditions as Put (every chunk must be live, a chunk
+// must carry a finish reason and one some content). A Hit replays them as
+// they came; Hit.Response joins them.
 func (c *Cache) PutStream(p Plan, chunks []*detourv1.CompleteChunk) {
-	if len(chunks) == 0 {
-		return
-	}
+	finished, content := false, false
 	for _, ch := range chunks {
 		if !storable(ch.GetSource()) {
 			return
 		}
+		finished = finished || ch.GetFinishReason() != ""
+		content = content || ch.GetDelta() != ""
+	}
+	if !finished || !content {
+		return
 	}
 	c.put(p, nil, chunks)
 }

@@ -11,7 +11,12 @@
 // the answer, not routing or cache hints. An answer is fresh for Config.TTL
 // (or the request's ttl hint) and kept for Config.StaleWindow more, during
 // which only GetStale serves it, marked STALE_CACHE, to a request whose
-// max_stale allows it. Only live answers are stored, not fallback ones.
+// max_stale allows it. Only live answers are stored, not fallback ones, and
+// only finished ones: with a finish reason and some content (an answer cut
+// short, or one that says nothing, is served to its caller but never
+// again). A streamed answer that outgrows Config.MaxEntryBytes is relayed
+// whole but not kept: the cache then holds only what its callers have yet
+// to read.
 //
 // The router's path through the cache (steps 1, 2 and 6 of DESIGN.md):
 //

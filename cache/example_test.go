@@ -25,7 +25,7 @@ func ExampleCache() {
 			return hit.Response()
 		}
 		resp, _ := c.Do(ctx, p, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
-			return &detourv1.CompleteResponse{Content: "positive", Source: detourv1.Source_SOURCE_LIVE, Attempts: 1}, nil
+			return &detourv1.CompleteResponse{Content: "positive", FinishReason: "stop", Source: detourv1.Source_SOURCE_LIVE, Attempts: 1}, nil
 		})
 		return resp
 	}
@@ -54,7 +54,7 @@ func ExampleCache_GetStale() {
 	ctx := context.Background()
 	req := &detourv1.CompleteRequest{Model: "m", Messages: []*detourv1.Message{{Role: "user", Content: "hi"}}, Temperature: zero()}
 	p := c.Plan(req)
-	c.Put(p, &detourv1.CompleteResponse{Content: "hello", Source: detourv1.Source_SOURCE_LIVE})
+	c.Put(p, &detourv1.CompleteResponse{Content: "hello", FinishReason: "stop", Source: detourv1.Source_SOURCE_LIVE})
 
 	now = now.Add(5 * time.Minute)
 	_, fresh := c.Get(ctx, p)

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -16,13 +17,25 @@ import (
 type flights struct {
 	mu      sync.Mutex // guards the maps, every flight's waiters, and closing
 	closing bool
-	unary   map[Key]*flight
-	streams map[Key]*flight
+	unary   map[flightKey]*flight
+	streams map[flightKey]*flight
 }
 
+// flightKey is a request's key and the hop count of its call (package
+// hop): a call that a routing loop brings back to this instance has one
+// more hop than the call waiting for it, so it starts its own upstream call
+// (which the hop limit ends) instead of joining the one waiting for it and
+// waiting with it until the attempt times out.
+type flightKey struct {
+	key  Key
+	hops int
+}
+
+func flightKeyOf(ctx context.Context, p Plan) flightKey { return flightKey{p.Key, hop.From(ctx)} }
+
 func (fs *flights) init() {
-	fs.unary = map[Key]*flight{}
-	fs.streams = map[Key]*flight{}
+	fs.unary = map[flightKey]*flight{}
+	fs.streams = map[flightKey]*flight{}
 }
 
 // flight is one shared upstream call. It runs on its own goroutine under
@@ -36,42 +49,75 @@ type flight struct {
 	done chan struct{}
 	resp *detourv1.CompleteResponse
 
-	// stream state
-	mu      sync.Mutex
-	chunks  []*detourv1.CompleteChunk
-	changed chan struct{} // closed and replaced when chunks grow or the stream ends
-	ended   bool
-	err     error
+	// Stream state, guarded by mu (taken after flights.mu, never before).
+	// While the chunks fit in an entry (Config.MaxEntryBytes) every chunk
+	// is held, for the cache and for callers that join late. Once they do
+	// not (overflow), the flight leaves the map (no caller joins it any
+	// more), will not be stored, and holds only the chunks a reader has yet
+	// to read, about MaxEntryBytes at most: past that the upstream waits for
+	// the slowest reader, as it would for one caller without the cache.
+	mu       sync.Mutex
+	chunks   []*detourv1.CompleteChunk // held; chunks[0] is chunk number base
+	sizes    []int                     // proto.Size of each held chunk
+	base     int                       // chunks dropped from the front
+	bytes    int64                     // the sum of sizes
+	overflow bool
+	readers  []*reader     // the callers reading the stream
+	changed  chan struct{} // closed and replaced when chunks grow or the stream ends
+	drained  chan struct{} // closed and replaced when held chunks are dropped
+	ended    bool
+	err      error
 }
 
+// reader is one caller's place in a streamed flight: the number of the
+// next chunk it reads. Guarded by flight.mu.
+type reader struct{ next int }
+
 // join returns the flight for k in m, starting one with run if there is
-// none; the caller is counted as a waiter. It returns nil once the cache is
-// closed.
-func (c *Cache) join(m map[Key]*flight, ctx context.Context, k Key, run func(ctx context.Context, f *flight)) *flight {
+// none; the caller is counted as a waiter and, for a stream flight, given a
+// reader at the first chunk (nil otherwise). It returns nil once the cache
+// is closed.
+func (c *Cache) join(m map[flightKey]*flight, ctx context.Context, k flightKey, stream bool, run func(ctx context.Context, f *flight)) (*flight, *reader) {
 	fs := &c.flights
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.closing {
-		return nil
+		return nil, nil
 	}
 	f := m[k]
 	if f != nil {
 		f.waiters++
 		c.coalesced.Add(1)
-		return f
+		return f, f.addReader(stream)
 	}
 	// The shared call keeps the first caller's values (credentials,
 	// tracing) but not its deadline or cancellation.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.coalesceTimeout())
-	f = &flight{cancel: cancel, waiters: 1, done: make(chan struct{}), changed: make(chan struct{})}
+	f = &flight{cancel: cancel, waiters: 1, done: make(chan struct{}), changed: make(chan struct{}), drained: make(chan struct{})}
 	m[k] = f
+	r := f.addReader(stream)
 	c.wg.Add(1) // under flights.mu, which Close takes before it waits
 	go func() {
 		defer c.wg.Done()
 		defer cancel()
 		run(fctx, f)
 	}()
-	return f
+	return f, r
+}
+
+// addReader registers a reader at the first chunk when stream is set. It
+// runs under flights.mu while f is in the map: a flight leaves the map
+// before it drops a chunk (see hold), so a reader never starts before
+// what is held.
+func (f *flight) addReader(stream bool) *reader {
+	if !stream {
+		return nil
+	}
+	r := &reader{}
+	f.mu.Lock()
+	f.readers = append(f.readers, r)
+	f.mu.Unlock()
+	return r
 }
 
 // spawn runs fn on a goroutine Close waits for, unless the cache is
@@ -91,13 +137,24 @@ func (c *Cache) spawn(fn func()) bool {
 	return true
 }
 
-// leave uncounts a waiter that gave up; the last one cancels the call and
-// forgets it, so that a later caller starts afresh rather than joining a
-// cancelled call.
-func (c *Cache) leave(m map[Key]*flight, k Key, f *flight) {
+// leave uncounts a waiter that gave up, and its reader r (nil for a unary
+// flight); the last one cancels the call and forgets it, so that a later
+// caller starts afresh rather than joining a cancelled call.
+func (c *Cache) leave(m map[flightKey]*flight, k flightKey, f *flight, r *reader) {
 	fs := &c.flights
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
+	if r != nil {
+		f.mu.Lock()
+		for i, o := range f.readers {
+			if o == r {
+				f.readers = append(f.readers[:i], f.readers[i+1:]...)
+				break
+			}
+		}
+		f.drop()
+		f.mu.Unlock()
+	}
 	f.waiters--
 	if f.waiters == 0 {
 		f.cancel()
@@ -107,8 +164,9 @@ func (c *Cache) leave(m map[Key]*flight, k Key, f *flight) {
 	}
 }
 
-// forget removes a finished flight so that later callers read the cache.
-func (c *Cache) forget(m map[Key]*flight, k Key, f *flight) {
+// forget removes a flight from the map so that later callers read the
+// cache, or start their own call.
+func (c *Cache) forget(m map[flightKey]*flight, k flightKey, f *flight) {
 	c.flights.mu.Lock()
 	defer c.flights.mu.Unlock()
 	if m[k] == f {
@@ -133,12 +191,13 @@ func (c *Cache) Do(ctx context.Context, p Plan, fn func(ctx context.Context) (*d
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f := c.join(c.flights.unary, ctx, p.Key, func(ctx context.Context, f *flight) {
+	k := flightKeyOf(ctx, p)
+	f, _ := c.join(c.flights.unary, ctx, k, false, func(ctx context.Context, f *flight) {
 		resp, err := call(ctx, fn)
 		if err == nil {
 			c.Put(p, resp)
 		}
-		c.forget(c.flights.unary, p.Key, f)
+		c.forget(c.flights.unary, k, f)
 		f.resp, f.err = resp, err
 		close(f.done)
 	})
@@ -152,7 +211,7 @@ func (c *Cache) Do(ctx context.Context, p Plan, fn func(ctx context.Context) (*d
 		}
 		return proto.CloneOf(f.resp), nil
 	case <-ctx.Done():
-		c.leave(c.flights.unary, p.Key, f)
+		c.leave(c.flights.unary, k, f, nil)
 		return nil, ctx.Err()
 	}
 }
@@ -176,9 +235,16 @@ func call(ctx context.Context, fn func(ctx context.Context) (*detourv1.CompleteR
 // after the chunks fn sent before it, nil after a complete stream (which is
 // then stored, see PutStream), send's error, or ctx's.
 //
-// fn must send chunks only through the send it is given, which never blocks
-// and fails only once the shared call is cancelled. When p is not Cacheable,
-// Stream just calls fn(ctx, send).
+// A stream whose chunks outgrow Config.MaxEntryBytes is never stored: from
+// then on the cache keeps only what its callers have yet to read (about
+// MaxEntryBytes), and a caller that comes later starts its own call, so
+// that an upstream streaming without end holds bounded memory.
+//
+// fn must send chunks only through the send it is given, which fails only
+// once the shared call is cancelled. It does not block while the stream
+// fits in an entry; past that, it waits while its callers have more than
+// MaxEntryBytes left to read. When p is not Cacheable, Stream just calls
+// fn(ctx, send).
 func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error, send func(*detourv1.CompleteChunk) error) error {
 	if !p.Cacheable {
 		return fn(ctx, send)
@@ -186,22 +252,19 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	f := c.join(c.flights.streams, ctx, p.Key, func(ctx context.Context, f *flight) {
+	limit := int64(c.cfg.maxEntryBytes())
+	k := flightKeyOf(ctx, p)
+	f, r := c.join(c.flights.streams, ctx, k, true, func(ctx context.Context, f *flight) {
 		err := callStream(ctx, fn, func(ch *detourv1.CompleteChunk) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			f.mu.Lock()
-			f.chunks = append(f.chunks, ch)
-			close(f.changed)
-			f.changed = make(chan struct{})
-			f.mu.Unlock()
-			return nil
+			return c.hold(ctx, k, f, ch, limit)
 		})
-		if err == nil {
-			c.PutStream(p, f.chunks) // fn has returned: chunks no longer grow
+		f.mu.Lock()
+		store, chunks := err == nil && !f.overflow, f.chunks
+		f.mu.Unlock()
+		if store {
+			c.PutStream(p, chunks) // fn has returned: chunks no longer grow
 		}
-		c.forget(c.flights.streams, p.Key, f)
+		c.forget(c.flights.streams, k, f)
 		f.mu.Lock()
 		f.ended, f.err = true, err
 		close(f.changed)
@@ -210,17 +273,21 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 	if f == nil {
 		return errClosed
 	}
-	sent := 0
 	for {
 		f.mu.Lock()
-		chunks, ended, err, changed := f.chunks[sent:], f.ended, f.err, f.changed
+		chunks, ended, err, changed := f.chunks[r.next-f.base:], f.ended, f.err, f.changed
 		f.mu.Unlock()
 		for _, ch := range chunks {
 			if err := send(proto.CloneOf(ch)); err != nil {
-				c.leave(c.flights.streams, p.Key, f)
+				c.leave(c.flights.streams, k, f, r)
 				return err
 			}
-			sent++
+		}
+		if len(chunks) > 0 {
+			f.mu.Lock()
+			r.next += len(chunks)
+			f.drop()
+			f.mu.Unlock()
 		}
 		if ended {
 			return err
@@ -228,10 +295,72 @@ func (c *Cache) Stream(ctx context.Context, p Plan, fn func(ctx context.Context,
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			c.leave(c.flights.streams, p.Key, f)
+			c.leave(c.flights.streams, k, f, r)
 			return ctx.Err()
 		}
 	}
+}
+
+// hold adds a chunk of f's upstream stream for its readers. Once the held
+// chunks pass limit it takes f out of the map (first: see addReader), marks
+// it overflowed and, from then on, waits while the readers have more than
+// limit bytes left to read.
+func (c *Cache) hold(ctx context.Context, k flightKey, f *flight, ch *detourv1.CompleteChunk, limit int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	size := proto.Size(ch)
+	f.mu.Lock()
+	f.chunks = append(f.chunks, ch)
+	f.sizes = append(f.sizes, size)
+	f.bytes += int64(size)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	overflowing := !f.overflow && f.bytes > limit
+	f.mu.Unlock()
+	if overflowing {
+		c.forget(c.flights.streams, k, f)
+		f.mu.Lock()
+		f.overflow = true
+		f.drop()
+		f.mu.Unlock()
+	}
+	for {
+		f.mu.Lock()
+		full, drained := f.overflow && f.bytes > limit, f.drained
+		f.mu.Unlock()
+		if !full {
+			return nil
+		}
+		select {
+		case <-drained:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// drop releases the chunks of an overflowed flight that every reader has
+// read, and wakes the upstream waiting in hold. It runs under f.mu.
+func (f *flight) drop() {
+	if !f.overflow {
+		return
+	}
+	low := f.base + len(f.chunks)
+	for _, r := range f.readers {
+		low = min(low, r.next)
+	}
+	k := low - f.base
+	if k <= 0 {
+		return
+	}
+	for i := range k {
+		f.bytes -= int64(f.sizes[i])
+		f.chunks[i] = nil // a reader's earlier view of the slice starts after these
+	}
+	f.chunks, f.sizes, f.base = f.chunks[k:], f.sizes[k:], low
+	close(f.drained)
+	f.drained = make(chan struct{})
 }
 
 func callStream(ctx context.Context, fn func(context.Context, func(*detourv1.CompleteChunk) error) error, send func(*detourv1.CompleteChunk) error) (err error) {

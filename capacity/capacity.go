@@ -1,18 +1,3 @@
-// Package capacity finds and holds the working capacity of one upstream
-// backend: how many calls it can take at once before it answers busy.
-//
-// A Limiter is a concurrency limit that learns (see the estimator in
-// estimator.go): it grows while the backend answers and shrinks when
-// detour's own load is what makes the backend busy, telling that apart from
-// a backend that answers a share of all calls busy whatever it is sent
-// (which is capacity to use, not a signal to back off). A busy answer keeps
-// its slot for about one call's duration, as the call would have, so that a
-// full backend is not asked again at once. Calls over the limit may wait in
-// a bounded queue, served in turn across callers.
-//
-// The package knows nothing of routing: the router asks each candidate's
-// Limiter for room, spills to the next candidate when there is none, and
-// waits in the queue of the best one when no candidate has room.
 package capacity
 
 import (
@@ -102,6 +87,10 @@ const (
 	DefaultMax         = 10000
 	DefaultQueueFactor = 4
 	minQueue           = 16
+
+	// maxHoldCalls and maxHold bound how long a Retry-After holds a slot.
+	maxHoldCalls = 4
+	maxHold      = 10 * time.Second
 
 	// Unlimited is a Max that no limit reaches: with Disabled, a backend
 	// without max_concurrency takes every call.
@@ -460,7 +449,13 @@ type Permit struct {
 
 // Done returns the slot (a Busy outcome keeps it held for about one call's
 // duration) and records the outcome. Calls after the first are ignored.
-func (p *Permit) Done(o Outcome) {
+func (p *Permit) Done(o Outcome) { p.DoneAfter(o, 0) }
+
+// DoneAfter is Done with the backend's Retry-After for a Busy outcome: the
+// slot stays held that long (at least one call's duration, at most
+// maxHoldCalls of them and maxHold), so that a rate limit's "come back in a
+// second" throttles the rate of calls as much as it asks.
+func (p *Permit) DoneAfter(o Outcome, retryAfter time.Duration) {
 	if p == nil || !p.done.CompareAndSwap(false, true) {
 		return
 	}
@@ -476,7 +471,11 @@ func (p *Permit) Done(o Outcome) {
 		return
 	}
 	if o == Busy {
-		until := now.Add(l.est.hold())
+		hold := l.est.hold()
+		if retryAfter > hold {
+			hold = min(retryAfter, maxHoldCalls*hold, maxHold)
+		}
+		until := now.Add(hold)
 		// Holds are nearly always in order; keep the slice sorted anyway.
 		i := len(l.holds)
 		for i > 0 && l.holds[i-1].After(until) {

@@ -238,3 +238,29 @@ func TestSeedStartsFromTheFleet(t *testing.T) {
 		t.Errorf("Limit() = %v after a second Seed, want 40 kept", got)
 	}
 }
+
+// TestRetryAfterHoldsTheSlotLonger: a busy answer's Retry-After keeps its
+// slot held that long (a rate signal), within 4 call durations.
+func TestRetryAfterHoldsTheSlotLonger(t *testing.T) {
+	clk := newManualClock(t0)
+	l := New(Settings{Initial: 1, Max: 1}, WithClock(clk))
+	p, _ := l.TryAcquire()
+	clk.Advance(50 * time.Millisecond)
+	p.Done(Success) // calls take 50 ms
+	p, _ = l.TryAcquire()
+	p.DoneAfter(Busy, 150*time.Millisecond)
+	clk.Advance(149 * time.Millisecond)
+	if l.Room() != 0 {
+		t.Fatal("slot free before the Retry-After ended")
+	}
+	clk.Advance(time.Millisecond)
+	if l.Room() != 1 {
+		t.Fatal("slot still held after the Retry-After")
+	}
+	p, _ = l.TryAcquire()
+	p.DoneAfter(Busy, time.Hour)
+	clk.Advance(4 * 50 * time.Millisecond)
+	if l.Room() != 1 {
+		t.Error("a Retry-After of an hour held the slot past 4 call durations")
+	}
+}

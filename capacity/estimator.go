@@ -17,15 +17,19 @@ import (
 // load, like a provider that answers half of all calls 503 whatever it is
 // sent. Its answer latency is compared with the usual latency.
 //
-//   - Neither above usual, and the limit was in use: the limit grows,
+//   - Neither above usual (not even by half the margin of chance), and the
+//     limit was in use: the limit grows,
 //     doubling per cohort in slow start, then by an eighth per cohort while
 //     well below the last limit that overloaded the backend, by a
 //     sixty-fourth near it, and by a thirty-second above it.
+//   - Above usual right after the limit grew: the growth overran the
+//     backend; the limit steps back to the last one used without excess.
 //   - A little above usual (up to 15%) near a limit already known to
 //     overload the backend: the top of the sawtooth; the limit steps back
 //     by the excess.
-//   - Above usual: the estimator tests the hypothesis that detour is
-//     overrunning the backend. It lowers the limit by the excess (busy
+//   - Above usual: once the next cohort at the same limit confirms it (a
+//     large excess is acted on at once), the estimator tests the hypothesis
+//     that detour is overrunning the backend. It lowers the limit by the excess (busy
 //     answers hold their slot for a call's duration, so a backend that can
 //     take C calls answers busy to a share of about (L-C)/L of a limit L;
 //     a limit far above what is used is cut from what is used) and judges
@@ -55,6 +59,7 @@ type estimator struct {
 	latBase   time.Duration
 	okLat     time.Duration // EWMA of answered calls' duration
 	lastMax   float64       // the limit at the last confirmed overload; 0: none
+	lastGood  float64       // the limit of the last cohort that used it without excess
 	sinceTest int           // cohorts judged since the last test ended
 	recheck   int           // cohorts between re-checks of the floor
 	inUse     int           // slots in use now (set by the Limiter before judging)
@@ -63,6 +68,7 @@ type estimator struct {
 	cur     *cohort   // the cohort calls join now
 	pending []*cohort // closed cohorts waiting for their calls to end
 	prev    summary   // the last judged cohort of the current generation
+	confirm bool      // a signal was seen: the next cohort confirms it
 	test    *test
 	chain   float64 // limit before the current run of confirmed decreases; 0: none
 	state   State
@@ -128,7 +134,7 @@ const (
 	minWindow       = 50 * time.Millisecond
 	cohortCalls     = 64
 	testCalls       = 128
-	slowStartCalls  = 32
+	slowStartCalls  = 64
 	defaultHold     = 100 * time.Millisecond
 	shareAlpha      = 1.0 / 32
 	shareDecay      = 10 * time.Second // busy share fades toward 0 without answers
@@ -194,7 +200,7 @@ func (e *estimator) maybeClose(now time.Time) {
 	el := now.Sub(c.start)
 	want := cohortCalls
 	switch {
-	case e.test != nil:
+	case e.test != nil, e.confirm:
 		want = testCalls
 	case e.slowStart:
 		want = slowStartCalls
@@ -328,6 +334,18 @@ func (e *estimator) decide(s summary) {
 		e.judge(t, s)
 		return
 	}
+	if e.confirm {
+		// The cohort after a signal, at the same limit: an unbiased
+		// "before" for the test (the cohort that raised the signal was
+		// picked for its high busy share, so it would make any cut look
+		// like it helped). No excess here: it was chance.
+		e.confirm = false
+		e.prev = s
+		if sig, cut, lat := e.signal(s); sig {
+			e.start(s, cut, lat)
+		}
+		return
+	}
 	if e.slowStart {
 		e.slowStep(s)
 		return
@@ -337,6 +355,19 @@ func (e *estimator) decide(s summary) {
 	e.prev = s
 	sig, cut, lat := e.signal(window)
 	e.trackBaselines(s, sig)
+	if !sig && s.binding {
+		e.lastGood = s.limit
+	}
+	if sig && !lat && e.lastGood > 0 && s.limit > e.lastGood && !e.slowStart {
+		// The limit grew since the last cohort that used it without
+		// excess: the growth overran the backend. Step back to where it was
+		// fine; no test is needed to know that level.
+		e.tracef("step back to %.1f", e.lastGood)
+		e.lastMax = s.limit
+		e.limit = e.lastGood
+		e.state = Limited
+		return
+	}
 	if sig && !lat && e.lastMax > 0 && cut <= nudgeCut {
 		// A small excess near a ceiling already confirmed: the top of the
 		// sawtooth. Step back by the excess without a test (a test of a
@@ -348,7 +379,7 @@ func (e *estimator) decide(s summary) {
 		return
 	}
 	if sig {
-		e.start(window, cut, lat)
+		e.suspect(window, cut, lat)
 		return
 	}
 	if !sig && e.floor > 0.05 && e.sinceTest >= e.recheck {
@@ -358,16 +389,20 @@ func (e *estimator) decide(s summary) {
 		e.start(window, recheckCut, false)
 		return
 	}
-	if sig || !s.binding {
+	if sig || !s.binding || s.r > e.floor+e.noise(s.n)/2 {
+		// Grow only on a cohort clearly at the floor: an excess too small
+		// to act on still says "not more".
 		return
 	}
 	switch {
 	case e.lastMax > 0 && e.limit < 0.85*e.lastMax:
-		e.limit += max(1, e.limit*fastGrowth)
+		// Well below the last ceiling: come back fast, but not past 90%
+		// of it in one step.
+		e.limit = max(e.limit+max(0.25, e.limit*nearGrowth), min(e.limit+max(1, e.limit*fastGrowth), 0.9*e.lastMax))
 	case e.lastMax > 0 && e.limit < 1.05*e.lastMax:
-		e.limit += max(1, e.limit*nearGrowth) // near the last ceiling: creep
+		e.limit += max(0.25, e.limit*nearGrowth) // near the last ceiling: creep
 	default:
-		e.limit += max(1, e.limit*slowGrowth)
+		e.limit += max(0.5, e.limit*slowGrowth)
 	}
 	e.state = Growing
 	if e.lastMax > 0 && e.limit > 1.25*e.lastMax {
@@ -396,12 +431,23 @@ func (e *estimator) slowStep(s summary) {
 		return
 	}
 	if sig, cut, lat := e.signal(s); sig {
-		e.start(s, cut, lat)
+		e.suspect(s, cut, lat)
 		return
 	}
 	if s.binding {
 		e.limit = e.clampLimit(e.limit * slowStartGrowth)
 	}
+}
+
+// suspect acts on a signal: a large excess is tested at once; a moderate
+// one is confirmed on the next cohort first (see decide).
+func (e *estimator) suspect(s summary, cut float64, lat bool) {
+	if cut >= maxCut {
+		e.start(s, cut, lat)
+		return
+	}
+	e.confirm = true
+	e.state = Testing
 }
 
 // pooledSD is the standard deviation of the difference of two cohorts' busy
@@ -423,6 +469,9 @@ func (e *estimator) judge(t *test, s summary) {
 		fell = b.r-s.r > 2*pooledSD(b, s)+1/float64(max(s.n, 1))
 	}
 	held := b.good <= 0 || s.good >= b.good*(1-t.cut/2)
+	// A busy share that rose while the limit fell says nothing about the
+	// floor (the load or the backend changed under the test).
+	rose := !t.latency && s.r-b.r > 2*pooledSD(b, s)+1/float64(max(s.n, 1))
 	e.tracef("judge cut=%.2f before r=%.3f good=%.0f after r=%.3f good=%.0f binding=%v: fell=%v held=%v",
 		t.cut, b.r, b.good, s.r, s.good, s.binding, fell, held)
 	switch {
@@ -430,10 +479,11 @@ func (e *estimator) judge(t *test, s summary) {
 		// As many answers with fewer slots: detour was overrunning it.
 		e.overrun(t, s)
 		e.descend(s, sig, cut, lat)
-	case held:
-		// The cut cost no answers but did not lower the busy share either
-		// (the limit was not what held calls back, or the overload is
-		// deeper): keep it, and keep descending while the signal lasts.
+	case held || rose:
+		// The cut cost no answers but did not lower the busy share (the
+		// limit was not what held calls back, or the overload is deeper),
+		// or the busy share rose: keep it, and keep descending while the
+		// signal lasts.
 		e.descend(s, sig, cut, lat)
 	case fell:
 		// The cut went below what the backend takes: half way back.
@@ -446,7 +496,7 @@ func (e *estimator) judge(t *test, s summary) {
 		if t.latency {
 			e.latBase = max(e.latBase, b.lat)
 		} else {
-			e.floor = float64(b.busy+s.busy) / float64(max(b.n+s.n, 1))
+			e.floor = s.r // measured after the cut: not picked for its value
 		}
 		e.limit = max(e.chain, t.saved)
 		e.chain = 0
@@ -495,8 +545,8 @@ func (e *estimator) trackBaselines(s summary, sig bool) {
 	// The floor comes down with the backend's busy share; it goes up only
 	// when a test shows that busy answers do not come from detour's load
 	// (see judge), never by drifting with a share that might.
-	if s.n > 0 && s.r < e.floor-e.noise(s.n) {
-		e.floor += (s.r - e.floor) / 4
+	if s.n > 0 && s.r < e.floor-e.noise(s.n)/2 {
+		e.floor += (s.r - e.floor) / 2
 	}
 }
 

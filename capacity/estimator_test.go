@@ -41,7 +41,12 @@ func TestSlowStartDoublesWhileInUse(t *testing.T) {
 func TestOverrunIsConfirmedAndHeld(t *testing.T) {
 	e := newTestEstimator(100)
 	e.slowStart = false
-	// 100 slots, 20% busy: the backend takes about 80.
+	// 100 slots, 20% busy: the backend takes about 80. The next cohort
+	// confirms the excess (an unbiased "before"), then the test starts.
+	e.decide(cohortOf(128, 26, 100*time.Millisecond, 100))
+	if e.test != nil || !e.confirm {
+		t.Fatalf("a moderate excess started a test at once (test %v, confirm %v), want a confirming cohort first", e.test != nil, e.confirm)
+	}
 	e.decide(cohortOf(128, 26, 100*time.Millisecond, 100))
 	if e.test == nil || e.limit >= 100 {
 		t.Fatalf("no test started: limit %v", e.limit)
@@ -64,7 +69,7 @@ func TestOverrunIsConfirmedAndHeld(t *testing.T) {
 func TestRandomBusyRaisesTheFloor(t *testing.T) {
 	e := newTestEstimator(100)
 	e.slowStart = false
-	e.decide(cohortOf(128, 64, 100*time.Millisecond, 100)) // 50% busy
+	e.decide(cohortOf(128, 64, 100*time.Millisecond, 100)) // 50% busy: a large excess
 	if e.test == nil {
 		t.Fatal("no test started")
 	}

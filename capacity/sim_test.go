@@ -285,18 +285,19 @@ func TestLimitUnderLoad(t *testing.T) {
 		race bool // also under the race detector
 	}{
 		{
-			// Recipe with 3 attempts: 1-0.5^3 = 87.5% at 1.75 calls.
+			// Recipe with 3 attempts: 1-0.5^3 = 87.5% at 1.75 calls (2% slack for
+			// chance).
 			name: "sole backend, 50% busy at random, 20 ms",
 			cfg: simConfig{rate: 500, attempts: 3, maxWait: time.Second,
 				backend: simBackend{busyRate: 0.5, lat: 20 * time.Millisecond, jitter: 5 * time.Millisecond}},
-			want: want{minOK: 0.85, maxUpstream: 1.76, maxBusy: 1, minGoodput: 0.85 * 500},
+			want: want{minOK: 0.85, maxUpstream: 1.78, maxBusy: 1, minGoodput: 0.85 * 500},
 			race: true,
 		},
 		{
 			name: "sole backend, 50% busy at random, 200 ms",
 			cfg: simConfig{rate: 500, attempts: 3, maxWait: time.Second,
 				backend: simBackend{busyRate: 0.5, lat: 200 * time.Millisecond, jitter: 50 * time.Millisecond}},
-			want: want{minOK: 0.85, maxUpstream: 1.76, maxBusy: 1, minGoodput: 0.85 * 500},
+			want: want{minOK: 0.85, maxUpstream: 1.78, maxBusy: 1, minGoodput: 0.85 * 500},
 		},
 		{
 			name: "turns 50% busy half-way",
@@ -322,13 +323,13 @@ func TestLimitUnderLoad(t *testing.T) {
 		{
 			// 400/s of which half busy: 200 answers/s at most. Against a
 			// floor of 50% random busy answers, an excess of rate-limited
-			// ones is hard to tell from chance within a cohort: up to ~20%
+			// ones is hard to tell from chance within a cohort: about 20%
 			// of upstream calls go to 429s here (the case the README's
 			// table calls out).
 			name: "50% busy at random under a rate cap, 200 ms",
 			cfg: simConfig{rate: 500, attempts: 3, maxWait: time.Second,
 				backend: simBackend{busyRate: 0.5, qps: 400, lat: 200 * time.Millisecond, jitter: 50 * time.Millisecond}},
-			want: want{minGoodput: 0.9 * 200, maxBusy: 0.2},
+			want: want{minGoodput: 0.9 * 200, maxBusy: 0.25},
 		},
 		{
 			// 200 slots of 2 s: 100/s, offered exactly that.

@@ -42,6 +42,28 @@ func TestCatalogueMatchesProduct(t *testing.T) {
 		if !ok || !strings.HasPrefix(sel.Sel.Name, "New") {
 			return true
 		}
+		if sel.Sel.Name == "NewDesc" && len(call.Args) >= 3 {
+			// prometheus.NewDesc("name", "help", []string{labels}, nil):
+			// metrics a collector reads at scrape time.
+			lit, ok := call.Args[0].(*ast.BasicLit)
+			if !ok {
+				return true
+			}
+			name, _ := strconv.Unquote(lit.Value)
+			labels := []string{}
+			if ls, ok := call.Args[2].(*ast.CompositeLit); ok {
+				for _, e := range ls.Elts {
+					if s, ok := e.(*ast.BasicLit); ok {
+						l, _ := strconv.Unquote(s.Value)
+						labels = append(labels, l)
+					}
+				}
+			}
+			if strings.HasPrefix(name, "detour_") {
+				got[name] = labels
+			}
+			return true
+		}
 		opts, ok := call.Args[0].(*ast.CompositeLit)
 		if !ok {
 			return true

@@ -19,9 +19,7 @@ const (
 	// capacityEvery is how often a replica writes its learned limits and
 	// reads the others'.
 	capacityEvery = 5 * time.Second
-	// capacityFresh is how old another replica's limit may be and still
-	// count: three missed writes and it is gone.
-	capacityFresh = 3 * capacityEvery
+	// Another replica's limit counts while it is at most three writes old.
 )
 
 // Capacities shares the concurrency limits each replica has learned for its
@@ -29,7 +27,7 @@ const (
 // backend for the first time, begins where the others are instead of
 // rediscovering the provider's limit by overrunning it.
 //
-// Every capacityEvery a background goroutine writes this replica's learned
+// Every 5 s (WithEvery) a background goroutine writes this replica's learned
 // limits (from the source function) into one Redis hash, field
 // "backend\x00replica", value "limit unix-millis", and reads the hash back;
 // Limit answers from that copy with no I/O. Without Redis (a nil Store, or
@@ -44,6 +42,7 @@ type Capacities struct {
 	replica string
 	source  func() map[string]float64
 	onLoad  func()
+	every   time.Duration
 
 	view atomic.Pointer[map[string]float64] // backend -> median of the others' limits
 
@@ -57,7 +56,10 @@ type Capacities struct {
 // lock (the router seeds the limits that have learned nothing yet).
 func NewCapacities(s *Store, source func() map[string]float64, onLoad func(), opts ...Option) *Capacities {
 	o := newOptions(opts)
-	c := &Capacities{store: s, now: o.now, source: source, onLoad: onLoad}
+	c := &Capacities{store: s, now: o.now, source: source, onLoad: onLoad, every: o.every}
+	if c.every <= 0 {
+		c.every = capacityEvery
+	}
 	empty := map[string]float64{}
 	c.view.Store(&empty)
 	if s == nil {
@@ -105,7 +107,7 @@ func (c *Capacities) loop(ctx context.Context) {
 		case <-t.C:
 		}
 		c.sync(ctx)
-		t.Reset(capacityEvery)
+		t.Reset(c.every)
 	}
 }
 
@@ -119,7 +121,7 @@ func (c *Capacities) sync(ctx context.Context) {
 			for b, l := range mine {
 				p.HSet(ctx, c.key, b+"\x00"+c.replica, strconv.FormatFloat(l, 'f', 1, 64)+" "+strconv.FormatInt(now.UnixMilli(), 10))
 			}
-			p.PExpire(ctx, c.key, 2*capacityFresh)
+			p.PExpire(ctx, c.key, 6*c.every)
 			return nil
 		})
 		if err != nil {
@@ -144,7 +146,7 @@ func (c *Capacities) sync(ctx context.Context) {
 		if !ok || err1 != nil || err2 != nil || l <= 0 {
 			continue
 		}
-		if now.Sub(time.UnixMilli(at)) > capacityFresh {
+		if now.Sub(time.UnixMilli(at)) > 3*c.every {
 			stale = append(stale, field)
 			continue
 		}

@@ -92,9 +92,14 @@ type Cooldowns struct {
 type Option func(*options)
 
 type options struct {
-	now func() time.Time
-	log *slog.Logger
+	now   func() time.Time
+	log   *slog.Logger
+	every time.Duration
 }
+
+// WithEvery sets how often Capacities writes and reads the limits. The
+// default is 5s.
+func WithEvery(d time.Duration) Option { return func(o *options) { o.every = d } }
 
 // WithClock sets the clock Cooldowns and Limiter read. The default is
 // time.Now. now must be safe for concurrent use and must not block.

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -583,4 +584,67 @@ func TestStoreTLS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCapacitiesShareLearnedLimits: the limits one replica learned reach
+// the others (the median of the others' for each backend, never its own),
+// and stop counting once their replica stops writing them.
+func TestCapacitiesShareLearnedLimits(t *testing.T) {
+	addr, prefix := fleettest.Addr(t), fleettest.Prefix(t)
+	const every = 50 * time.Millisecond
+	var mu sync.Mutex
+	learned := map[string]map[string]float64{
+		"a": {"deepseek-eu": 40},
+		"b": {"deepseek-eu": 60, "deepseek-us": 10},
+	}
+	source := func(name string) func() map[string]float64 {
+		return func() map[string]float64 {
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(learned[name])
+		}
+	}
+	a := NewCapacities(openStore(t, addr, prefix), source("a"), nil, WithEvery(every))
+	defer a.Close()
+	loads := make(chan struct{}, 100)
+	b := NewCapacities(openStore(t, addr, prefix), source("b"), func() {
+		select {
+		case loads <- struct{}{}:
+		default:
+		}
+	}, WithEvery(every))
+	defer b.Close()
+	eventually(t, "b to see a's limit", func() bool { return b.Limit("deepseek-eu") == 40 })
+	eventually(t, "a to see b's limits", func() bool { return a.Limit("deepseek-eu") == 60 && a.Limit("deepseek-us") == 10 })
+	if got := b.Limit("deepseek-us"); got != 0 {
+		t.Errorf("b sees its own limit for deepseek-us: %v, want 0 (only the others count)", got)
+	}
+	if len(loads) == 0 {
+		t.Error("onLoad was not called after a read")
+	}
+	a.Close() // a stops writing: after three intervals its limit is gone
+	eventually(t, "a's limit to age out", func() bool { return b.Limit("deepseek-eu") == 0 })
+
+	var nilCaps *Capacities
+	if got := NewCapacities(nil, source("a"), nil).Limit("deepseek-eu"); got != 0 || nilCaps.Limit("x") != 0 {
+		t.Errorf("without Redis Limit = %v, want 0", got)
+	}
+}
+
+// TestCooldownsClear: clearing a backend's cooldown on one replica ends it
+// on the others.
+func TestCooldownsClear(t *testing.T) {
+	addr, prefix := fleettest.Addr(t), fleettest.Prefix(t)
+	a := NewCooldowns(openStore(t, addr, prefix))
+	defer a.Close()
+	b := NewCooldowns(openStore(t, addr, prefix))
+	defer b.Close()
+	until := time.Now().Add(time.Minute).Truncate(time.Millisecond)
+	a.Publish("deepseek-eu", until)
+	eventually(t, "b to see the cooldown", func() bool { return b.OpenUntil("deepseek-eu").Equal(until) })
+	b.Clear("deepseek-eu")
+	if got := b.OpenUntil("deepseek-eu"); !got.IsZero() {
+		t.Errorf("after Clear on b: b.OpenUntil = %v, want zero at once", got)
+	}
+	eventually(t, "a to see the cooldown cleared", func() bool { return a.OpenUntil("deepseek-eu").IsZero() })
 }

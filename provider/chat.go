@@ -493,6 +493,10 @@ func decodeAnswer(body []byte) (*detourv1.CompleteResponse, string) {
 		return nil, msg
 	}
 	c := &cr.Choices[0]
+	if c.Message.Content == "" && c.Message.ReasoningContent == "" && c.FinishReason == "" && len(c.Message.ToolCalls) == 0 {
+		// {"choices":[{}]}: a 200 that says nothing is no answer.
+		return nil, "empty choice: no content, no tool calls and no finish reason"
+	}
 	return &detourv1.CompleteResponse{
 		Id:               cr.ID,
 		Model:            cr.Model,

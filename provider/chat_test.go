@@ -235,7 +235,7 @@ func TestOpenAIBlankJSON(t *testing.T) {
 	})
 	t.Run("stream blank without finish", func(t *testing.T) {
 		_, err := stream(t, delta("\n", ""))
-		errCheck{class: breaker.Failed, is: ErrBlankJSON, contains: "blank content"}.check(t, err)
+		errCheck{class: breaker.Failed, is: ErrIncomplete, contains: "without a finish reason"}.check(t, err)
 	})
 }
 

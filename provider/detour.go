@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -103,6 +104,9 @@ func (d *Detour) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 	if err != nil {
 		return nil, d.wrap(err)
 	}
+	if resp.GetContent() == "" && resp.GetFinishReason() == "" {
+		return nil, fmt.Errorf("backend %s: %w: no content and no finish reason", d.name, ErrMalformed)
+	}
 	if blankAnswer(req, resp) {
 		return nil, fmt.Errorf("backend %s: %w", d.name, ErrBlankJSON)
 	}
@@ -139,28 +143,30 @@ func (d *Detour) request(ctx context.Context, req *detourv1.CompleteRequest) *de
 	return out
 }
 
+// outgoing adds the call's metadata: trace context, the hop count (one
+// more than the call this one serves, so that a routing loop ends at the
+// limit of the detour it leads back to) and the key.
 func (d *Detour) outgoing(ctx context.Context) context.Context {
 	ctx = outgoingTrace(ctx)
 	if d.cred == nil {
-		return ctx
+		return metadata.AppendToOutgoingContext(ctx, hop.Key, hop.Next(ctx))
 	}
-	return metadata.AppendToOutgoingContext(ctx, "authorization", d.cred.bearer)
+	return metadata.AppendToOutgoingContext(ctx, hop.Key, hop.Next(ctx), "authorization", d.cred.bearer)
 }
 
-// wrap names the backend in a gRPC error, scrubs the key from its message
-// and lifts its RetryInfo.
+// wrap names the backend in a gRPC error, makes its message a clean
+// excerpt (the key and anything like a credential removed, clipped; see
+// cleanMessage) and lifts its RetryInfo.
 func (d *Detour) wrap(err error) error {
 	s, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("backend %s: %w", d.name, err)
 	}
-	if d.cred != nil {
-		if msg := d.cred.scrub(s.Message()); msg != s.Message() {
-			p := s.Proto()
-			p.Message = msg
-			s = status.FromProto(p)
-			err = s.Err()
-		}
+	if msg := cleanMessage(s.Message(), d.cred); msg != s.Message() {
+		p := s.Proto()
+		p.Message = msg
+		s = status.FromProto(p)
+		err = s.Err()
 	}
 	return &RPCError{Backend: d.name, Err: err, RetryAfterD: retryInfo(s)}
 }
@@ -192,6 +198,9 @@ func (s *detourStream) Recv() (*detourv1.CompleteChunk, error) {
 				}
 				if dl, ok := s.parent.Deadline(); ok && !s.finished && time.Until(dl) < deadlineSlack {
 					return nil, fmt.Errorf("backend %s: stream ended at the attempt's deadline: %w", s.d.name, context.DeadlineExceeded)
+				}
+				if !s.finished {
+					return nil, fmt.Errorf("backend %s: %w: ended without a finish reason", s.d.name, ErrIncomplete)
 				}
 				if err := s.guard.end(); err != nil {
 					return nil, fmt.Errorf("backend %s: %w", s.d.name, err)

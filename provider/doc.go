@@ -19,17 +19,29 @@
 //	case breaker.Busy: // try another backend, honouring breaker.RetryAfter(err)
 //	}
 //
+// Memory is bounded per call (a unary body of 16 MiB, a stream event of
+// 4 MiB) and for the whole process: the bytes every client holds of
+// upstream bodies at once, while a unary answer is read and decoded and
+// while a stream's event buffers are open, come from one budget (SetBodyBudget,
+// DefaultBodyBudget). A body that would pass it fails its attempt with an
+// error wrapping ErrBodyBudget, class Failed. gRPC (detour) backends are
+// bounded per message only.
+//
 // Clients apply no timeouts of their own beyond a short dial timeout: the
 // caller bounds each attempt with ctx, and every call, including a blocked
 // ChunkStream.Recv, returns promptly once ctx ends.
 //
 // Errors are shaped for breaker.Classify. An HTTP error status is an
 // *HTTPError (StatusCode, RetryAfter); a 2xx answer that cannot be used is an
-// *HTTPError with that 2xx status wrapping ErrMalformed (class Failed); a
-// stream that ends before its "data: [DONE]" wraps ErrIncomplete (Failed); a
-// gRPC backend's status is wrapped in an *RPCError that status.FromError still
-// sees (RetryAfter from errdetails.RetryInfo); transport errors and ctx errors
-// are wrapped with %w so that refused or reset connections and deadlines
-// classify as Busy. Every error names its backend. No error contains the
-// backend's API key.
+// *HTTPError with that 2xx status wrapping ErrMalformed (class Failed), and
+// so is an answer with neither content nor a finish reason; a stream that
+// ends before its "data: [DONE]", or without any finish reason, wraps
+// ErrIncomplete (Failed); a gRPC backend's status is wrapped in an *RPCError
+// that status.FromError still sees (RetryAfter from errdetails.RetryInfo);
+// transport errors and ctx errors are wrapped with %w so that refused or
+// reset connections and deadlines classify as Busy. Every error names its
+// backend. An error quotes an upstream only as a one-line excerpt of a few
+// hundred bytes, marked when clipped, with the backend's API key and
+// anything else that looks like a credential replaced (package
+// internal/excerpt).
 package provider

@@ -8,11 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
+
+	"github.com/detour-dev/detour/internal/excerpt"
 )
 
 var (
@@ -22,12 +22,15 @@ var (
 	// 2xx status, which breaker.Classify sorts as Failed.
 	ErrMalformed = errors.New("malformed answer")
 	// ErrIncomplete is wrapped when a stream ends before its "data: [DONE]"
-	// event. breaker.Classify sorts it as Failed.
-	ErrIncomplete = errors.New("stream ended before [DONE]")
+	// event (a detour backend's: before its end), or ends without having
+	// given a finish reason: the answer is unfinished. breaker.Classify
+	// sorts it as Failed.
+	ErrIncomplete = errors.New("incomplete stream")
 )
 
-// maxMessageLen bounds HTTPError.Message, in runes.
-const maxMessageLen = 200
+// maxMessageBytes bounds what an error quotes of an upstream's words
+// (HTTPError.Message, an RPCError's status message), before the clip mark.
+const maxMessageBytes = excerpt.Max
 
 // maxRetryAfter clamps a Retry-After hint so that a hostile value cannot
 // overflow a time.Duration.
@@ -44,9 +47,10 @@ type HTTPError struct {
 	// Status is the HTTP status code.
 	Status int
 	// Message is the upstream's error message (error.message, message,
-	// detail, or the body's text), cleaned and cut to about 200 characters;
-	// for a 2xx status it says what was wrong with the answer. Empty when the
-	// body said nothing useful.
+	// detail, or the body's text) made into one line, with anything that
+	// looks like a credential replaced, and clipped to a few hundred bytes
+	// (marked "…[clipped N bytes]"); for a 2xx status it says what was wrong
+	// with the answer. Empty when the body said nothing useful.
 	Message string
 	// RetryAfterD is the upstream's Retry-After (or retry-after-ms) hint; zero
 	// when absent, unparsable or in the past.
@@ -225,30 +229,10 @@ func jsonString(raw json.RawMessage) string {
 }
 
 // cleanMessage makes upstream text fit for one line of an error: the key
-// removed first (so that cutting cannot leave part of it), invalid UTF-8 and
-// control characters replaced, runs of space collapsed, cut to maxMessageLen
-// runes.
+// removed first (so that clipping cannot leave part of it), then
+// excerpt.Line: control characters, invalid UTF-8 and runs of space made
+// one space, whatever else looks like a credential replaced, clipped to
+// maxMessageBytes and marked.
 func cleanMessage(s string, cred *credential) string {
-	s = cred.scrub(s)
-	var b strings.Builder
-	n := 0
-	space := false
-	for _, r := range s {
-		if r == utf8.RuneError || unicode.IsControl(r) || unicode.IsSpace(r) {
-			space = b.Len() > 0
-			continue
-		}
-		if n == maxMessageLen {
-			b.WriteString("…")
-			break
-		}
-		if space {
-			b.WriteByte(' ')
-			space = false
-			n++
-		}
-		b.WriteRune(r)
-		n++
-	}
-	return b.String()
+	return excerpt.Line(cred.scrub(s), maxMessageBytes)
 }

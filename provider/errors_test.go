@@ -94,7 +94,8 @@ func TestCleanMessage(t *testing.T) {
 		{name: "whitespace and controls", in: "  a\n\n\tb\x00c \r\n", want: "a b c"},
 		{name: "invalid utf-8", in: "a\xffb", want: "a b"},
 		{name: "key", in: "bad key sk-123!", want: "bad key [redacted]!"},
-		{name: "long", in: strings.Repeat("é", 300), want: strings.Repeat("é", maxMessageLen) + "…"},
+		{name: "other keys", in: "Incorrect API key provided: sk-proj-****abcd; Bearer abc123def", want: "Incorrect API key provided: [redacted]; Bearer [redacted]"},
+		{name: "long", in: strings.Repeat("é", 300), want: strings.Repeat("é", maxMessageBytes/2) + "…[clipped 600 bytes]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

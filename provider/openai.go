@@ -136,10 +136,15 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 	if p := progressFrom(ctx); !isNoProgress(p) {
 		resp.Body = &keepAliveBody{ReadCloser: resp.Body, p: p}
 	}
-	body, err := readCapped(resp, maxAnswerBytes)
+	var h hold
+	defer h.release() // once decoded: the answer holds copies
+	body, err := readCapped(resp, maxAnswerBytes, &h)
 	if err != nil {
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			return nil, o.malformed(resp.StatusCode, err.Error())
+		case errors.Is(err, ErrBodyBudget):
+			return nil, o.overBudget(resp.StatusCode, err)
 		}
 		return nil, o.readError(ctx, "reading answer", err)
 	}
@@ -176,8 +181,9 @@ func (k *keepAliveBody) Read(b []byte) (int, error) {
 
 // Stream sends req with "stream": true and returns once the backend has
 // answered with a 2xx status; the chunks follow through the stream. The
-// stream ends with io.EOF only after the backend's "data: [DONE]"; an answer
-// cut before it is an error wrapping ErrIncomplete. Events that carry
+// stream ends with io.EOF only after the backend's "data: [DONE]" and a
+// finish reason; an answer cut before [DONE], or a [DONE] that no finish
+// reason preceded, is an error wrapping ErrIncomplete. Events that carry
 // nothing (a role-only first delta, say) are skipped; they, SSE comments
 // (": keep-alive") and empty lines go to ctx's Progress as keep-alives. In
 // JSON mode, the whitespace an answer starts with is held back until
@@ -195,7 +201,9 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 		if mt, _, _ := mime.ParseMediaType(ct); mt != "text/event-stream" {
 			defer release(resp.Body)
 			msg := fmt.Sprintf("content type %q, not text/event-stream", mt)
-			if body, err := readCapped(resp, maxErrorBytes); err == nil && len(body) > 0 {
+			var h hold
+			defer h.release()
+			if body, err := readCapped(resp, maxErrorBytes, &h); err == nil && len(body) > 0 {
 				msg += "; upstream said: " + upstreamMessage(body)
 			}
 			return nil, o.malformed(resp.StatusCode, msg)
@@ -207,10 +215,10 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 		ctx:    ctx,
 		status: resp.StatusCode,
 		body:   resp.Body,
-		sse:    newSSEReader(resp.Body, maxEventBytes),
 		alive:  p,
 		guard:  blankGuard{on: jsonMode(req)},
 	}
+	st.sse = newSSEReader(resp.Body, maxEventBytes, &st.hold)
 	if !isNoProgress(p) {
 		st.sse.alive = p.KeepAlive
 	}
@@ -261,8 +269,11 @@ func (o *OpenAI) statusError(resp *http.Response) error {
 		Status:      resp.StatusCode,
 		RetryAfterD: retryAfter(resp.Header, time.Now()),
 	}
-	// A body cut by ctx still says something; use what arrived.
-	body, _ := readCapped(resp, maxErrorBytes)
+	// A body cut by ctx still says something; use what arrived. A body the
+	// budget cannot take leaves the status alone to speak.
+	var h hold
+	defer h.release()
+	body, _ := readCapped(resp, maxErrorBytes, &h)
 	if len(body) > 0 {
 		e.Message = cleanMessage(upstreamMessage(body), o.cred)
 	}
@@ -286,17 +297,61 @@ func (o *OpenAI) readError(ctx context.Context, what string, err error) error {
 
 var errTooLarge = errors.New("answer too large")
 
-// readCapped reads resp.Body whole, up to limit bytes.
-func readCapped(resp *http.Response, limit int64) ([]byte, error) {
-	var buf bytes.Buffer
-	if n := resp.ContentLength; n > 0 && n <= limit {
-		buf.Grow(int(n))
+// readChunk is the least a body's buffer grows by.
+const readChunk = 32 << 10
+
+// readCapped reads resp.Body whole, up to limit bytes, reserving the
+// buffer's bytes in h (the process budget, see SetBodyBudget) before it
+// grows: a body larger than limit is errTooLarge, one the budget cannot
+// hold wraps ErrBodyBudget. On any error the bytes read so far are
+// returned too. The caller releases h once done with the bytes.
+func readCapped(resp *http.Response, limit int64, h *hold) ([]byte, error) {
+	size := int64(readChunk)
+	if n := resp.ContentLength; n >= 0 && n <= limit {
+		size = n + 1 // one more, to see the end without growing
 	}
-	_, err := buf.ReadFrom(io.LimitReader(resp.Body, limit+1))
-	if int64(buf.Len()) > limit {
-		return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+	size = min(size, limit+1)
+	if !h.grow(size) {
+		return nil, overBudget(size)
 	}
-	return buf.Bytes(), err
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+			}
+			grow := min(max(int64(cap(buf)), readChunk), limit+1-int64(cap(buf)))
+			if !h.grow(grow) {
+				return buf, overBudget(grow)
+			}
+			nb := make([]byte, len(buf), int64(cap(buf))+grow)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+		}
+		if errors.Is(err, io.EOF) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// overBudget reports an answer of status that the process's body budget
+// could not hold (err wraps a *budgetError): Failed, like a malformed
+// answer.
+func (o *OpenAI) overBudget(status int, err error) error {
+	msg := err.Error()
+	var be *budgetError
+	if errors.As(err, &be) {
+		msg = be.detail
+	}
+	return &HTTPError{Backend: o.name, Status: status, Message: msg, Err: ErrBodyBudget}
 }
 
 // release drains a little of what is left of body, so that the connection
@@ -315,7 +370,10 @@ type openAIStream struct {
 	sse    *sseReader
 	alive  Progress
 	guard  blankGuard
+	hold   hold  // the stream's event buffers in the process budget
 	err    error // sticky: io.EOF after [DONE], or what broke the stream
+
+	finished bool // an event carried a finish reason
 
 	closeOnce sync.Once
 }
@@ -333,6 +391,11 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 			continue
 		}
 		if string(data) == "[DONE]" {
+			if !s.finished {
+				// A [DONE] without a finish reason ends an answer that
+				// did not finish: never a complete (cacheable) one.
+				return nil, s.fail(fmt.Errorf("backend %s: %w: [DONE] without a finish reason", s.o.name, ErrIncomplete))
+			}
 			if err := s.guard.end(); err != nil {
 				return nil, s.fail(&HTTPError{Backend: s.o.name, Status: s.status, Err: err})
 			}
@@ -360,6 +423,9 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 			s.alive.KeepAlive()
 			continue
 		}
+		if ch.FinishReason != "" {
+			s.finished = true
+		}
 		return ch, nil
 	}
 }
@@ -370,11 +436,13 @@ func (s *openAIStream) streamError(err error) error {
 	case s.ctx.Err() != nil:
 		return s.o.readError(s.ctx, "stream", err)
 	case errors.Is(err, io.EOF):
-		return fmt.Errorf("backend %s: %w", s.o.name, ErrIncomplete)
+		return fmt.Errorf("backend %s: %w: cut before [DONE]", s.o.name, ErrIncomplete)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("backend %s: %w: %w", s.o.name, ErrIncomplete, err)
+		return fmt.Errorf("backend %s: %w: cut before [DONE]: %w", s.o.name, ErrIncomplete, err)
 	case errors.Is(err, errEventTooLarge):
 		return s.o.malformed(s.status, "stream: "+err.Error())
+	case errors.Is(err, ErrBodyBudget):
+		return s.o.overBudget(s.status, err)
 	}
 	return s.o.readError(s.ctx, "stream", err)
 }
@@ -387,6 +455,9 @@ func (s *openAIStream) fail(err error) error {
 }
 
 func (s *openAIStream) Close() error {
-	s.closeOnce.Do(func() { _ = s.body.Close() })
+	s.closeOnce.Do(func() {
+		_ = s.body.Close()
+		s.hold.release()
+	})
 	return nil
 }

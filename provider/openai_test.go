@@ -98,7 +98,7 @@ func TestOpenAIComplete(t *testing.T) {
 				Routing:     &detourv1.RoutingHints{PreferRegion: "eu"},
 				Cache:       &detourv1.CacheHints{NoCache: true},
 			},
-			answer: `{"id":"c2","model":"deepseek-chat","choices":[{"message":{"content":null},"finish_reason":null}]}`,
+			answer: `{"id":"c2","model":"deepseek-chat","choices":[{"message":{"content":"ok"},"finish_reason":null}]}`,
 			wantBody: map[string]any{
 				"model": "deepseek-chat",
 				"messages": []any{
@@ -111,7 +111,7 @@ func TestOpenAIComplete(t *testing.T) {
 				"stop":        []any{"\n\n", "END"},
 				"user":        "u-1",
 			},
-			want: &detourv1.CompleteResponse{Id: "c2", Model: "deepseek-chat"},
+			want: &detourv1.CompleteResponse{Id: "c2", Model: "deepseek-chat", Content: "ok"},
 		},
 	}
 	for _, tt := range tests {
@@ -309,7 +309,7 @@ func TestOpenAICompleteErrors(t *testing.T) {
 			if he.StatusCode() != tt.wantStatus {
 				t.Errorf("StatusCode = %d, want %d", he.StatusCode(), tt.wantStatus)
 			}
-			if len(he.Message) > 4*maxMessageLen {
+			if len(he.Message) > maxMessageBytes+40 {
 				t.Errorf("Message is %d bytes long", len(he.Message))
 			}
 		})
@@ -626,7 +626,7 @@ func TestOpenAIReusesConnections(t *testing.T) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			io.WriteString(w, `{"error":{"message":"Server is busy, `+strings.Repeat("please ", 1000)+`retry later"}}`)
 		case r.Header.Get("Accept") == "text/event-stream":
-			sse(w, `{"choices":[{"delta":{"content":"Hel"}}]}`, `{"choices":[],"usage":{"total_tokens":1}}`, "[DONE]")
+			sse(w, `{"choices":[{"delta":{"content":"Hel"},"finish_reason":"stop"}]}`, `{"choices":[],"usage":{"total_tokens":1}}`, "[DONE]")
 		default:
 			io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}]}`)
 		}
@@ -698,7 +698,7 @@ func TestOpenAIKeyNeverInErrors(t *testing.T) {
 			name: "key at the cut",
 			handler: func(w http.ResponseWriter, auth string) {
 				w.WriteHeader(400)
-				fmt.Fprintf(w, "%s%s", strings.Repeat("x", maxMessageLen-10), auth)
+				fmt.Fprintf(w, "%s%s", strings.Repeat("x", maxMessageBytes-10), auth)
 			},
 		},
 		{
@@ -833,7 +833,7 @@ func TestNewOpenAI(t *testing.T) {
 func TestOpenAIConcurrentUse(t *testing.T) {
 	ts := newHTTPServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Accept") == "text/event-stream" {
-			sse(w, `{"choices":[{"delta":{"content":"Hel"}}]}`, "[DONE]")
+			sse(w, `{"choices":[{"delta":{"content":"Hel"},"finish_reason":"stop"}]}`, "[DONE]")
 			return
 		}
 		io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}]}`)

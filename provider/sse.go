@@ -20,6 +20,7 @@ var errEventTooLarge = errors.New("event too large")
 type sseReader struct {
 	br     *bufio.Reader
 	alive  func() // nil: keep-alives go unreported
+	hold   *hold  // where line and data reserve their bytes; nil: nowhere
 	max    int    // bytes of data per event
 	line   []byte // a line longer than br's buffer, being assembled
 	data   []byte // the event being assembled, "\n" after each data line
@@ -28,8 +29,32 @@ type sseReader struct {
 	skipLF bool   // the last line ended in CR: an LF next completes a CRLF
 }
 
-func newSSEReader(r io.Reader, max int) *sseReader {
-	return &sseReader{br: bufio.NewReaderSize(r, 16<<10), max: max, first: true}
+// sseBufferBytes is the size of an sseReader's read buffer: a fixed cost
+// per open stream, like its goroutine, which the body budget leaves out.
+const sseBufferBytes = 16 << 10
+
+// newSSEReader reads events from r. The memory its line and event buffers
+// grow to, which an upstream decides (up to max per event), is reserved in
+// h (nil: not accounted); a buffer the budget cannot take makes Next fail
+// with an error wrapping ErrBodyBudget.
+func newSSEReader(r io.Reader, max int, h *hold) *sseReader {
+	return &sseReader{br: bufio.NewReaderSize(r, sseBufferBytes), hold: h, max: max, first: true}
+}
+
+// room makes room for n more bytes in *b, reserving the new capacity
+// before it allocates it.
+func (s *sseReader) room(b *[]byte, n int) error {
+	if len(*b)+n <= cap(*b) {
+		return nil
+	}
+	size := max(2*cap(*b), len(*b)+n, 512)
+	if s.hold != nil && !s.hold.grow(int64(size-cap(*b))) {
+		return overBudget(int64(size - cap(*b)))
+	}
+	nb := make([]byte, len(*b), size)
+	copy(nb, *b)
+	*b = nb
+	return nil
 }
 
 // Next returns the data of the next event: its data lines joined by "\n".
@@ -75,6 +100,9 @@ func (s *sseReader) Next() ([]byte, error) {
 		if len(s.data)+len(value)+1 > s.max+1 {
 			return nil, fmt.Errorf("%w: over %d bytes", errEventTooLarge, s.max)
 		}
+		if err := s.room(&s.data, len(value)+1); err != nil {
+			return nil, err
+		}
 		s.data = append(s.data, value...)
 		s.data = append(s.data, '\n')
 		s.has = true
@@ -115,6 +143,9 @@ func (s *sseReader) readLine() ([]byte, error) {
 			if len(s.line)+len(buf) > s.max+maxLineOverhead {
 				return nil, fmt.Errorf("%w: line over %d bytes", errEventTooLarge, s.max)
 			}
+			if err := s.room(&s.line, len(buf)); err != nil {
+				return nil, err
+			}
 			s.line = append(s.line, buf...)
 			_, _ = s.br.Discard(len(buf))
 			continue
@@ -124,6 +155,9 @@ func (s *sseReader) readLine() ([]byte, error) {
 		}
 		line := buf[:i]
 		if len(s.line) > 0 {
+			if err := s.room(&s.line, len(line)); err != nil {
+				return nil, err
+			}
 			s.line = append(s.line, line...)
 			line = s.line
 		}

@@ -13,7 +13,7 @@ import (
 
 // readEvents reads every event of input and the error that ended them.
 func readEvents(r io.Reader, max int) ([]string, error) {
-	s := newSSEReader(r, max)
+	s := newSSEReader(r, max, nil)
 	var events []string
 	for {
 		data, err := s.Next()

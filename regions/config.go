@@ -147,6 +147,13 @@ type Backend struct {
 	// TLS says how to verify the backend. Nil: https endpoints are verified
 	// against the system roots; detour endpoints are plaintext.
 	TLS *BackendTLS `yaml:"tls,omitempty" json:"tls,omitempty"`
+	// AllowUnsafeEndpoint lets Endpoint be a link-local address
+	// (169.254.0.0/16, fe80::/10) or a cloud instance metadata service
+	// (fd00:ec2::254, metadata.google.internal, ...), or carry credentials
+	// in its URL (user:password@). False refuses them: anyone who can write
+	// the document could otherwise aim detour's API keys at the host's
+	// metadata service, or keep a secret in the document.
+	AllowUnsafeEndpoint bool `yaml:"allow_unsafe_endpoint,omitempty" json:"allow_unsafe_endpoint,omitempty"`
 }
 
 // BackendTLS is how detour verifies a backend (always; there is no option to
@@ -271,6 +278,12 @@ type LimitPolicy struct {
 	// longest call it should carry at that rate (upstream latency, not
 	// detour's). Zero means no limit.
 	MaxInflight int `yaml:"max_inflight,omitempty" json:"max_inflight,omitempty"`
+	// MaxHops is how many detour instances may pass a call on before this
+	// one (its x-detour-hops metadata, which detour's kind: detour client
+	// sets); a call over it is a routing loop, refused with
+	// FAILED_PRECONDITION, which the detour that sent it counts against
+	// that backend before it tries another. Zero means 4.
+	MaxHops int `yaml:"max_hops,omitempty" json:"max_hops,omitempty"`
 }
 
 // Defaults.
@@ -463,21 +476,25 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxInflight < 0 {
 		v.add("limits.max_inflight: %d must be >= 0", c.Limits.MaxInflight)
 	}
+	if c.Limits.MaxHops < 0 || c.Limits.MaxHops > 100 {
+		v.add("limits.max_hops: %d must be in 0..100", c.Limits.MaxHops)
+	}
 	if err := c.Cache.Validate(); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			v.add("%s", line)
 		}
 	}
 	principals := map[string]string{}
+	names := map[string]string{} // tenants and admins share one namespace
 	for i, t := range c.Tenants {
 		where := fmt.Sprintf("tenants[%d]", i)
-		v.principal(where, t.Principal, principals)
+		v.principal(where, t.Principal, principals, names)
 		if !inRange(t.QPS, 0, math.MaxFloat64) || t.Burst < 0 {
 			v.add("%s: qps and burst must be >= 0", where)
 		}
 	}
 	for i, a := range c.Admins {
-		v.principal(fmt.Sprintf("admins[%d]", i), a, principals)
+		v.principal(fmt.Sprintf("admins[%d]", i), a, principals, names)
 	}
 	return v.err()
 }
@@ -498,9 +515,18 @@ func (v *validator) err() error {
 	return &ValidationError{Reasons: v.reasons}
 }
 
-func (v *validator) principal(where string, p Principal, seen map[string]string) {
-	if p.Name == "" {
+// principal checks p; seen maps each credential, and names each name, to
+// the principal that used it first.
+func (v *validator) principal(where string, p Principal, seen, names map[string]string) {
+	switch prev, dup := names[p.Name]; {
+	case p.Name == "":
 		v.add("%s: name is required", where)
+	case dup:
+		// One name for two principals: their quotas, logs and metrics
+		// would mix, and a tenant could pass for an admin in them.
+		v.add("%s (%s): duplicate principal name, first used at %s", where, p.Name, prev)
+	default:
+		names[p.Name] = where
 	}
 	for _, id := range append(slices.Clone(p.Identities), p.TokenSHA256...) {
 		if prev, dup := seen[id]; dup {
@@ -582,6 +608,9 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 		}
 	default:
 		v.add("%s: kind %q must be %q or %q", where, b.Kind, KindOpenAI, KindDetour)
+	}
+	if why := unsafeEndpoint(b.Kind, b.Endpoint); why != "" && !b.AllowUnsafeEndpoint {
+		v.add("%s: %s; set allow_unsafe_endpoint: true if this is intended", where, why)
 	}
 	if b.Weight < 0 || b.Weight > 1000 {
 		v.add("%s: weight %d must be in 0..1000", where, b.Weight)

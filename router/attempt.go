@@ -86,7 +86,7 @@ func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
 	if a.brDone != nil {
 		a.brDone(a.class, breaker.RetryAfter(a.err))
 	}
-	a.permit.Done(outcome(a.class))
+	a.permit.DoneAfter(outcome(a.class), breaker.RetryAfter(a.err))
 	b.m.Attempt(int(a.class), a.elapsed)
 	if a.class == breaker.Exhausted {
 		// The account cannot pay: out of rotation here and, through the

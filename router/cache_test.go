@@ -127,7 +127,7 @@ func TestCoalescing(t *testing.T) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		return &detourv1.CompleteResponse{Content: "shared"}, nil
+		return &detourv1.CompleteResponse{Content: "shared", FinishReason: "stop"}, nil
 	}
 	r := newTestRouter(t, fx, testConfig())
 	const n = 50

@@ -380,9 +380,11 @@ func (c *call) failure() error {
 		code = Exhausted
 	}
 	return &Error{
-		Code:       code,
-		Message:    fmt.Sprintf("every backend is busy or failing (%d attempts, last: %s)", c.attempts, c.lastClass),
-		RetryAfter: cmpOr(c.retryAfter, c.limitWait, reopen, time.Second),
+		Code:    code,
+		Message: fmt.Sprintf("every backend is busy or failing (%d attempts, last: %s)", c.attempts, c.lastClass),
+		// An upstream's Retry-After is passed on, but no longer than a
+		// breaker may stay open: the hint is not a promise of days.
+		RetryAfter: cmpOr(min(c.retryAfter, c.t.policy.maxHint), c.limitWait, reopen, time.Second),
 		Attempts:   c.attempts,
 		Err:        c.lastErr,
 	}

@@ -11,6 +11,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/detour-dev/detour/breaker"
+	"github.com/detour-dev/detour/capacity"
+	"github.com/detour-dev/detour/fleet"
+	"github.com/detour-dev/detour/fleet/fleettest"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -228,5 +231,37 @@ func TestHalfBusyRegionKeepsHalfItsCalls(t *testing.T) {
 	}
 	if diff := cmp.Diff(int64(0), fx.provider("far-1").calls.Load()); diff != "" {
 		t.Errorf("far-1 (not configured) calls (-want +got):\n%s", diff)
+	}
+}
+
+// TestLimitsLearnedByOneReplicaSeedTheOthers: with Redis, a replica that
+// meets a backend starts from the limit another replica learned for it,
+// not from the initial limit.
+func TestLimitsLearnedByOneReplicaSeedTheOthers(t *testing.T) {
+	addr, prefix := fleettest.Addr(t), fleettest.Prefix(t)
+	open := func() *fleet.Store {
+		s, err := fleet.Open(fleet.Config{Addr: addr, KeyPrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	cfg := testConfig()
+	replica := func() *Router {
+		r, err := New(&regions.Snapshot{Config: cfg}, Options{Region: "home", NewProvider: (&fixture{}).newProvider,
+			Logger: quiet, Fleet: open(), FleetOptions: []fleet.Option{fleet.WithEvery(20 * time.Millisecond)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	a := replica()
+	a.tab.Load().byName["home-1"].lim.Seed(40) // as if a had learned it
+	b := replica()
+	waitFor(t, func() bool { return backendState(b, "home-1").Capacity.Limit == 40 }, "b to start home-1 at a's limit")
+	if got := backendState(b, "near-1").Capacity.Limit; got != capacity.DefaultInitial {
+		t.Errorf("near-1 on b: limit %d, want the initial %d (nobody learned it)", got, capacity.DefaultInitial)
 	}
 }

@@ -439,3 +439,51 @@ func servedWithin(t *testing.T, r *Router, backend, when string) {
 	}
 	t.Errorf("%s: %s served none of 20 calls", when, backend)
 }
+
+// TestRetryAfterCannotCloseABackendForADay: busy answers with
+// "Retry-After: 99999999" open a backend's breaker for breaker.max_open (2m
+// by default), not for days; the caller's RetryInfo says when it really
+// reopens; and a reset ends it.
+func TestRetryAfterCannotCloseABackendForADay(t *testing.T) {
+	fx, clk := &fixture{}, newClock()
+	cfg := testConfig()
+	cfg.Regions = cfg.Regions[:1]
+	cfg.Fallbacks = nil
+	cfg.Breaker = regions.BreakerPolicy{ConsecutiveBusy: 5}
+	cfg.Retry.MaxAttempts = 1
+	cfg.Retry.BudgetRatio, cfg.Retry.BudgetMinPerSecond = 0.0001, 0.0001 // no attempt past the open breaker
+	home := fx.provider("home-1")
+	home.complete = func(context.Context) (*detourv1.CompleteResponse, error) {
+		return nil, httpErr{code: 503, ra: 99999999 * time.Second}
+	}
+	r := newClockedRouter(t, fx, cfg, clk)
+	for range 5 {
+		r.Complete(context.Background(), req())
+	}
+	st := backendState(r, "home-1")
+	if st.Breaker != breaker.Open {
+		t.Fatalf("breaker %v, want open", st.Breaker)
+	}
+	if want := clk.Now().Add(breaker.DefaultMaxOpen); !st.OpenUntil.Equal(want) {
+		t.Errorf("open until %v, want now + %v", st.OpenUntil.Sub(clk.Now()), breaker.DefaultMaxOpen)
+	}
+	clk.Advance(30 * time.Second)
+	// The first call spends the retry budget on one attempt past the open
+	// breaker (busy again): its hint is the upstream's Retry-After, capped.
+	_, err := r.Complete(context.Background(), req())
+	var re *Error
+	if !errors.As(err, &re) || re.RetryAfter <= 0 || re.RetryAfter > breaker.DefaultMaxOpen {
+		t.Errorf("err = %v, want a RetryAfter in (0, %v]", err, breaker.DefaultMaxOpen)
+	}
+	// The next finds the budget spent: no attempt, and the hint is when the
+	// breaker really reopens.
+	_, err = r.Complete(context.Background(), req())
+	if !errors.As(err, &re) || re.Attempts != 0 || re.RetryAfter != breaker.DefaultMaxOpen-30*time.Second {
+		t.Errorf("err = %v (%d attempts), want no attempt and a RetryAfter of %v (when the breaker reopens)", err, re.Attempts, breaker.DefaultMaxOpen-30*time.Second)
+	}
+	home.complete = nil
+	clk.Advance(breaker.DefaultMaxOpen)
+	if got, err := servedBy(t, r, context.Background()); err != nil || got != "home-1" {
+		t.Errorf("after max_open: %q, %v; want home-1 probed and serving", got, err)
+	}
+}

@@ -53,9 +53,13 @@ type Options struct {
 	// clock for tests).
 	CapacityOptions []capacity.Option
 	// Fleet is the Redis store shared by the replicas: the cache's shared
-	// tier, breaker cooldowns and fleet-wide qps limits go through it. Nil
-	// keeps all of them local. The caller closes it after the Router.
+	// tier, breaker cooldowns, fleet-wide qps limits and learned capacity
+	// limits go through it. Nil keeps all of them local. The caller closes
+	// it after the Router.
 	Fleet *fleet.Store
+	// FleetOptions are passed to the fleet's capacity sharing (e.g. how
+	// often it syncs, for tests).
+	FleetOptions []fleet.Option
 }
 
 // Router routes calls over the backends of the applied snapshot. It is safe
@@ -87,7 +91,8 @@ func New(snap *regions.Snapshot, opts Options) (*Router, error) {
 	}
 	r.limiter = fleet.NewLimiter(opts.Fleet, 0, fleet.WithClock(r.now), fleet.WithLogger(r.log))
 	r.cooldowns = fleet.NewCooldowns(opts.Fleet, fleet.WithClock(r.now), fleet.WithLogger(r.log))
-	r.capacities = fleet.NewCapacities(opts.Fleet, r.learnedLimits, r.seedAll, fleet.WithClock(r.now))
+	r.capacities = fleet.NewCapacities(opts.Fleet, r.learnedLimits, r.seedAll,
+		append([]fleet.Option{fleet.WithClock(r.now)}, opts.FleetOptions...)...)
 	r.breakers = breaker.NewSet(append([]breaker.Option{breaker.WithOnChange(r.breakerChanged), breaker.WithOnExtend(r.breakerExtended)}, opts.BreakerOptions...)...)
 	r.budget = newBudget(r.now)
 	if err := r.Apply(snap); err != nil {

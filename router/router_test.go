@@ -38,7 +38,7 @@ var _ Provider = (*fakeProvider)(nil)
 func (f *fakeProvider) Complete(ctx context.Context, _ *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
 	f.calls.Add(1)
 	if f.complete == nil {
-		return &detourv1.CompleteResponse{Content: "from " + f.name}, nil
+		return &detourv1.CompleteResponse{Content: "from " + f.name, FinishReason: "stop"}, nil
 	}
 	return f.complete(ctx)
 }
@@ -62,7 +62,11 @@ type sliceStream struct {
 func (s *sliceStream) Recv() (*detourv1.CompleteChunk, error) {
 	if s.i < len(s.chunks) {
 		s.i++
-		return &detourv1.CompleteChunk{Delta: s.chunks[s.i-1]}, nil
+		c := &detourv1.CompleteChunk{Delta: s.chunks[s.i-1]}
+		if s.i == len(s.chunks) && s.err == nil {
+			c.FinishReason = "stop" // a complete answer, which the cache keeps
+		}
+		return c, nil
 	}
 	if s.err != nil {
 		return nil, s.err

@@ -97,10 +97,12 @@ type policy struct {
 	hedgeAfter     time.Duration
 	budgetRatio    float64
 	budgetFloor    float64
+	maxHint        time.Duration // longest RetryInfo passed on: breaker.max_open
 }
 
-func newPolicy(p regions.RetryPolicy) policy {
+func newPolicy(p regions.RetryPolicy, b regions.BreakerPolicy) policy {
 	return policy{
+		maxHint:        orDefault(b.MaxOpen.D(), breaker.DefaultMaxOpen),
 		maxAttempts:    orDefault(p.MaxAttempts, regions.DefaultMaxAttempts),
 		backoffBase:    orDefault(p.BackoffBase.D(), regions.DefaultBackoffBase),
 		backoffMax:     orDefault(p.BackoffMax.D(), regions.DefaultBackoffMax),
@@ -131,7 +133,7 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 		snap:     snap,
 		byName:   map[string]*backend{},
 		models:   map[string]bool{},
-		policy:   newPolicy(cfg.Retry),
+		policy:   newPolicy(cfg.Retry, cfg.Breaker),
 		quotas:   newQuotas(cfg, old.quotasOrNil(), r.now),
 		cool:     r.cooldowns,
 		capacity: newCapacityPolicy(cfg.Capacity),

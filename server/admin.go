@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/detour-dev/detour/internal/excerpt"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/router"
@@ -264,9 +265,10 @@ var adminCodes = []struct {
 }
 
 func adminStatus(log *slog.Logger, verb, backend string, err error) error {
+	backend = excerpt.Clip(backend, 128) // the caller's, and in err too
 	for _, e := range adminCodes {
 		if errors.Is(err, e.err) {
-			return status.Errorf(e.code, "%s %s: %v", verb, backend, err)
+			return status.Errorf(e.code, "%s %s: %s", verb, backend, excerpt.Clip(err.Error(), maxMessageBytes))
 		}
 	}
 	// An etcd failure: the detail (endpoints, etcd's words) goes to the log.

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-dev/detour/auth"
+	"github.com/detour-dev/detour/internal/excerpt"
+	"github.com/detour-dev/detour/internal/hop"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/router"
@@ -31,6 +33,10 @@ const (
 	// Options.ReturnRequestID the response header carries it back.
 	RequestIDKey = "x-request-id"
 )
+
+// maxModelBytes bounds the model name in a call log line: room for every
+// real name, not for a caller's megabyte.
+const maxModelBytes = 128
 
 // callInfo is the bookkeeping of one call: its context for the router, and
 // what its log line and metrics need.
@@ -68,16 +74,30 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 			Description: "tenant must be 1-64 characters of letters, digits, '.', '_' or '-'"})
 		c.tenant = "invalid"
 	}
-	v = append(v, validate(req, s.limits().requestBytes)...)
+	lim := s.limits()
+	hops, err := hop.Parse(first(ctx, hop.Key))
+	if err != nil {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: hop.Key, Description: hop.Key + " " + err.Error()})
+	}
+	for _, f := range badUTF8(req) {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: f, Description: "must be valid UTF-8"})
+	}
+	v = append(v, validate(req, lim.requestBytes)...)
 	if len(v) > 0 {
-		st := status.New(codes.InvalidArgument, describe(v))
+		st := status.New(codes.InvalidArgument, excerpt.Clip(describe(v), maxMessageBytes))
 		if d, err := st.WithDetails(badRequest(v)); err == nil {
 			st = d
 		}
 		c.err = st.Err()
 		return c
 	}
-	c.ctx = router.WithStats(router.WithTenant(ctx, c.tenant), &c.stats)
+	if hops > lim.maxHops {
+		// A routing loop: the detour that sent the call counts this
+		// against its backend (breaker.Classify) and tries another.
+		c.err = hop.Refusal(hops, lim.maxHops).Err()
+		return c
+	}
+	c.ctx = router.WithStats(router.WithTenant(hop.With(ctx, hops), c.tenant), &c.stats)
 	return c
 }
 
@@ -114,7 +134,7 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		reqID:     c.reqID,
 		method:    c.method,
 		tenant:    c.tenant,
-		model:     clip(c.model),
+		model:     excerpt.Clip(c.model, maxModelBytes),
 		region:    region,
 		backend:   backend,
 		attempts:  n,
@@ -128,7 +148,7 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		l.traceID = sc.TraceID().String()
 	}
 	if err != nil && code != codes.OK {
-		l.errMsg = status.Convert(err).Message()
+		l.errMsg = excerpt.Clip(status.Convert(err).Message(), maxMessageBytes)
 	}
 	if w := c.s.opts.CallLog; w != nil {
 		l.writeTo(w)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/internal/hop"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -69,6 +71,7 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
+	cut    atomic.Bool // Shutdown's grace ended: calls still running are cut
 }
 
 // New returns a Server routing through r.
@@ -93,6 +96,9 @@ func New(r *router.Router, opts Options) *Server {
 		// field-level INVALID_ARGUMENT; this ceiling stops the transport from
 		// reading anything larger at all (RESOURCE_EXHAUSTED).
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
+		// Invalid UTF-8 in a request is the caller's INVALID_ARGUMENT, not
+		// grpc-go's INTERNAL (codec.go).
+		grpc.ForceServerCodecV2(newCodec()),
 		// Admission control (limits.max_inflight, see admit.go) refuses a
 		// call before its goroutine starts or its request is read.
 		grpc.InTapHandle(newAdmission(r, opts.Metrics, s.log).tap),
@@ -123,7 +129,7 @@ func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
 
 // Shutdown stops accepting calls, reports NOT_SERVING to health checks, and
 // waits for in-flight calls to finish. When ctx ends first, the remaining
-// calls are cancelled.
+// calls are cancelled, and logged as cut by shutdown.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.health.Shutdown()
 	done := make(chan struct{})
@@ -134,9 +140,25 @@ func (s *Server) Shutdown(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		s.cut.Store(true) // before Stop cancels the calls: see cutOr
 		s.grpc.Stop()
 		<-done
 	}
+}
+
+// errCut is the status of a call still running when Shutdown's grace
+// ended: the server cut it, its caller did not cancel it. Its connection is
+// closed by then (the caller sees UNAVAILABLE); this status is what the
+// call's log line and metrics record.
+var errCut = status.Error(codes.Unavailable, "call cut by shutdown: still running when the grace period (--grace) ended")
+
+// cutOr returns errCut for a call that ended canceled once Shutdown's grace
+// had ended, and err otherwise.
+func (s *Server) cutOr(err error) error {
+	if err != nil && s.cut.Load() && status.Code(err) == codes.Canceled {
+		return errCut
+	}
+	return err
 }
 
 // Complete implements detour.v1.Router.
@@ -148,7 +170,7 @@ func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (r
 	}
 	resp, err = s.router.Complete(c.ctx, req)
 	if err != nil {
-		return nil, toStatus(s.log, err)
+		return nil, s.cutOr(toStatus(s.log, err))
 	}
 	return resp, nil
 }
@@ -162,7 +184,7 @@ func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.Serve
 	if err := c.err; err != nil {
 		return err
 	}
-	return toStatus(s.log, s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
+	return s.cutOr(toStatus(s.log, s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
 		if first == nil {
 			first = ch
 		}
@@ -170,7 +192,7 @@ func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.Serve
 			usage = ch.Usage
 		}
 		return stream.Send(ch)
-	}))
+	})))
 }
 
 // unaryGuard applies the default deadline and turns a panic into INTERNAL.
@@ -207,12 +229,16 @@ const maxRequestCeiling = 64 << 20
 type limits struct {
 	requestBytes int
 	deadline     time.Duration
+	maxHops      int
 }
 
 // limits returns the live config's request limits, defaults applied.
 func (s *Server) limits() limits {
 	l := s.router.Snapshot().Config.Limits
-	out := limits{requestBytes: l.MaxRequestBytes, deadline: l.DefaultDeadline.D()}
+	out := limits{requestBytes: l.MaxRequestBytes, deadline: l.DefaultDeadline.D(), maxHops: l.MaxHops}
+	if out.maxHops <= 0 {
+		out.maxHops = hop.DefaultMax
+	}
 	if out.requestBytes <= 0 {
 		out.requestBytes = regions.DefaultMaxRequestBytes
 	}

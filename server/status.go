@@ -11,8 +11,18 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/detour-dev/detour/internal/excerpt"
 	"github.com/detour-dev/detour/router"
 )
+
+// maxMessageBytes bounds a status message (and the error of a call log
+// line), before its clip mark: detour's words and an excerpt of what the
+// caller or an upstream said.
+const maxMessageBytes = 384
+
+// maxLogErrorBytes bounds the detail of an error logged in full (detour's
+// words and the upstream excerpts they quote, already scrubbed).
+const maxLogErrorBytes = 2 << 10
 
 // codeOf is the one table from routing failures to gRPC codes.
 var codeOf = map[router.Code]codes.Code{
@@ -41,19 +51,21 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	var re *router.Error
 	if !errors.As(err, &re) {
-		log.Error("unexpected error", "err", err)
+		log.Error("unexpected error", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
 		return status.Error(codes.Internal, "internal error")
 	}
 	code, ok := codeOf[re.Code]
 	if !ok {
 		code = codes.Internal
 	}
-	msg := re.Message
+	// The message may quote the caller (a model name) or an upstream: never
+	// more than an excerpt.
+	msg := excerpt.Clip(re.Message, maxMessageBytes)
 	if re.Code == router.Rejected && re.UpstreamStatus == 404 {
 		code = codes.NotFound
 	}
 	if code == codes.Internal {
-		log.Error("routing failed", "err", err)
+		log.Error("routing failed", "err", excerpt.Clip(err.Error(), maxLogErrorBytes))
 	}
 	st := status.New(code, msg)
 	if re.RetryAfter > 0 && (code == codes.Unavailable || code == codes.ResourceExhausted) {

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/internal/excerpt"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
@@ -13,6 +14,9 @@ import (
 const (
 	maxMessages = 10000
 	maxStop     = 4
+	// maxRoleViolations bounds the role violations listed one by one; the
+	// rest are counted in one.
+	maxRoleViolations = 10
 )
 
 // validate lists every problem with req as field violations; nil means valid.
@@ -31,17 +35,26 @@ func validate(req *detourv1.CompleteRequest, maxBytes int) []*errdetails.BadRequ
 	case len(msgs) > maxMessages:
 		bad("messages", "%d messages exceed the limit of %d", len(msgs), maxMessages)
 	}
+	badRoles := 0
 	for i, m := range msgs {
 		if i >= maxMessages {
 			break
 		}
 		switch m.GetRole() {
 		case "system", "user", "assistant", "tool":
-		case "":
+			continue
+		}
+		if badRoles++; badRoles > maxRoleViolations {
+			continue
+		}
+		if m.GetRole() == "" {
 			bad(fmt.Sprintf("messages[%d].role", i), "role is required (system, user, assistant or tool)")
-		default:
+		} else {
 			bad(fmt.Sprintf("messages[%d].role", i), "role %q must be one of system, user, assistant, tool", clip(m.GetRole()))
 		}
+	}
+	if n := badRoles - maxRoleViolations; n > 0 {
+		bad("messages", "%d more messages have a missing or unknown role", n)
 	}
 	// Written as !(in range) so that NaN is refused too.
 	if req.Temperature != nil && !(req.GetTemperature() >= 0 && req.GetTemperature() <= 2) {
@@ -71,13 +84,9 @@ func validate(req *detourv1.CompleteRequest, maxBytes int) []*errdetails.BadRequ
 	return v
 }
 
-// clip keeps a caller's value short enough to echo in an error.
-func clip(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "..."
-	}
-	return s
-}
+// clip keeps a caller's value short enough to echo in an error, and valid
+// UTF-8.
+func clip(s string) string { return excerpt.Clip(s, 32) }
 
 func badRequest(v []*errdetails.BadRequest_FieldViolation) *errdetails.BadRequest {
 	return &errdetails.BadRequest{FieldViolations: v}

@@ -1,18 +1,21 @@
-# Reliability checks from bench/ (issue 7): the short soak, the chaos suite
-# and a short fuzz run of every fuzz target. Each exits non-zero when a pass
-# criterion fails, and so does this script.
+# Reliability checks from bench/: the short soak, the chaos suite, the
+# hostile upstreams, the busy providers (capacity) and a short fuzz run of
+# every fuzz target. Each exits non-zero when a pass criterion fails, and so does this
+# script.
 #
 # Run from the repository root: `bash .ci/checks/bench.sh`, or sourced by
 # .ci/run under `set -euo pipefail`. Everything runs in a subshell so that
 # sourcing changes neither the caller's directory, options nor variables.
 # Everything listens on 127.0.0.1 only and every load is bounded in time.
-# About 4-5 minutes on 2 cores. Tables go to stdout (Markdown); child logs are
-# kept under $DETOUR_BENCH_OUT (default: a temp dir) when a step fails.
+# About 6-7 minutes on 2 cores (hostile: about 20 s; busy: about 90 s). Tables go to stdout
+# (Markdown); child logs are kept under $DETOUR_BENCH_OUT (default: a temp
+# dir) when a step fails.
 #
 # Knobs: DETOUR_BENCH_FUZZTIME (default: a per-target execution count, about
 # 10 s each here; 0 runs the seed corpora only; any other value is passed to
 # -fuzztime for every target), DETOUR_BENCH_SKIP_SOAK=1,
-# DETOUR_BENCH_SKIP_CHAOS=1.
+# DETOUR_BENCH_SKIP_CHAOS=1, DETOUR_BENCH_SKIP_HOSTILE=1,
+# DETOUR_BENCH_SKIP_BUSY=1.
 #
 # The default budgets are counts ("50000x"), not durations: with a duration,
 # go1.26's fuzz coordinator can report a spurious "context deadline exceeded"
@@ -55,6 +58,24 @@
     status=0
     DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" chaos --rate 200 --duration 8s || status=$?
     verdict chaos "$status"
+  fi
+  if [ "${DETOUR_BENCH_SKIP_HOSTILE:-}" != 1 ]; then
+    say "hostile upstreams, 3 cases x 5 s"
+    status=0
+    DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" hostile --duration 5s || status=$?
+    verdict hostile "$status"
+  fi
+  if [ "${DETOUR_BENCH_SKIP_BUSY:-}" != 1 ]; then
+    # The capacity targets where they are hardest: a sole provider that
+    # answers half its calls busy, a sole provider that is full, every
+    # backend strained. Against the client recipe in the same run; the
+    # "before" rows (an older detour built from git) are left to the full
+    # run in BENCHMARKS.md.
+    say "busy providers, 3 scenarios x 2 modes x 8 s"
+    status=0
+    DETOUR_BENCH_KEEP=1 TMPDIR=$out "$bin/bench" busy --scenarios sole-random,sole-full,strained-1.2x \
+      --modes recipe,after --duration 8s || status=$?
+    verdict busy "$status"
   fi
 
   for target in server:FuzzValidate:80000x server:FuzzCallLine:50000x regions:FuzzLoad:25000x provider:FuzzSSEReader:80000x \

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -120,6 +121,8 @@ type liveConfig struct {
 
 	mu  sync.Mutex
 	srv *server.Server // set once serving, for the config health status
+
+	self atomic.Pointer[net.TCPAddr] // the Router listener, once bound (selfloop.go)
 }
 
 // openConfig builds the router from the config source. With etcd it waits
@@ -160,6 +163,9 @@ func (m *Main) openConfig(ctx context.Context, log *slog.Logger) (*liveConfig, e
 		// Called from the watcher's goroutine only; l.rt is set by the first
 		// call, before Ready is closed.
 		Apply: func(s *regions.Snapshot) error {
+			if err := checkSelf(s.Config, l.self.Load()); err != nil {
+				return err
+			}
 			if l.rt == nil {
 				rt, err := router.New(s, opts)
 				if err != nil {

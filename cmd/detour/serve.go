@@ -18,6 +18,7 @@ import (
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/fleet"
 	"github.com/detour-dev/detour/internal/gcfloor"
+	"github.com/detour-dev/detour/provider"
 	"github.com/detour-dev/detour/regions"
 	"github.com/detour-dev/detour/server"
 )
@@ -39,7 +40,10 @@ type Main struct {
 	// many MiB (internal/gcfloor); 0 leaves GOGC alone. The GOGC
 	// environment variable, when set, wins.
 	GCHeapFloorMiB int
-	Logger         *slog.Logger
+	// UpstreamBodyBudgetMiB bounds the upstream body bytes the process
+	// holds at once (provider.SetBodyBudget); 0 means its default, 32.
+	UpstreamBodyBudgetMiB int
+	Logger                *slog.Logger
 	// CallLog receives the per-call JSON lines; nil means through Logger.
 	// serve gives it a buffered side of Logger's output (logsink.go).
 	CallLog io.Writer
@@ -77,6 +81,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	fs.StringVar(&m.HealthListen, "health-listen", "", "address of a plaintext listener serving only grpc.health.v1 (and reflection, for grpcurl), for the kubelet's gRPC probes when TLS is on (empty: off)")
 	fs.DurationVar(&m.Grace, "grace", 30*time.Second, "how long in-flight calls may run after SIGTERM")
 	fs.IntVar(&m.GCHeapFloorMiB, "gc-heap-floor", 16, "MiB below which the garbage collector's heap goal never falls (fewer GC cycles for a small live heap; 0: plain GOGC; an explicit GOGC env wins)")
+	fs.IntVar(&m.UpstreamBodyBudgetMiB, "upstream-body-budget", provider.DefaultBodyBudget>>20, "MiB of upstream bodies (answers being read, stream events) the process holds at once, across every backend; a body that would pass it fails its attempt, which is tried elsewhere")
 	m.Live.register(fs)
 	m.Observe.register(fs)
 	m.Security.register(fs)
@@ -99,6 +104,9 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	}
 	if maxMiB := gcfloor.MaxFloor >> 20; m.GCHeapFloorMiB < 0 || m.GCHeapFloorMiB > maxMiB {
 		problems = append(problems, fmt.Sprintf("--gc-heap-floor must be between 0 and %d (MiB)", maxMiB))
+	}
+	if m.UpstreamBodyBudgetMiB < 1 || m.UpstreamBodyBudgetMiB > 1<<20 {
+		problems = append(problems, "--upstream-body-budget must be between 1 and 1048576 (MiB)")
 	}
 	if m.HealthListen != "" {
 		if _, _, err := net.SplitHostPort(m.HealthListen); err != nil {
@@ -131,6 +139,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.GCHeapFloorMiB > 0 {
 		defer gcfloor.Start(uint64(m.GCHeapFloorMiB)<<20, 100)()
 	}
+	provider.SetBodyBudget(int64(m.UpstreamBodyBudgetMiB) << 20)
 	ob, err := startObservability(ctx, m.Observe, log)
 	if err != nil {
 		return err
@@ -188,6 +197,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		stopAdmin(ctx)
 		return fmt.Errorf("listen: %w", err)
+	}
+	if err := live.listening(lis.Addr()); err != nil {
+		lis.Close()
+		stopAdmin(ctx)
+		return err
 	}
 	// Stopped when Run returns: after the drain, so that probes see
 	// NOT_SERVING while it lasts.
