@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/detour-dev/detour/internal/excerpt"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -319,7 +320,7 @@ func extraMembers(s string) ([]member, error) {
 			}
 		}
 		if seen[name] {
-			return nil, fmt.Errorf("%w: member %q appears twice", ErrExtraBody, clipName(name))
+			return nil, fmt.Errorf("%w: member %q appears twice", ErrExtraBody, excerpt.Clip(name, 32))
 		}
 		seen[name] = true
 		out = append(out, member{name, v})
@@ -331,13 +332,6 @@ func extraMembers(s string) ([]member, error) {
 		return nil, fmt.Errorf("%w: must be one JSON object, with nothing after it", ErrExtraBody)
 	}
 	return out, nil
-}
-
-func clipName(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "..."
-	}
-	return s
 }
 
 // encodeChatRequest returns the JSON body of req for the upstream, with
