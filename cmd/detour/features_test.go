@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -467,5 +468,62 @@ func TestTenantSentUpstream(t *testing.T) {
 				t.Errorf("identity sent upstream (-got +want):\n%s", diff)
 			}
 		})
+	}
+}
+
+// Token counters per backend, tenant and kind equal the usage the provider
+// reported, reasoning and cache hits included; cached answers add nothing;
+// the call line carries the counts and no content.
+func TestTokenMetrics(t *testing.T) {
+	f := startFake(t, fakellm.Config{Region: "home", Name: "home-1", Settings: fakellm.Settings{ThinkTokens: 4}}, true)
+	cfg := &regions.Config{
+		Regions: []regions.Region{{Name: "home", Backends: []regions.Backend{openaiBackend("home-1", f)}}},
+		Tenants: []regions.Tenant{{Principal: regions.Principal{Name: "team-blue"}}},
+	}
+	logs := &lockedBuffer{}
+	addr, maddr := runMain(t, &Main{Listen: "127.0.0.1:0", Region: "home", Grace: 5 * time.Second, config: cfg,
+		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
+		Observe: ObserveOptions{MetricsAddr: "127.0.0.1:0", LogCalls: true}})
+	c := dial(t, addr.String())
+	req := &detourv1.CompleteRequest{Model: "deepseek-reasoner", Temperature: proto.Float64(0), // cacheable
+		Messages: []*detourv1.Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "secret prompt words"}}}
+	var want *detourv1.Usage
+	// The second call is a cache hit; the third, another tenant's, skips the
+	// cache.
+	for i, tenant := range []string{"team-blue", "team-blue", "someone-else"} {
+		r := proto.CloneOf(req)
+		if tenant == "someone-else" {
+			r.Cache = &detourv1.CacheHints{NoCache: true}
+		}
+		resp, err := c.Complete(metadata.AppendToOutgoingContext(callCtx(t), "x-detour-tenant", tenant), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = resp.GetUsage()
+		if i == 1 && resp.GetSource() != detourv1.Source_SOURCE_CACHE {
+			t.Fatalf("second call source %v, want a cache hit", resp.GetSource())
+		}
+	}
+	if want.GetReasoningTokens() != 4 || want.GetPromptCacheHitTokens() == 0 {
+		t.Fatalf("usage %v, want reasoning and cache-hit tokens", want)
+	}
+	fams := scrape(t, maddr)
+	for _, tenant := range []string{"team-blue", "other"} {
+		for kind, n := range map[string]int32{"prompt": want.GetPromptTokens(), "completion": want.GetCompletionTokens(),
+			"prompt_cache_hit": want.GetPromptCacheHitTokens(), "prompt_cache_miss": want.GetPromptCacheMissTokens(),
+			"reasoning": want.GetReasoningTokens()} {
+			labels := map[string]string{"backend": "home-1", "tenant": tenant, "kind": kind}
+			if got, ok := value(fams, "detour_tokens_total", labels); !ok || got != float64(n) {
+				t.Errorf("detour_tokens_total%v = %v (present %v), want %d (one live answer)", labels, got, ok, n)
+			}
+		}
+	}
+	for _, field := range []string{`"reasoning_tokens":4`, `"cache_hit_tokens":`, `"prompt_tokens":`} {
+		if !strings.Contains(logs.String(), field) {
+			t.Errorf("call log lacks %s", field)
+		}
+	}
+	if strings.Contains(logs.String(), "secret prompt") || strings.Contains(logs.String(), "thinking") {
+		t.Error("content reached the log")
 	}
 }
