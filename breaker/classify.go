@@ -45,7 +45,8 @@ const (
 	// breaker.
 	Down
 	// Exhausted: the account behind the backend cannot pay for calls (HTTP
-	// 402 "Insufficient Balance", or a 429 that says the quota is used up).
+	// 402 "Insufficient Balance", or a 429 or gRPC RESOURCE_EXHAUSTED that
+	// says the quota is used up or the balance is insufficient).
 	// Every call there fails the same way until someone tops the account up:
 	// retried on other backends and the fallbacks, and the backend is kept
 	// out of rotation for its exhausted_for (regions.Backend.ExhaustedFor)
@@ -112,6 +113,9 @@ func Classify(err error) Class {
 			}
 			return Busy
 		case codes.ResourceExhausted:
+			if quotaUsedUp(s.Message()) {
+				return Exhausted // a model server's "Insufficient Balance"
+			}
 			return Busy
 		case codes.DeadlineExceeded:
 			return Down

@@ -93,6 +93,7 @@ func TestClassify(t *testing.T) {
 		{"tls verification", &tls.CertificateVerificationError{Err: errors.New("expired")}, Down},
 		{"http 504", &httpError{code: 504}, Down},
 		{"grpc resource exhausted", status.Error(codes.ResourceExhausted, "quota"), Busy},
+		{"grpc insufficient balance", status.Error(codes.ResourceExhausted, "Insufficient Balance"), Exhausted},
 		{"grpc deadline exceeded", status.Error(codes.DeadlineExceeded, "slow"), Down},
 		{"grpc canceled", status.Error(codes.Canceled, "gone"), Canceled},
 		{"grpc invalid argument", status.Error(codes.InvalidArgument, "bad"), Client},
