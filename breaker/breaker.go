@@ -358,7 +358,9 @@ func (b *Breaker) finish(cbDone func(error), class Class, retryAfter time.Durati
 		}
 		cbDone(errFailure)
 		b.tripRetryAfter = time.Time{}
-	case Client, Canceled:
+	case Client, Canceled, Exhausted:
+		// Exhausted: the account cannot pay; the backend is reachable and
+		// its exhausted_for cooldown keeps it out of rotation.
 		cbDone(errExcluded)
 	default: // Down, Failed, and any unknown class
 		b.downRun++

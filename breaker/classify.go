@@ -44,6 +44,14 @@ const (
 	// gRPC transport errors). Retried elsewhere; a few in a row open the
 	// breaker.
 	Down
+	// Exhausted: the account behind the backend cannot pay for calls (HTTP
+	// 402 "Insufficient Balance", or a 429 or gRPC RESOURCE_EXHAUSTED that
+	// says the quota is used up or the balance is insufficient).
+	// Every call there fails the same way until someone tops the account up:
+	// retried on other backends and the fallbacks, and the backend is kept
+	// out of rotation for its exhausted_for (regions.Backend.ExhaustedFor)
+	// rather than probed by the breaker.
+	Exhausted
 )
 
 func (c Class) String() string {
@@ -60,6 +68,8 @@ func (c Class) String() string {
 		return "canceled"
 	case Down:
 		return "down"
+	case Exhausted:
+		return "exhausted"
 	}
 	return "unknown"
 }
@@ -103,6 +113,9 @@ func Classify(err error) Class {
 			}
 			return Busy
 		case codes.ResourceExhausted:
+			if quotaUsedUp(s.Message()) {
+				return Exhausted // a model server's "Insufficient Balance"
+			}
 			return Busy
 		case codes.DeadlineExceeded:
 			return Down
@@ -170,6 +183,10 @@ func transportFailure(msg string) bool {
 
 func classifyHTTP(code int, msg string) Class {
 	switch {
+	case code == http.StatusPaymentRequired:
+		return Exhausted
+	case code == http.StatusTooManyRequests && quotaUsedUp(msg):
+		return Exhausted
 	case code == http.StatusTooManyRequests, code == http.StatusServiceUnavailable, code == 529:
 		return Busy
 	case code == http.StatusRequestTimeout:
@@ -190,6 +207,15 @@ func classifyHTTP(code int, msg string) Class {
 		return Failed
 	}
 	return Failed
+}
+
+// quotaUsedUp reports OpenAI's 429 for an account out of credit ("You
+// exceeded your current quota, please check your plan and billing details",
+// code insufficient_quota), as opposed to a rate limit.
+func quotaUsedUp(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "insufficient_quota") || strings.Contains(m, "exceeded your current quota") ||
+		strings.Contains(m, "insufficient balance")
 }
 
 func mentionsBusy(msg string) bool {

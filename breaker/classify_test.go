@@ -71,6 +71,11 @@ func TestClassify(t *testing.T) {
 		{"http 422", &httpError{code: 422}, Client},
 		{"http 200 unusable body", &httpError{code: 200}, Failed},
 		{"http wrapped", fmt.Errorf("backend eu-1: %w", &httpError{code: 503}), Busy},
+		{"http 402 insufficient balance", &httpError{code: 402, msg: "Insufficient Balance"}, Exhausted},
+		{"http 402 no body", &httpError{code: 402}, Exhausted},
+		{"http 429 quota used up", &httpError{code: 429, msg: "You exceeded your current quota, please check your plan and billing details."}, Exhausted},
+		{"http 429 insufficient_quota", &httpError{code: 429, msg: "insufficient_quota"}, Exhausted},
+		{"http 429 rate limit", &httpError{code: 429, msg: "Rate limit reached for requests"}, Busy},
 
 		{"canceled", context.Canceled, Canceled},
 		{"canceled wrapped", fmt.Errorf("attempt: %w", context.Canceled), Canceled},
@@ -89,6 +94,7 @@ func TestClassify(t *testing.T) {
 		{"tls verification", &tls.CertificateVerificationError{Err: errors.New("expired")}, Down},
 		{"http 504", &httpError{code: 504}, Down},
 		{"grpc resource exhausted", status.Error(codes.ResourceExhausted, "quota"), Busy},
+		{"grpc insufficient balance", status.Error(codes.ResourceExhausted, "Insufficient Balance"), Exhausted},
 		{"grpc deadline exceeded", status.Error(codes.DeadlineExceeded, "slow"), Down},
 		{"grpc canceled", status.Error(codes.Canceled, "gone"), Canceled},
 		{"grpc invalid argument", status.Error(codes.InvalidArgument, "bad"), Client},
@@ -148,6 +154,7 @@ func TestClassString(t *testing.T) {
 		{Client, "client_error"},
 		{Canceled, "canceled"},
 		{Down, "down"},
+		{Exhausted, "exhausted"},
 		{Class(42), "unknown"},
 	}
 	for _, tt := range tests {

@@ -64,11 +64,17 @@ func (h *Hit) Response() *detourv1.CompleteResponse {
 func (h *Hit) Replay(send func(*detourv1.CompleteChunk) error) error {
 	src, age := h.source(), durationpb.New(h.Age)
 	if h.e.chunks == nil {
-		return send(&detourv1.CompleteChunk{
-			Id: h.e.resp.GetId(), Model: h.e.resp.GetModel(), Delta: h.e.resp.GetContent(),
-			FinishReason: h.e.resp.GetFinishReason(), Usage: proto.CloneOf(h.e.resp.GetUsage()),
-			ServedBy: proto.CloneOf(h.e.resp.GetServedBy()), Source: src, Age: age,
-		})
+		r := h.e.resp
+		c := &detourv1.CompleteChunk{
+			Id: r.GetId(), Model: r.GetModel(), Delta: r.GetContent(), ReasoningDelta: r.GetReasoningContent(),
+			Logprobs: proto.CloneOf(r.GetLogprobs()), FinishReason: r.GetFinishReason(), Usage: proto.CloneOf(r.GetUsage()),
+			ServedBy: proto.CloneOf(r.GetServedBy()), Source: src, Age: age,
+		}
+		for i, tc := range r.GetToolCalls() {
+			c.ToolCallDeltas = append(c.ToolCallDeltas, &detourv1.ToolCallDelta{
+				Index: int32(i), Id: tc.GetId(), Type: tc.GetType(), Function: proto.CloneOf(tc.GetFunction())})
+		}
+		return send(c)
 	}
 	for _, c := range h.e.chunks {
 		c = proto.CloneOf(c)
@@ -99,10 +105,14 @@ func newEntry(resp *detourv1.CompleteResponse, chunks []*detourv1.CompleteChunk,
 	return e
 }
 
-// assemble joins a stream's chunks into the whole answer.
+// assemble joins a stream's chunks into the whole answer: the content,
+// reasoning and logprobs in order, and the pieces of each tool call (by
+// index, in the order the calls first appear) into whole calls.
 func assemble(chunks []*detourv1.CompleteChunk) *detourv1.CompleteResponse {
 	r := &detourv1.CompleteResponse{}
-	var content strings.Builder
+	var content, reasoning strings.Builder
+	var calls map[int32]*joinedCall // by index
+	var order []*joinedCall
 	for _, c := range chunks {
 		if r.Id == "" {
 			r.Id = c.GetId()
@@ -111,6 +121,25 @@ func assemble(chunks []*detourv1.CompleteChunk) *detourv1.CompleteResponse {
 			r.Model = c.GetModel()
 		}
 		content.WriteString(c.GetDelta())
+		reasoning.WriteString(c.GetReasoningDelta())
+		for _, d := range c.GetToolCallDeltas() {
+			tc := calls[d.GetIndex()]
+			if tc == nil {
+				if calls == nil {
+					calls = map[int32]*joinedCall{}
+				}
+				tc = &joinedCall{}
+				calls[d.GetIndex()] = tc
+				order = append(order, tc)
+			}
+			tc.add(d)
+		}
+		if lp := c.GetLogprobs(); lp != nil {
+			if r.Logprobs == nil {
+				r.Logprobs = &detourv1.Logprobs{}
+			}
+			r.Logprobs.Content = append(r.Logprobs.Content, lp.GetContent()...)
+		}
 		if c.GetFinishReason() != "" {
 			r.FinishReason = c.GetFinishReason()
 		}
@@ -122,7 +151,32 @@ func assemble(chunks []*detourv1.CompleteChunk) *detourv1.CompleteResponse {
 		}
 	}
 	r.Content = content.String()
+	r.ReasoningContent = reasoning.String()
+	for _, tc := range order {
+		r.ToolCalls = append(r.ToolCalls, &detourv1.ToolCall{Id: tc.id, Type: tc.typ,
+			Function: &detourv1.FunctionCall{Name: tc.name, Arguments: tc.args.String()}})
+	}
 	return r
+}
+
+// joinedCall is a tool call being joined from its pieces: the first id, type
+// and name win, the arguments are appended.
+type joinedCall struct {
+	id, typ, name string
+	args          strings.Builder
+}
+
+func (tc *joinedCall) add(d *detourv1.ToolCallDelta) {
+	if tc.id == "" {
+		tc.id = d.GetId()
+	}
+	if tc.typ == "" {
+		tc.typ = d.GetType()
+	}
+	if tc.name == "" {
+		tc.name = d.GetFunction().GetName()
+	}
+	tc.args.WriteString(d.GetFunction().GetArguments())
 }
 
 // The encoding of an entry, in Redis:

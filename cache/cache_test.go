@@ -374,6 +374,67 @@ func TestStreamReplay(t *testing.T) {
 	}
 }
 
+// A streamed answer with reasoning, tool calls in pieces and logprobs is
+// cached under the same rules as text: it joins into whole calls, and a
+// unary answer with tool calls replays as one chunk that joins back to it.
+func TestToolCallAnswers(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	c := newCache(t, Config{}, nil, WithClock(clk.Now))
+	sb := &detourv1.ServedBy{Region: "eu-west", Backend: "eu-1"}
+	lp := func(tok string) *detourv1.Logprobs {
+		return &detourv1.Logprobs{Content: []*detourv1.TokenLogprob{{Token: tok, Logprob: -0.5, Bytes: []byte(tok)}}}
+	}
+	live := []*detourv1.CompleteChunk{
+		{Id: "s1", Model: "m", ReasoningDelta: "The user ", ServedBy: sb},
+		{Id: "s1", Model: "m", ReasoningDelta: "wants weather.", ServedBy: sb},
+		{Id: "s1", Model: "m", Delta: "Let me look.", Logprobs: lp("Let"), ServedBy: sb},
+		{Id: "s1", Model: "m", ToolCallDeltas: []*detourv1.ToolCallDelta{{Index: 0, Id: "call_a", Type: "function",
+			Function: &detourv1.FunctionCall{Name: "get_weather", Arguments: ""}}}, ServedBy: sb},
+		{Id: "s1", Model: "m", ToolCallDeltas: []*detourv1.ToolCallDelta{{Index: 0, Function: &detourv1.FunctionCall{Arguments: `{"city":`}}}, ServedBy: sb},
+		{Id: "s1", Model: "m", ToolCallDeltas: []*detourv1.ToolCallDelta{
+			{Index: 0, Function: &detourv1.FunctionCall{Arguments: `"Paris"}`}},
+			{Index: 1, Id: "call_b", Type: "function", Function: &detourv1.FunctionCall{Name: "get_time", Arguments: `{}`}},
+		}, Logprobs: lp("."), ServedBy: sb},
+		{Id: "s1", Model: "m", FinishReason: "tool_calls", Usage: &detourv1.Usage{TotalTokens: 9, ReasoningTokens: ptr(int32(4))}, ServedBy: sb},
+	}
+	p := c.Plan(request("weather in Paris?"), Caller{})
+	c.PutStream(p, live)
+	hit, ok := c.Get(ctx, p)
+	if !ok {
+		t.Fatal("tool-call stream not stored")
+	}
+	want := &detourv1.CompleteResponse{Id: "s1", Model: "m", Content: "Let me look.", ReasoningContent: "The user wants weather.",
+		ToolCalls: []*detourv1.ToolCall{
+			{Id: "call_a", Type: "function", Function: &detourv1.FunctionCall{Name: "get_weather", Arguments: `{"city":"Paris"}`}},
+			{Id: "call_b", Type: "function", Function: &detourv1.FunctionCall{Name: "get_time", Arguments: `{}`}},
+		},
+		Logprobs:     &detourv1.Logprobs{Content: append(lp("Let").Content, lp(".").Content...)},
+		FinishReason: "tool_calls", Usage: &detourv1.Usage{TotalTokens: 9, ReasoningTokens: ptr(int32(4))},
+		ServedBy: sb, Source: detourv1.Source_SOURCE_CACHE, Age: durationpb.New(0)}
+	if diff := cmp.Diff(hit.Response(), want, protocmp.Transform()); diff != "" {
+		t.Errorf("joined Response (-got +want):\n%s", diff)
+	}
+
+	// The joined answer stored as a unary one replays as one chunk, which
+	// joins back to the same answer.
+	pu := c.Plan(request("weather, unary"), Caller{})
+	unary := proto.CloneOf(want)
+	unary.Source, unary.Age = detourv1.Source_SOURCE_LIVE, nil
+	c.Put(pu, unary)
+	hit, _ = c.Get(ctx, pu)
+	var replayed []*detourv1.CompleteChunk
+	hit.Replay(func(ch *detourv1.CompleteChunk) error { replayed = append(replayed, ch); return nil })
+	if len(replayed) != 1 {
+		t.Fatalf("unary answer replayed as %d chunks, want 1", len(replayed))
+	}
+	joined := assemble(replayed)
+	joined.Source, joined.Age = want.Source, want.Age
+	if diff := cmp.Diff(joined, want, protocmp.Transform()); diff != "" {
+		t.Errorf("replayed unary answer joins to (-got +want):\n%s", diff)
+	}
+}
+
 // A stream that fails is not stored.
 func TestStreamFailedNotStored(t *testing.T) {
 	c := newCache(t, Config{}, nil)

@@ -125,6 +125,9 @@ type Plan struct {
 	// may get (routing.prefer_region and routing.no_fallback): identical
 	// requests with different ones never share an upstream call.
 	Route string
+	// Tenant is the caller's tenant: identical requests share an upstream
+	// call only within one tenant, whatever the scope of the answers.
+	Tenant string
 	// MaxStale is how far past its TTL a stale answer may be for this
 	// request: the smaller of the request's max_stale hint and
 	// Config.StaleWindow. Zero means no stale answer.
@@ -167,7 +170,7 @@ func (c *Cache) Plan(req *detourv1.CompleteRequest, who Caller) Plan {
 		tenant = who.Tenant
 	}
 	p := Plan{Key: KeyOf(req, tenant, cfg.PerUser), Cacheable: true, TTL: cfg.ttl(), MaxStale: cfg.staleWindow(),
-		Route: routeOf(req.GetRouting())}
+		Route: routeOf(req.GetRouting()), Tenant: who.Tenant}
 	if d := hints.GetTtl().AsDuration(); d > 0 {
 		if scoped {
 			p.TTL = min(d, cfg.maxTTL())

@@ -29,14 +29,20 @@ type flights struct {
 //
 // The routing hints that change which answers a request may get are part of
 // it too (Plan.Route): a caller that forbids fallbacks never joins a call
-// that may be answered by one.
+// that may be answered by one. So is the caller's tenant (Plan.Tenant),
+// even when the answers are shared: the call runs as one tenant (its place
+// in the capacity queue, the user sent upstream with send_tenant_as), so
+// it is shared only within that tenant.
 type flightKey struct {
-	key   Key
-	hops  int
-	route string
+	key    Key
+	hops   int
+	route  string
+	tenant string
 }
 
-func flightKeyOf(ctx context.Context, p Plan) flightKey { return flightKey{p.Key, hop.From(ctx), p.Route} }
+func flightKeyOf(ctx context.Context, p Plan) flightKey {
+	return flightKey{p.Key, hop.From(ctx), p.Route, p.Tenant}
+}
 
 func (fs *flights) init() {
 	fs.unary = map[flightKey]*flight{}

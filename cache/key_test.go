@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -100,6 +101,135 @@ var keyChanges = []struct {
 	{"max_tokens", "max_tokens", func(r *detourv1.CompleteRequest) { r.MaxTokens = 65 }},
 	{"stop", "stop", func(r *detourv1.CompleteRequest) { r.Stop = []string{"\n"} }},
 	{"stop whitespace", "stop", func(r *detourv1.CompleteRequest) { r.Stop = []string{"\n", "END "} }},
+
+	{"reasoning_content", "reasoning_content", func(r *detourv1.CompleteRequest) {
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ReasoningContent: "hmm"})
+	}},
+	{"tool_calls", "tool_calls", func(r *detourv1.CompleteRequest) {
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{toolCall()}})
+	}},
+	{"tool call id", "ToolCall.id", func(r *detourv1.CompleteRequest) {
+		tc := toolCall()
+		tc.Id = "call_2"
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{tc}})
+	}},
+	{"tool call type", "ToolCall.type", func(r *detourv1.CompleteRequest) {
+		tc := toolCall()
+		tc.Type = "custom"
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{tc}})
+	}},
+	{"tool call function name", "FunctionCall.name", func(r *detourv1.CompleteRequest) {
+		tc := toolCall()
+		tc.Function.Name = "get_time"
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{tc}})
+	}},
+	{"tool call arguments", "FunctionCall.arguments", func(r *detourv1.CompleteRequest) {
+		tc := toolCall()
+		tc.Function.Arguments = `{"city":"Lyon"}`
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{tc}})
+	}},
+	{"tool_call_id", "tool_call_id", func(r *detourv1.CompleteRequest) {
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "tool", Content: "22C", ToolCallId: "call_1"})
+	}},
+	{"tools", "tools", func(r *detourv1.CompleteRequest) { r.Tools = []*detourv1.Tool{tool()} }},
+	{"tool type", "Tool.type", func(r *detourv1.CompleteRequest) {
+		t := tool()
+		t.Type = "custom"
+		r.Tools = []*detourv1.Tool{t}
+	}},
+	{"tool name", "FunctionDefinition.name", func(r *detourv1.CompleteRequest) {
+		t := tool()
+		t.Function.Name = "get_time"
+		r.Tools = []*detourv1.Tool{t}
+	}},
+	{"tool description", "FunctionDefinition.description", func(r *detourv1.CompleteRequest) {
+		t := tool()
+		t.Function.Description = "Weather now."
+		r.Tools = []*detourv1.Tool{t}
+	}},
+	{"tool parameters", "FunctionDefinition.parameters", func(r *detourv1.CompleteRequest) {
+		t := tool()
+		t.Function.Parameters = `{"type":"object","properties":{"town":{"type":"string"}}}`
+		r.Tools = []*detourv1.Tool{t}
+	}},
+	{"tool strict", "FunctionDefinition.strict", func(r *detourv1.CompleteRequest) {
+		t := tool()
+		t.Function.Strict = ptr(true)
+		r.Tools = []*detourv1.Tool{t}
+	}},
+	{"tool_choice", "tool_choice", func(r *detourv1.CompleteRequest) {
+		r.ToolChoice = &detourv1.ToolChoice{Choice: &detourv1.ToolChoice_Mode{Mode: "auto"}}
+	}},
+	{"tool call without function", "ToolCall.function", func(r *detourv1.CompleteRequest) {
+		tc := toolCall()
+		tc.Function = &detourv1.FunctionCall{Name: "get_weather"}
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{tc}})
+	}},
+	{"tool function", "Tool.function", func(r *detourv1.CompleteRequest) {
+		r.Tools = []*detourv1.Tool{{Type: "function", Function: &detourv1.FunctionDefinition{Name: "ping"}}}
+	}},
+	{"tool_choice mode", "ToolChoice.mode", func(r *detourv1.CompleteRequest) {
+		r.ToolChoice = &detourv1.ToolChoice{Choice: &detourv1.ToolChoice_Mode{Mode: "required"}}
+	}},
+	{"tool_choice function", "ToolChoice.function", func(r *detourv1.CompleteRequest) {
+		r.ToolChoice = &detourv1.ToolChoice{Choice: &detourv1.ToolChoice_Function{Function: "required"}}
+	}},
+	{"parallel_tool_calls", "parallel_tool_calls", func(r *detourv1.CompleteRequest) { r.ParallelToolCalls = ptr(false) }},
+	{"response_format", "ResponseFormat.type", func(r *detourv1.CompleteRequest) {
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_object"}
+	}},
+	{"response_format text", "response_format", func(r *detourv1.CompleteRequest) {
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "text"}
+	}},
+	{"json_schema", "ResponseFormat.json_schema", func(r *detourv1.CompleteRequest) {
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: jsonSchema()}
+	}},
+	{"json_schema name", "JsonSchema.name", func(r *detourv1.CompleteRequest) {
+		js := jsonSchema()
+		js.Name = "other"
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: js}
+	}},
+	{"json_schema description", "JsonSchema.description", func(r *detourv1.CompleteRequest) {
+		js := jsonSchema()
+		js.Description = "A verdict."
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: js}
+	}},
+	{"json_schema schema", "JsonSchema.schema", func(r *detourv1.CompleteRequest) {
+		js := jsonSchema()
+		js.Schema = `{"type":"object","properties":{"verdict":{"type":"integer"}}}`
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: js}
+	}},
+	{"json_schema strict", "JsonSchema.strict", func(r *detourv1.CompleteRequest) {
+		js := jsonSchema()
+		js.Strict = ptr(true)
+		r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: js}
+	}},
+	{"thinking", "Thinking.type", func(r *detourv1.CompleteRequest) { r.Thinking = &detourv1.Thinking{Type: "enabled"} }},
+	{"thinking disabled", "thinking", func(r *detourv1.CompleteRequest) { r.Thinking = &detourv1.Thinking{Type: "disabled"} }},
+	{"reasoning_effort", "reasoning_effort", func(r *detourv1.CompleteRequest) { r.ReasoningEffort = "high" }},
+	{"frequency_penalty", "frequency_penalty", func(r *detourv1.CompleteRequest) { r.FrequencyPenalty = ptr(0.5) }},
+	{"frequency_penalty zero", "frequency_penalty", func(r *detourv1.CompleteRequest) { r.FrequencyPenalty = ptr(0.0) }},
+	{"presence_penalty", "presence_penalty", func(r *detourv1.CompleteRequest) { r.PresencePenalty = ptr(0.5) }},
+	{"seed", "seed", func(r *detourv1.CompleteRequest) { r.Seed = ptr(int64(42)) }},
+	{"seed zero", "seed", func(r *detourv1.CompleteRequest) { r.Seed = ptr(int64(0)) }},
+	{"logprobs", "logprobs", func(r *detourv1.CompleteRequest) { r.Logprobs = true }},
+	{"top_logprobs", "top_logprobs", func(r *detourv1.CompleteRequest) { r.Logprobs, r.TopLogprobs = true, ptr(int32(3)) }},
+	{"max_completion_tokens", "max_completion_tokens", func(r *detourv1.CompleteRequest) { r.MaxCompletionTokens = 64 }},
+	{"extra_body", "extra_body", func(r *detourv1.CompleteRequest) { r.ExtraBody = `{"top_k":40}` }},
+}
+
+func toolCall() *detourv1.ToolCall {
+	return &detourv1.ToolCall{Id: "call_1", Type: "function",
+		Function: &detourv1.FunctionCall{Name: "get_weather", Arguments: `{"city":"Paris"}`}}
+}
+
+func tool() *detourv1.Tool {
+	return &detourv1.Tool{Type: "function", Function: &detourv1.FunctionDefinition{
+		Name: "get_weather", Parameters: `{"type":"object","properties":{"city":{"type":"string"}}}`}}
+}
+
+func jsonSchema() *detourv1.JsonSchema {
+	return &detourv1.JsonSchema{Name: "verdict", Schema: `{"type":"object","properties":{"verdict":{"type":"string"}}}`}
 }
 
 func TestKeyOfDiffers(t *testing.T) {
@@ -137,17 +267,46 @@ func TestKeyOfCoversEveryField(t *testing.T) {
 	for _, c := range keyChanges {
 		tested[c.field] = true
 	}
-	check := func(md protoreflect.MessageDescriptor, skip string) {
+	// Fields of CompleteRequest and Message are named alone, those of the
+	// messages they hold as "Message.field".
+	check := func(md protoreflect.MessageDescriptor, qualify bool) {
 		fs := md.Fields()
 		for i := range fs.Len() {
 			name := string(fs.Get(i).Name())
-			if name != skip && !excluded[name] && !tested[name] {
-				t.Errorf("%s.%s is neither in the key (with a test in keyChanges) nor excluded", md.FullName(), name)
+			if qualify {
+				name = string(md.Name()) + "." + name
+			}
+			if !excluded[name] && !tested[name] {
+				t.Errorf("%s.%s is neither in the key (with a test in keyChanges) nor excluded", md.FullName(), fs.Get(i).Name())
 			}
 		}
 	}
-	check((&detourv1.CompleteRequest{}).ProtoReflect().Descriptor(), "")
-	check((&detourv1.Message{}).ProtoReflect().Descriptor(), "")
+	check((&detourv1.CompleteRequest{}).ProtoReflect().Descriptor(), false)
+	check((&detourv1.Message{}).ProtoReflect().Descriptor(), false)
+	for _, m := range []proto.Message{&detourv1.ToolCall{}, &detourv1.FunctionCall{}, &detourv1.Tool{},
+		&detourv1.FunctionDefinition{}, &detourv1.ToolChoice{}, &detourv1.ResponseFormat{}, &detourv1.JsonSchema{},
+		&detourv1.Thinking{}} {
+		check(m.ProtoReflect().Descriptor(), true)
+	}
+}
+
+// JSON texts count without their insignificant whitespace, with the order of
+// their members.
+func TestKeyOfJSONText(t *testing.T) {
+	with := func(params string) *detourv1.CompleteRequest {
+		r := baseRequest()
+		tl := tool()
+		tl.Function.Parameters = params
+		r.Tools = []*detourv1.Tool{tl}
+		return r
+	}
+	compact := KeyOf(with(`{"type":"object","properties":{"a":{},"b":{}}}`), "", false)
+	if got := KeyOf(with("{ \"type\": \"object\",\n  \"properties\": {\"a\": {}, \"b\": {}} }"), "", false); got != compact {
+		t.Error("whitespace in tool parameters changed the key")
+	}
+	if got := KeyOf(with(`{"type":"object","properties":{"b":{},"a":{}}}`), "", false); got == compact {
+		t.Error("the order of the properties did not change the key")
+	}
 }
 
 // JSON field order and formatting do not reach the key.

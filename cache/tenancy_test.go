@@ -96,3 +96,36 @@ func TestTTLHintCannotSetOthersFreshness(t *testing.T) {
 		t.Error("a short ttl hint made the answer stale for everyone")
 	}
 }
+
+// TestSharedScopeSharesCallsOnlyWithinATenant: in the shared scope two
+// tenants read each other's stored answers, but identical requests in flight
+// at once share an upstream call only within one tenant (the call waits in
+// one tenant's queue place and goes upstream as that tenant).
+func TestSharedScopeSharesCallsOnlyWithinATenant(t *testing.T) {
+	c := newCache(t, Config{Scope: ScopeShared}, nil)
+	u := newUpstream()
+	alice := c.Plan(request("q"), Caller{Tenant: "alice", Authenticated: true})
+	bob := c.Plan(request("q"), Caller{Tenant: "bob", Authenticated: true})
+	if alice.Key != bob.Key {
+		t.Fatal("shared scope: the tenants' answers have different keys")
+	}
+	done := make(chan error, 3)
+	for _, p := range []Plan{alice, alice, bob} {
+		go func() {
+			_, err := c.Do(context.Background(), p, u.complete)
+			done <- err
+		}()
+	}
+	eventually(t, "alice's second call to join and bob's to start its own", func() bool {
+		return c.Stats().Coalesced == 1 && u.calls.Load() == 2
+	})
+	close(u.release)
+	for range 3 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := u.calls.Load(); got != 2 {
+		t.Errorf("%d upstream calls, want 2 (one per tenant)", got)
+	}
+}

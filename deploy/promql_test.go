@@ -41,6 +41,7 @@ var metricLabels = map[string][]string{
 	"detour_inflight":                         {"backend"},
 	"detour_upstream_connections_total":       {"backend", "reused"},
 	"detour_cache_requests_total":             {"tier", "result"},
+	"detour_tokens_total":                     {"backend", "tenant", "kind"},
 	"detour_config_revision":                  {},
 	"detour_config_applies_total":             {},
 	"detour_config_rejections_total":          {},

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -26,10 +27,11 @@ import (
 // A Detour is safe for concurrent use. Its methods block on the network and
 // return once ctx ends.
 type Detour struct {
-	name   string
-	conn   *grpc.ClientConn
-	client detourv1.RouterClient
-	cred   *credential
+	name       string
+	conn       *grpc.ClientConn
+	client     detourv1.RouterClient
+	cred       *credential
+	sendTenant bool // the backend's send_tenant_as is set
 }
 
 // NewDetour returns a client for b, whose Endpoint is "host:port" or
@@ -63,10 +65,11 @@ func NewDetour(b regions.Backend) (*Detour, error) {
 	}
 	conn.Connect()
 	return &Detour{
-		name:   b.Name,
-		conn:   conn,
-		client: detourv1.NewRouterClient(conn),
-		cred:   newCredential(key),
+		name:       b.Name,
+		conn:       conn,
+		client:     detourv1.NewRouterClient(conn),
+		cred:       newCredential(key),
+		sendTenant: b.SendTenantAs != "",
 	}, nil
 }
 
@@ -93,30 +96,51 @@ func (d *Detour) Close() error {
 }
 
 // Complete calls Router.Complete on the backend and returns its answer as it
-// came, served_by and source included.
+// came, served_by and source included: every field passes through unchanged,
+// both ways. A JSON-mode answer with blank content is an error wrapping
+// ErrBlankJSON.
 func (d *Detour) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
-	resp, err := d.client.Complete(d.outgoing(ctx), req)
+	resp, err := d.client.Complete(d.outgoing(ctx), d.request(ctx, req))
 	if err != nil {
 		return nil, d.wrap(err)
 	}
 	if resp.GetContent() == "" && resp.GetFinishReason() == "" {
 		return nil, fmt.Errorf("backend %s: %w: no content and no finish reason", d.name, ErrMalformed)
 	}
+	if blankAnswer(req, resp) {
+		return nil, fmt.Errorf("backend %s: %w", d.name, ErrBlankJSON)
+	}
 	return resp, nil
 }
 
 // Stream calls Router.StreamComplete on the backend. Errors, including the
 // backend's refusal, usually surface on the first Recv. The caller must Close
-// the stream.
+// the stream. Chunks pass through unchanged, except that in JSON mode the
+// whitespace an answer starts with is held back as OpenAI's Stream does.
 func (d *Detour) Stream(ctx context.Context, req *detourv1.CompleteRequest) (ChunkStream, error) {
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
-	st, err := d.client.StreamComplete(d.outgoing(ctx), req)
+	st, err := d.client.StreamComplete(d.outgoing(ctx), d.request(ctx, req))
 	if err != nil {
 		cancel()
 		return nil, d.wrap(err)
 	}
-	return &detourStream{d: d, st: st, cancel: cancel, parent: parent}, nil
+	return &detourStream{d: d, st: st, cancel: cancel, parent: parent, guard: blankGuard{on: jsonMode(req)}}, nil
+}
+
+// request is req as sent to the backend: with the caller's tenant as its
+// user when the backend says so (a copy; req is shared).
+func (d *Detour) request(ctx context.Context, req *detourv1.CompleteRequest) *detourv1.CompleteRequest {
+	if !d.sendTenant {
+		return req
+	}
+	t := TenantFrom(ctx)
+	if t == "" || t == req.GetUser() {
+		return req
+	}
+	out := proto.CloneOf(req)
+	out.User = t
+	return out
 }
 
 // outgoing adds the call's metadata: trace context, the hop count (one
@@ -154,6 +178,7 @@ type detourStream struct {
 	cancel   context.CancelFunc
 	parent   context.Context // the attempt's context, to tell a cut stream from a complete one
 	finished bool            // a chunk carried a finish reason
+	guard    blankGuard
 }
 
 // deadlineSlack is how close to the attempt's deadline a stream that ends
@@ -162,28 +187,39 @@ type detourStream struct {
 const deadlineSlack = 50 * time.Millisecond
 
 func (s *detourStream) Recv() (*detourv1.CompleteChunk, error) {
-	c, err := s.st.Recv()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			// An upstream that gives up at our deadline may end the stream
-			// cleanly; the answer is still cut short.
-			if cerr := s.parent.Err(); cerr != nil {
-				return nil, fmt.Errorf("backend %s: stream ended as the attempt expired: %w", s.d.name, cerr)
+	for {
+		c, err := s.st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				// An upstream that gives up at our deadline may end the stream
+				// cleanly; the answer is still cut short.
+				if cerr := s.parent.Err(); cerr != nil {
+					return nil, fmt.Errorf("backend %s: stream ended as the attempt expired: %w", s.d.name, cerr)
+				}
+				if dl, ok := s.parent.Deadline(); ok && !s.finished && time.Until(dl) < deadlineSlack {
+					return nil, fmt.Errorf("backend %s: stream ended at the attempt's deadline: %w", s.d.name, context.DeadlineExceeded)
+				}
+				if !s.finished {
+					return nil, fmt.Errorf("backend %s: %w: ended without a finish reason", s.d.name, ErrIncomplete)
+				}
+				if err := s.guard.end(); err != nil {
+					return nil, fmt.Errorf("backend %s: %w", s.d.name, err)
+				}
+				return nil, io.EOF
 			}
-			if dl, ok := s.parent.Deadline(); ok && !s.finished && time.Until(dl) < deadlineSlack {
-				return nil, fmt.Errorf("backend %s: stream ended at the attempt's deadline: %w", s.d.name, context.DeadlineExceeded)
-			}
-			if !s.finished {
-				return nil, fmt.Errorf("backend %s: %w: ended without a finish reason", s.d.name, ErrIncomplete)
-			}
-			return nil, io.EOF
+			return nil, s.d.wrap(err)
 		}
-		return nil, s.d.wrap(err)
+		if c.GetFinishReason() != "" {
+			s.finished = true
+		}
+		if err := s.guard.check(c); err != nil {
+			return nil, fmt.Errorf("backend %s: %w", s.d.name, err)
+		}
+		if s.guard.on && emptyChunk(c) {
+			continue // held-back whitespace, nothing else
+		}
+		return c, nil
 	}
-	if c.GetFinishReason() != "" {
-		s.finished = true
-	}
-	return c, nil
 }
 
 func (s *detourStream) Close() error {

@@ -29,7 +29,20 @@
 //
 // Clients apply no timeouts of their own beyond a short dial timeout: the
 // caller bounds each attempt with ctx, and every call, including a blocked
-// ChunkStream.Recv, returns promptly once ctx ends.
+// ChunkStream.Recv, returns promptly once ctx ends. To bound an attempt by
+// silence rather than by a deadline, the caller puts a Progress in ctx
+// (WithProgress): the OpenAI client reports the response headers, the
+// empty lines a provider sends before a unary answer while the request is
+// queued, and SSE comments (": keep-alive") and empty events in a stream;
+// every chunk Recv returns is a sign of life too.
+//
+// Every field of detour.v1 maps to the OpenAI/DeepSeek JSON and back
+// (reasoning, tool calls and their streamed pieces, logprobs, cache-hit and
+// reasoning usage); extra_body's members are added to the JSON body as
+// written (CheckExtraBody). A detour backend gets the request as it is.
+// Both clients send the caller's tenant (WithTenant) upstream when the
+// backend's send_tenant_as says so, and fail a JSON-mode answer whose
+// content is blank with ErrBlankJSON.
 //
 // Errors are shaped for breaker.Classify. An HTTP error status is an
 // *HTTPError (StatusCode, RetryAfter); a 2xx answer that cannot be used is an

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,12 +36,13 @@ const (
 // An OpenAI is safe for concurrent use. Its methods block on the network and
 // return once ctx ends; it sets no timeout of its own except for dialing.
 type OpenAI struct {
-	name   string
-	url    string // {endpoint}/chat/completions
-	cred   *credential
-	client *http.Client
-	tr     *http.Transport
-	trace  *httptrace.ClientTrace // nil without WithConnReport
+	name     string
+	url      string // {endpoint}/chat/completions
+	tenantAs string // the backend's send_tenant_as
+	cred     *credential
+	client   *http.Client
+	tr       *http.Transport
+	trace    *httptrace.ClientTrace // nil without WithConnReport
 }
 
 // Option configures a client.
@@ -97,9 +97,10 @@ func NewOpenAI(b regions.Backend, opts ...Option) (*OpenAI, error) {
 		ExpectContinueTimeout: time.Second,
 	}
 	o := &OpenAI{
-		name: b.Name,
-		url:  strings.TrimRight(b.Endpoint, "/") + "/chat/completions",
-		cred: newCredential(key),
+		name:     b.Name,
+		url:      strings.TrimRight(b.Endpoint, "/") + "/chat/completions",
+		tenantAs: b.SendTenantAs,
+		cred:     newCredential(key),
 		client: &http.Client{
 			Transport: tr,
 			// A redirect is an answer we cannot use, and following one could
@@ -123,13 +124,18 @@ func (o *OpenAI) Close() error {
 
 // Complete sends req to the backend's /chat/completions and returns the
 // first choice. It leaves ServedBy, Source and Attempts for the caller to
-// set.
+// set. Empty lines before the answer (keep-alives of a queued request) go to
+// ctx's Progress. A JSON-mode answer with blank content is an error
+// wrapping ErrBlankJSON.
 func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
 	resp, err := o.post(ctx, req, false)
 	if err != nil {
 		return nil, err
 	}
 	defer release(resp.Body)
+	if p := progressFrom(ctx); !isNoProgress(p) {
+		resp.Body = &keepAliveBody{ReadCloser: resp.Body, p: p}
+	}
 	var h hold
 	defer h.release() // once decoded: the answer holds copies
 	body, err := readCapped(resp, maxAnswerBytes, &h)
@@ -142,37 +148,47 @@ func (o *OpenAI) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		}
 		return nil, o.readError(ctx, "reading answer", err)
 	}
-	var cr chatResponse
-	if err := json.Unmarshal(body, &cr); err != nil {
-		return nil, o.malformed(resp.StatusCode, err.Error())
+	out, problem := decodeAnswer(body)
+	if out == nil {
+		return nil, o.malformed(resp.StatusCode, problem)
 	}
-	if len(cr.Choices) == 0 {
-		msg := "no choices"
-		if present(cr.Error) {
-			msg += "; upstream said: " + upstreamMessage(body)
+	if blankAnswer(req, out) {
+		return nil, &HTTPError{Backend: o.name, Status: resp.StatusCode, Err: ErrBlankJSON}
+	}
+	return out, nil
+}
+
+// keepAliveBody tells a Progress about the whitespace that comes before a
+// unary answer, and about the answer's first byte.
+type keepAliveBody struct {
+	io.ReadCloser
+	p       Progress
+	started bool
+}
+
+func (k *keepAliveBody) Read(b []byte) (int, error) {
+	n, err := k.ReadCloser.Read(b)
+	if n > 0 && !k.started {
+		if firstNonSpace(b[:n]) >= 0 {
+			k.started = true
+			k.p.Answering()
+		} else {
+			k.p.KeepAlive()
 		}
-		return nil, o.malformed(resp.StatusCode, msg)
 	}
-	c := cr.Choices[0]
-	if c.Message.Content == "" && c.FinishReason == "" && !present(c.Message.ToolCalls) {
-		// {"choices":[{}]}: a 200 that says nothing is no answer.
-		return nil, o.malformed(resp.StatusCode, "empty choice: no content, no tool calls and no finish reason")
-	}
-	return &detourv1.CompleteResponse{
-		Id:           cr.ID,
-		Model:        cr.Model,
-		Content:      c.Message.Content,
-		FinishReason: c.FinishReason,
-		Usage:        cr.Usage.proto(),
-	}, nil
+	return n, err
 }
 
 // Stream sends req with "stream": true and returns once the backend has
 // answered with a 2xx status; the chunks follow through the stream. The
 // stream ends with io.EOF only after the backend's "data: [DONE]" and a
 // finish reason; an answer cut before [DONE], or a [DONE] that no finish
-// reason preceded, is an error wrapping ErrIncomplete. Events that carry no
-// text, finish reason or usage (a role-only first delta, say) are skipped.
+// reason preceded, is an error wrapping ErrIncomplete. Events that carry
+// nothing (a role-only first delta, say) are skipped; they, SSE comments
+// (": keep-alive") and empty lines go to ctx's Progress as keep-alives. In
+// JSON mode, the whitespace an answer starts with is held back until
+// non-blank content or a tool call follows, and a stream that finishes blank
+// fails with ErrBlankJSON.
 // After [DONE], Recv reads the end of the response (normally already there)
 // so that the connection goes back to the pool. The caller must Close the
 // stream.
@@ -193,20 +209,26 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 			return nil, o.malformed(resp.StatusCode, msg)
 		}
 	}
+	p := progressFrom(ctx)
 	st := &openAIStream{
 		o:      o,
 		ctx:    ctx,
 		status: resp.StatusCode,
 		body:   resp.Body,
+		alive:  p,
+		guard:  blankGuard{on: jsonMode(req)},
 	}
 	st.sse = newSSEReader(resp.Body, maxEventBytes, &st.hold)
+	if !isNoProgress(p) {
+		st.sse.alive = p.KeepAlive
+	}
 	return st, nil
 }
 
 // post sends req and returns a 2xx response, or the error status as an
 // *HTTPError.
 func (o *OpenAI) post(ctx context.Context, req *detourv1.CompleteRequest, stream bool) (*http.Response, error) {
-	body, err := json.Marshal(newChatRequest(req, stream))
+	body, err := encodeChatRequest(req, stream, o.tenantAs, TenantFrom(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: encoding request: %w", o.name, err)
 	}
@@ -236,6 +258,7 @@ func (o *OpenAI) post(ctx context.Context, req *detourv1.CompleteRequest, stream
 		defer release(resp.Body)
 		return nil, o.statusError(resp)
 	}
+	progressFrom(ctx).KeepAlive() // the headers: the upstream has the call
 	return resp, nil
 }
 
@@ -345,6 +368,8 @@ type openAIStream struct {
 	status int
 	body   io.ReadCloser
 	sse    *sseReader
+	alive  Progress
+	guard  blankGuard
 	hold   hold  // the stream's event buffers in the process budget
 	err    error // sticky: io.EOF after [DONE], or what broke the stream
 
@@ -371,6 +396,9 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 				// did not finish: never a complete (cacheable) one.
 				return nil, s.fail(fmt.Errorf("backend %s: %w: [DONE] without a finish reason", s.o.name, ErrIncomplete))
 			}
+			if err := s.guard.end(); err != nil {
+				return nil, s.fail(&HTTPError{Backend: s.o.name, Status: s.status, Err: err})
+			}
 			// Read to the end of the body, which normally follows at once, so
 			// that the connection is reused; ctx bounds the wait.
 			_, _ = io.CopyN(io.Discard, s.sse.br, maxDrainBytes)
@@ -378,22 +406,21 @@ func (s *openAIStream) Recv() (*detourv1.CompleteChunk, error) {
 			s.Close()
 			return nil, io.EOF
 		}
-		var c chatChunk
-		if err := json.Unmarshal(data, &c); err != nil {
+		ch, upstreamErr, err := decodeChunk(data)
+		if err != nil {
 			return nil, s.fail(s.o.malformed(s.status, "stream event: "+err.Error()))
 		}
-		if present(c.Error) {
+		if upstreamErr {
 			// No %w: there is no cause to unwrap, and the upstream's words
 			// ("overloaded") decide whether breaker.Classify calls it Busy.
 			return nil, s.fail(fmt.Errorf("backend %s: error event in stream: %s",
 				s.o.name, cleanMessage(upstreamMessage(data), s.o.cred)))
 		}
-		ch := &detourv1.CompleteChunk{Id: c.ID, Model: c.Model, Usage: c.Usage.proto()}
-		if len(c.Choices) > 0 {
-			ch.Delta = c.Choices[0].Delta.Content
-			ch.FinishReason = c.Choices[0].FinishReason
+		if err := s.guard.check(ch); err != nil {
+			return nil, s.fail(&HTTPError{Backend: s.o.name, Status: s.status, Err: err})
 		}
-		if ch.Delta == "" && ch.FinishReason == "" && ch.Usage == nil {
+		if emptyChunk(ch) {
+			s.alive.KeepAlive()
 			continue
 		}
 		if ch.FinishReason != "" {
@@ -433,97 +460,4 @@ func (s *openAIStream) Close() error {
 		s.hold.release()
 	})
 	return nil
-}
-
-// The OpenAI chat completions wire format, as much of it as detour uses.
-
-type chatRequest struct {
-	Model         string         `json:"model"`
-	Messages      []chatMessage  `json:"messages"`
-	Temperature   *float64       `json:"temperature,omitempty"`
-	TopP          *float64       `json:"top_p,omitempty"`
-	MaxTokens     int32          `json:"max_tokens,omitempty"`
-	Stop          []string       `json:"stop,omitempty"`
-	User          string         `json:"user,omitempty"`
-	Stream        bool           `json:"stream,omitempty"`
-	StreamOptions *streamOptions `json:"stream_options,omitempty"`
-}
-
-type chatMessage struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-	Name    string `json:"name,omitempty"`
-}
-
-type streamOptions struct {
-	IncludeUsage bool `json:"include_usage"`
-}
-
-func newChatRequest(req *detourv1.CompleteRequest, stream bool) *chatRequest {
-	cr := &chatRequest{
-		Model:       req.GetModel(),
-		Messages:    make([]chatMessage, len(req.GetMessages())),
-		Temperature: req.Temperature,
-		TopP:        req.TopP,
-		MaxTokens:   max(req.GetMaxTokens(), 0),
-		Stop:        req.GetStop(),
-		User:        req.GetUser(),
-	}
-	for i, m := range req.GetMessages() {
-		cr.Messages[i] = chatMessage{Role: m.GetRole(), Content: m.GetContent(), Name: m.GetName()}
-	}
-	if stream {
-		cr.Stream = true
-		cr.StreamOptions = &streamOptions{IncludeUsage: true}
-	}
-	return cr
-}
-
-type chatResponse struct {
-	ID      string `json:"id"`
-	Model   string `json:"model"`
-	Choices []struct {
-		Message struct {
-			Content   string          `json:"content"`
-			ToolCalls json.RawMessage `json:"tool_calls"` // only whether there are any
-		} `json:"message"`
-		FinishReason string `json:"finish_reason"`
-	} `json:"choices"`
-	Usage *chatUsage      `json:"usage"`
-	Error json.RawMessage `json:"error"`
-}
-
-type chatChunk struct {
-	ID      string `json:"id"`
-	Model   string `json:"model"`
-	Choices []struct {
-		Delta struct {
-			Content string `json:"content"`
-		} `json:"delta"`
-		FinishReason string `json:"finish_reason"`
-	} `json:"choices"`
-	Usage *chatUsage      `json:"usage"`
-	Error json.RawMessage `json:"error"`
-}
-
-// present reports whether a JSON field was sent with a value other than null.
-func present(raw json.RawMessage) bool {
-	return len(raw) > 0 && string(raw) != "null"
-}
-
-type chatUsage struct {
-	PromptTokens     int32 `json:"prompt_tokens"`
-	CompletionTokens int32 `json:"completion_tokens"`
-	TotalTokens      int32 `json:"total_tokens"`
-}
-
-func (u *chatUsage) proto() *detourv1.Usage {
-	if u == nil {
-		return nil
-	}
-	return &detourv1.Usage{
-		PromptTokens:     u.PromptTokens,
-		CompletionTokens: u.CompletionTokens,
-		TotalTokens:      u.TotalTokens,
-	}
 }

@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"context"
 	"strings"
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -63,4 +64,58 @@ func validKey(key string) bool {
 		}
 	}
 	return true
+}
+
+// Progress hears how an upstream call is doing before its answer arrives,
+// so that the caller can tell a call waiting in the provider's queue from a
+// dead one. Its methods must be safe for concurrent use and must not block;
+// a provider calls them from the goroutine that reads the answer.
+type Progress interface {
+	// KeepAlive reports a sign of life that is not part of the answer: the
+	// response headers, an empty line before a unary answer, an SSE comment
+	// (": keep-alive") or an empty event in a stream.
+	KeepAlive()
+	// Answering reports that the first byte of the answer arrived (unary
+	// calls; for streams, the first chunk says so).
+	Answering()
+}
+
+type progressKey struct{}
+
+// WithProgress returns ctx carrying p: the providers' calls made with it
+// report to p.
+func WithProgress(ctx context.Context, p Progress) context.Context {
+	return context.WithValue(ctx, progressKey{}, p)
+}
+
+// progressFrom returns the Progress of ctx, or one that does nothing.
+func progressFrom(ctx context.Context) Progress {
+	if p, ok := ctx.Value(progressKey{}).(Progress); ok && p != nil {
+		return p
+	}
+	return noProgress{}
+}
+
+type noProgress struct{}
+
+func isNoProgress(p Progress) bool {
+	_, ok := p.(noProgress)
+	return ok
+}
+
+func (noProgress) KeepAlive() {}
+func (noProgress) Answering() {}
+
+type tenantKey struct{}
+
+// WithTenant returns ctx carrying the caller's tenant, which a backend with
+// send_tenant_as passes upstream.
+func WithTenant(ctx context.Context, tenant string) context.Context {
+	return context.WithValue(ctx, tenantKey{}, tenant)
+}
+
+// TenantFrom returns the tenant carried by ctx, or "".
+func TenantFrom(ctx context.Context) string {
+	t, _ := ctx.Value(tenantKey{}).(string)
+	return t
 }

@@ -13,11 +13,13 @@ var errEventTooLarge = errors.New("event too large")
 
 // sseReader splits a text/event-stream (the Server-Sent Events format of the
 // WHATWG HTML standard) into the data of its events. Lines end in CRLF, LF or
-// CR. Comment
-// lines (":...") and fields other than "data" ("event", "id", "retry") are
-// skipped. An sseReader is not safe for concurrent use.
+// CR. Comment lines (":...") and fields other than "data" ("event", "id",
+// "retry") are skipped; comments and empty lines that end no event
+// (keep-alives) are reported to alive. An sseReader is not safe for
+// concurrent use.
 type sseReader struct {
 	br     *bufio.Reader
+	alive  func() // nil: keep-alives go unreported
 	hold   *hold  // where line and data reserve their bytes; nil: nowhere
 	max    int    // bytes of data per event
 	line   []byte // a line longer than br's buffer, being assembled
@@ -76,11 +78,13 @@ func (s *sseReader) Next() ([]byte, error) {
 		}
 		if len(line) == 0 {
 			if !s.has {
+				s.keepAlive()
 				continue
 			}
 			return s.data[:len(s.data)-1], nil
 		}
 		if line[0] == ':' {
+			s.keepAlive()
 			continue
 		}
 		field, value := line, []byte(nil)
@@ -102,6 +106,12 @@ func (s *sseReader) Next() ([]byte, error) {
 		s.data = append(s.data, value...)
 		s.data = append(s.data, '\n')
 		s.has = true
+	}
+}
+
+func (s *sseReader) keepAlive() {
+	if s.alive != nil {
+		s.alive()
 	}
 }
 

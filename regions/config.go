@@ -23,6 +23,12 @@ const (
 	KindDetour = "detour" // gRPC detour.v1.Router
 )
 
+// Values of Backend.SendTenantAs: the JSON member the tenant goes in.
+const (
+	TenantAsUser   = "user"    // OpenAI's "user"
+	TenantAsUserID = "user_id" // DeepSeek's "user_id"
+)
+
 // Config is the whole routing document: regions of backends, fallback
 // providers and the policies that apply to them. The same document is read
 // from a YAML file or from etcd. A Config is a plain value; once published in a
@@ -107,8 +113,28 @@ type Backend struct {
 	// MaxConcurrency caps in-flight requests. Zero means no cap.
 	MaxConcurrency int `yaml:"max_concurrency,omitempty" json:"max_concurrency,omitempty"`
 	// Timeout bounds one attempt. Zero means the retry policy's
-	// attempt_timeout.
+	// attempt_timeout. For streams, and for unary calls to an upstream that
+	// sends keep-alives, it bounds each silence instead: reasoning and
+	// tool-call pieces, empty keep-alive lines and SSE comments all count as
+	// the upstream being alive.
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	// QueueTimeout is how long the backend may hold a call before the first
+	// byte of its answer, keep-alives included (DeepSeek keeps a queued
+	// request alive with empty lines or ": keep-alive" comments for up to
+	// 30 minutes). Past it the attempt counts as busy and the call moves on.
+	// Zero means Timeout: keep-alives then never make a call wait longer
+	// than an upstream that says nothing.
+	QueueTimeout Duration `yaml:"queue_timeout,omitempty" json:"queue_timeout,omitempty"`
+	// ExhaustedFor is how long the backend stays out of rotation, on every
+	// replica, after it said its account cannot pay (HTTP 402 "Insufficient
+	// Balance"). Zero means 5m.
+	ExhaustedFor Duration `yaml:"exhausted_for,omitempty" json:"exhausted_for,omitempty"`
+	// SendTenantAs sends the caller's tenant upstream, so that the provider
+	// can schedule and cache per tenant and one noisy tenant does not share a
+	// provider-side queue with the others: "user" (OpenAI's user, replacing
+	// the caller's), "user_id" (DeepSeek's), or empty to send nothing. For
+	// kind detour, any value sets the request's user.
+	SendTenantAs string `yaml:"send_tenant_as,omitempty" json:"send_tenant_as,omitempty"`
 	// APIKeyEnv names the environment variable holding the API key; it must
 	// be called DETOUR_KEY_* (or be listed in the process's
 	// DETOUR_KEY_ENV_ALLOW).
@@ -276,7 +302,17 @@ const (
 	DefaultMaxQueueWait       = time.Second
 	DefaultSpillFactor        = 1.0
 	DefaultDeadline           = 120 * time.Second
+	DefaultExhaustedFor       = 5 * time.Minute
 )
+
+// ExhaustedCooldown returns how long b stays out of rotation after an
+// "account exhausted" answer: ExhaustedFor, or DefaultExhaustedFor.
+func (b Backend) ExhaustedCooldown() time.Duration {
+	if b.ExhaustedFor > 0 {
+		return b.ExhaustedFor.D()
+	}
+	return DefaultExhaustedFor
+}
 
 // Duration is a time.Duration written as "250ms", "30s" in the document.
 type Duration time.Duration
@@ -591,6 +627,17 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 	}
 	if b.Timeout < 0 {
 		v.add("%s: timeout must be >= 0", where)
+	}
+	if b.QueueTimeout < 0 {
+		v.add("%s: queue_timeout must be >= 0", where)
+	}
+	if b.ExhaustedFor < 0 {
+		v.add("%s: exhausted_for must be >= 0", where)
+	}
+	switch b.SendTenantAs {
+	case "", TenantAsUser, TenantAsUserID:
+	default:
+		v.add("%s: send_tenant_as %q must be %q, %q or empty", where, b.SendTenantAs, TenantAsUser, TenantAsUserID)
 	}
 	if b.APIKeyEnv != "" && b.APIKeyFile != "" {
 		v.add("%s: set api_key_env or api_key_file, not both", where)

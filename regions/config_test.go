@@ -18,8 +18,10 @@ func TestLoadFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := c.Regions[0].Backends[0]
-	got := []any{len(c.Regions), b.Timeout.D(), b.Breaker.ConsecutiveBusy, c.Retry.BackoffBase.D(), c.Limits.DefaultDeadline.D(), c.Limits.MaxInflight, c.Regions[1].Backends[0].Kind}
-	want := []any{2, 20 * time.Second, 3, 10 * time.Millisecond, time.Minute, 512, KindDetour}
+	got := []any{len(c.Regions), b.Timeout.D(), b.Breaker.ConsecutiveBusy, c.Retry.BackoffBase.D(), c.Limits.DefaultDeadline.D(), c.Limits.MaxInflight, c.Regions[1].Backends[0].Kind,
+		b.QueueTimeout.D(), b.ExhaustedCooldown(), b.SendTenantAs, c.Regions[1].Backends[0].ExhaustedCooldown()}
+	want := []any{2, 20 * time.Second, 3, 10 * time.Millisecond, time.Minute, 512, KindDetour,
+		5 * time.Minute, 10 * time.Minute, TenantAsUserID, DefaultExhaustedFor}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("decoded fields (-got +want):\n%s", diff)
 	}
@@ -66,6 +68,11 @@ func TestValidateListsEveryReason(t *testing.T) {
         endpoint: http://h/v1
         api_key_env: DETOUR_KEY_MISSING
         api_key_file: /nonexistent/key
+      - name: z
+        endpoint: http://h/v1
+        queue_timeout: -1s
+        exhausted_for: -1m
+        send_tenant_as: tenant
 retry:
   max_attempts: 11
   budget_ratio: 2
@@ -85,6 +92,9 @@ limits:
 				"regions[2].backends[0] (y): set api_key_env or api_key_file, not both",
 				"regions[2].backends[0] (y): api_key_env DETOUR_KEY_MISSING is not set",
 				"regions[2].backends[0] (y): api_key_file /nonexistent/key: not a place a backend key may come from: api_key_file must be inside /var/run/secrets, /run/secrets, /etc/detour/keys (DETOUR_KEY_DIRS); see README, \"Secrets\"",
+				"regions[2].backends[1] (z): queue_timeout must be >= 0",
+				"regions[2].backends[1] (z): exhausted_for must be >= 0",
+				`regions[2].backends[1] (z): send_tenant_as "tenant" must be "user", "user_id" or empty`,
 				"retry.max_attempts: 11 must be in 0..10",
 				"retry.budget_ratio: 2 must be in 0..1",
 				"breaker.busy_ratio: 1.5 must be in 0..1",

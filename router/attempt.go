@@ -54,6 +54,10 @@ func outcome(c breaker.Class) capacity.Outcome {
 		return capacity.Busy
 	case breaker.Failed, breaker.Down:
 		return capacity.Failed
+	case breaker.Exhausted:
+		// The account cannot pay: says nothing about the backend's capacity
+		// (the exhausted_for cooldown keeps it out of rotation instead).
+		return capacity.Dropped
 	}
 	return capacity.Dropped
 }
@@ -89,6 +93,13 @@ func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
 	}
 	a.permit.DoneAfter(outcome(a.class), breaker.RetryAfter(a.err))
 	b.m.Attempt(int(a.class), a.elapsed)
+	if a.class == breaker.Exhausted {
+		// The account cannot pay: out of rotation here and, through the
+		// fleet's cooldowns, on every replica.
+		until := r.now().Add(b.cfg.ExhaustedCooldown())
+		r.cooldowns.Publish(b.cfg.Name, until)
+		r.log.Warn("backend account exhausted: out of rotation", "backend", b.cfg.Name, "until", until, "err", a.err)
+	}
 	switch a.class {
 	case breaker.OK:
 		cost := a.elapsed

@@ -9,21 +9,21 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/detour-dev/detour/provider"
 	"github.com/detour-dev/detour/regions"
 )
 
-type tenantKey struct{}
-
 // WithTenant returns ctx carrying the caller's tenant, whose quota the call
-// is charged to.
+// is charged to; a backend with send_tenant_as passes it upstream (the
+// tenant lives in package provider's context key, so that both read one
+// value).
 func WithTenant(ctx context.Context, tenant string) context.Context {
-	return context.WithValue(ctx, tenantKey{}, tenant)
+	return provider.WithTenant(ctx, tenant)
 }
 
 // TenantFrom returns the tenant carried by ctx, or "".
 func TenantFrom(ctx context.Context) string {
-	t, _ := ctx.Value(tenantKey{}).(string)
-	return t
+	return provider.TenantFrom(ctx)
 }
 
 // maxUnknownTenants bounds the quotas kept for tenants the config does not

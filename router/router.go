@@ -253,11 +253,11 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 			ctx = withoutStats(ctx)
 		}
 		a, err := r.route(ctx, t, req, true, func(ctx context.Context, a *attempt) {
-			ctx, cancel := context.WithTimeout(ctx, a.timeout)
-			defer cancel()
+			ctx, w := watch(ctx, a) // a.timeout of silence, queue_timeout before the answer
+			defer w.stop()
 			res, err := a.b.prov.Complete(ctx, req)
 			if err != nil {
-				a.class, a.err = breaker.Classify(err), err
+				w.fail(ctx, a, err)
 				return
 			}
 			res.ServedBy, res.Attempts = a.b.servedBy, int32(a.n)

@@ -20,6 +20,7 @@ import (
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/excerpt"
 	"github.com/detour-dev/detour/internal/hop"
+	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/router"
 )
@@ -110,9 +111,9 @@ func (c *callInfo) route(err error) error {
 	return err
 }
 
-// end records the call's metrics and log line. served and attempts come from
-// the answer (nil and 0 for a failed call).
-func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attempts int32, err error) {
+// end records the call's metrics and log line. served, attempts and usage
+// come from the answer (nil and 0 for a failed call).
+func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attempts int32, usage *detourv1.Usage, err error) {
 	total := time.Since(c.start)
 	code := status.Code(err)
 	src := sourceLabel(source, err)
@@ -131,6 +132,12 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		region, backend, n = re.Region, re.Backend, re.Attempts
 	}
 	c.s.opts.Metrics.Call(c.method, code.String(), src, total, overhead)
+	tokens := tokensOf(usage)
+	if err == nil && usage != nil && (source == detourv1.Source_SOURCE_LIVE || source == detourv1.Source_SOURCE_FALLBACK) {
+		// Tokens an upstream spent for this caller; a cached answer spent
+		// none.
+		c.s.opts.Metrics.Tokens(backend, c.s.tenantLabel(c.tenant), tokens)
+	}
 	if c.method == "StreamComplete" && c.stats.FirstChunk > 0 {
 		c.s.opts.Metrics.FirstChunk(c.stats.FirstChunk)
 	}
@@ -150,6 +157,8 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		source:    src,
 		latencyUS: total.Microseconds(),
 		code:      code.String(),
+		usage:     usage != nil,
+		tokens:    tokens,
 	}
 	if sc := trace.SpanContextFromContext(c.ctxOrBackground()); sc.HasTraceID() {
 		l.traceID = sc.TraceID().String()
@@ -190,6 +199,14 @@ func (l *callLine) log(lg *slog.Logger) {
 		slog.Int64("latency_us", l.latencyUS),
 		slog.String("code", l.code),
 	)
+	if l.usage {
+		r.AddAttrs(
+			slog.Int64("prompt_tokens", l.tokens.Prompt),
+			slog.Int64("completion_tokens", l.tokens.Completion),
+			slog.Int64("cache_hit_tokens", l.tokens.CacheHit),
+			slog.Int64("reasoning_tokens", l.tokens.Reasoning),
+		)
+	}
 	if l.traceID != "" {
 		r.AddAttrs(slog.String("trace_id", l.traceID))
 	}
@@ -197,6 +214,27 @@ func (l *callLine) log(lg *slog.Logger) {
 		r.AddAttrs(slog.String("error", l.errMsg))
 	}
 	h.Handle(context.Background(), r)
+}
+
+// tokensOf returns the counts of u; nil counts nothing.
+func tokensOf(u *detourv1.Usage) metrics.Tokens {
+	return metrics.Tokens{
+		Prompt: int64(u.GetPromptTokens()), Completion: int64(u.GetCompletionTokens()),
+		CacheHit: int64(u.GetPromptCacheHitTokens()), CacheMiss: int64(u.GetPromptCacheMissTokens()),
+		Reasoning: int64(u.GetReasoningTokens()),
+	}
+}
+
+// tenantLabel is the metrics label of tenant: its name when the config
+// lists it, else "other", so that callers cannot grow the series (without
+// authentication the tenant is whatever x-detour-tenant says).
+func (s *Server) tenantLabel(tenant string) string {
+	for _, t := range s.router.Snapshot().Config.Tenants {
+		if t.Name == tenant {
+			return tenant
+		}
+	}
+	return "other"
 }
 
 func (c *callInfo) ctxOrBackground() context.Context {

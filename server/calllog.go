@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/detour-dev/detour/metrics"
 )
 
 // callLine is one call's log line. appendTo writes it byte for byte as
@@ -20,6 +22,8 @@ type callLine struct {
 	attempts                                                    int
 	latencyUS                                                   int64
 	traceID, errMsg                                             string // "" when absent
+	usage                                                       bool   // the answer carried usage: tokens are written
+	tokens                                                      metrics.Tokens
 }
 
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
@@ -58,6 +62,12 @@ func (l *callLine) appendTo(b []byte) []byte {
 	b = append(b, `,"latency_us":`...)
 	b = strconv.AppendInt(b, l.latencyUS, 10)
 	b = appendField(b, "code", l.code)
+	if l.usage {
+		b = appendInt(b, "prompt_tokens", l.tokens.Prompt)
+		b = appendInt(b, "completion_tokens", l.tokens.Completion)
+		b = appendInt(b, "cache_hit_tokens", l.tokens.CacheHit)
+		b = appendInt(b, "reasoning_tokens", l.tokens.Reasoning)
+	}
 	if l.traceID != "" {
 		b = appendField(b, "trace_id", l.traceID)
 	}
@@ -65,6 +75,13 @@ func (l *callLine) appendTo(b []byte) []byte {
 		b = appendField(b, "error", l.errMsg)
 	}
 	return append(b, "}\n"...)
+}
+
+func appendInt(b []byte, key string, v int64) []byte {
+	b = append(b, ',', '"')
+	b = append(b, key...)
+	b = append(b, '"', ':')
+	return strconv.AppendInt(b, v, 10)
 }
 
 func appendField(b []byte, key, v string) []byte {

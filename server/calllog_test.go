@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/detour-dev/detour/metrics"
 )
 
 // slogLine is the line slog's JSONHandler writes for l.
@@ -50,6 +52,10 @@ func TestCallLineIsSlogs(t *testing.T) {
 		}
 		if i%5 == 0 {
 			l.errMsg = pick() + "y"
+		}
+		if i%4 == 0 {
+			l.usage = true
+			l.tokens = metrics.Tokens{Prompt: rnd.Int64N(1e6), Completion: rnd.Int64N(1e4), CacheHit: rnd.Int64N(1e6), Reasoning: rnd.Int64N(1e4)}
 		}
 		want, got := slogLine(l), fastLine(l)
 		if got != want {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 
@@ -81,6 +82,40 @@ func brokenRule(req *detourv1.CompleteRequest, maxBytes int) string {
 	if maxBytes > 0 && proto.Size(req) > maxBytes {
 		return "request over the size limit"
 	}
+	return brokenChatRule(req)
+}
+
+// brokenChatRule reads the rules of the fields for tools, structured output
+// and sampling controls (router.proto's comments).
+func brokenChatRule(req *detourv1.CompleteRequest) string {
+	for i, m := range req.GetMessages() {
+		if m.GetRole() == "tool" && m.GetToolCallId() == "" {
+			return fmt.Sprintf("messages[%d] is a tool message without tool_call_id", i)
+		}
+	}
+	for name, p := range map[string]*float64{"frequency_penalty": req.FrequencyPenalty, "presence_penalty": req.PresencePenalty} {
+		if p != nil && !(*p >= -2 && *p <= 2) {
+			return name + " outside [-2, 2]"
+		}
+	}
+	if req.TopLogprobs != nil && !(req.GetTopLogprobs() >= 0 && req.GetTopLogprobs() <= 20) {
+		return "top_logprobs outside [0, 20]"
+	}
+	if req.GetMaxCompletionTokens() < 0 {
+		return "negative max_completion_tokens"
+	}
+	if rf := req.GetResponseFormat(); rf != nil && rf.GetType() != "text" && rf.GetType() != "json_object" && rf.GetType() != "json_schema" {
+		return "response_format.type unknown"
+	}
+	if e := req.GetExtraBody(); e != "" {
+		var obj map[string]json.RawMessage
+		if len(e) > 64<<10 || json.Unmarshal([]byte(e), &obj) != nil || obj == nil {
+			return "extra_body not a JSON object within 64 KiB"
+		}
+	}
+	if len(req.GetTools()) > 128 {
+		return "more than 128 tools"
+	}
 	return ""
 }
 
@@ -123,5 +158,14 @@ func validateSeeds() []validateSeed {
 		{with(func(r *detourv1.CompleteRequest) {
 			r.Cache = &detourv1.CacheHints{MaxStale: &durationpb.Duration{Seconds: 1, Nanos: -1}}
 		}), 0},
+		{chatRequest(), 0},
+		{func() *detourv1.CompleteRequest {
+			r := chatRequest()
+			r.Messages[2].ToolCallId = "call_x"
+			r.FrequencyPenalty = proto.Float64(3)
+			r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: &detourv1.JsonSchema{Name: "s", Schema: "[]"}}
+			r.ExtraBody = `{"stream": false}`
+			return r
+		}(), 0},
 	}
 }

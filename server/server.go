@@ -164,7 +164,7 @@ func (s *Server) cutOr(err error) error {
 // Complete implements detour.v1.Router.
 func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (resp *detourv1.CompleteResponse, err error) {
 	c := s.begin(ctx, "Complete", req)
-	defer func() { c.end(resp.GetSource(), resp.GetServedBy(), resp.GetAttempts(), err) }()
+	defer func() { c.end(resp.GetSource(), resp.GetServedBy(), resp.GetAttempts(), resp.GetUsage(), err) }()
 	if err := c.err; err != nil {
 		return nil, err
 	}
@@ -180,13 +180,17 @@ func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (r
 func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) (err error) {
 	c := s.begin(stream.Context(), "StreamComplete", req)
 	var first *detourv1.CompleteChunk
-	defer func() { c.end(first.GetSource(), first.GetServedBy(), first.GetAttempts(), err) }()
+	var usage *detourv1.Usage
+	defer func() { c.end(first.GetSource(), first.GetServedBy(), first.GetAttempts(), usage, err) }()
 	if err := c.err; err != nil {
 		return err
 	}
 	return s.cutOr(toStatus(s.log, c.route(s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
 		if first == nil {
 			first = ch
+		}
+		if ch.Usage != nil {
+			usage = ch.Usage
 		}
 		return stream.Send(ch)
 	}))))

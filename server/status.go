@@ -84,4 +84,3 @@ func routingStatus(log *slog.Logger, re *router.Error, err error) error {
 	}
 	return st.Err()
 }
-

@@ -69,6 +69,7 @@ func validate(req *detourv1.CompleteRequest, maxBytes int) []*errdetails.BadRequ
 	if len(req.GetStop()) > maxStop {
 		bad("stop", "%d stop sequences exceed the limit of %d", len(req.GetStop()), maxStop)
 	}
+	validateChat(req, bad)
 	if d := req.GetCache().GetMaxStale(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
 		bad("cache.max_stale", "max_stale must be a non-negative duration")
 	}

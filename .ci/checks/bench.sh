@@ -78,7 +78,8 @@
     verdict busy "$status"
   fi
 
-  for target in server:FuzzValidate:80000x server:FuzzCallLine:50000x regions:FuzzLoad:25000x provider:FuzzSSEReader:80000x; do
+  for target in server:FuzzValidate:80000x server:FuzzCallLine:50000x regions:FuzzLoad:25000x provider:FuzzSSEReader:80000x \
+      provider:FuzzDecodeAnswer:50000x provider:FuzzDecodeChunk:80000x provider:FuzzExtraBody:30000x; do
     IFS=: read -r pkg name fuzztime <<<"$target"
     pkg=./$pkg
     fuzztime=${DETOUR_BENCH_FUZZTIME:-$fuzztime}

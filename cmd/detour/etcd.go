@@ -1,11 +1,11 @@
 package main
 
 import (
-	"github.com/detour-dev/detour/auth"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/detour-dev/detour/auth"
 	"log/slog"
 	"net"
 	"os"

@@ -6,23 +6,46 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
 // chatRequest is the part of a chat completion request the fake reads, in
 // the OpenAI JSON shape; gRPC requests are converted to it.
 type chatRequest struct {
-	Model       string        `json:"model"`
-	Messages    []chatMessage `json:"messages"`
-	Stream      bool          `json:"stream"`
-	MaxTokens   int           `json:"max_tokens"`
-	Temperature *float64      `json:"temperature"`
-	TopP        *float64      `json:"top_p"`
+	Model          string          `json:"model"`
+	Messages       []chatMessage   `json:"messages"`
+	Stream         bool            `json:"stream"`
+	MaxTokens      int             `json:"max_tokens"`
+	Temperature    *float64        `json:"temperature"`
+	TopP           *float64        `json:"top_p"`
+	Tools          []chatTool      `json:"tools"`
+	ToolChoice     json.RawMessage `json:"tool_choice"`
+	ResponseFormat *struct {
+		Type string `json:"type"`
+	} `json:"response_format"`
+	Thinking *struct {
+		Type string `json:"type"`
+	} `json:"thinking"`
+	Logprobs    bool `json:"logprobs"`
+	TopLogprobs int  `json:"top_logprobs"`
+}
+
+type chatTool struct {
+	Type     string `json:"type"`
+	Function struct {
+		Name       string          `json:"name"`
+		Parameters json.RawMessage `json:"parameters"`
+	} `json:"function"`
 }
 
 type chatMessage struct {
-	Role    string         `json:"role"`
-	Content messageContent `json:"content"`
+	Role       string         `json:"role"`
+	Content    messageContent `json:"content"`
+	ToolCallID string         `json:"tool_call_id"`
+	ToolCalls  []struct {
+		ID string `json:"id"`
+	} `json:"tool_calls"`
 }
 
 // messageContent is a message's text: OpenAI sends either a string or an
@@ -82,13 +105,24 @@ func (r *chatRequest) validate() *invalid {
 	if len(r.Messages) == 0 {
 		return &invalid{"messages", "messages must hold at least one message"}
 	}
+	calls := map[string]bool{}
 	for i := range r.Messages {
-		switch r.Messages[i].Role {
+		m := &r.Messages[i]
+		switch m.Role {
 		case "system", "user", "assistant", "tool", "developer":
 		default:
 			return &invalid{
 				"messages[" + strconv.Itoa(i) + "].role",
-				"invalid role " + strconv.Quote(r.Messages[i].Role) + ": want system, user, assistant, tool or developer",
+				"invalid role " + strconv.Quote(m.Role) + ": want system, user, assistant, tool or developer",
+			}
+		}
+		for _, tc := range m.ToolCalls {
+			calls[tc.ID] = true
+		}
+		if m.Role == "tool" && !calls[m.ToolCallID] {
+			return &invalid{
+				"messages[" + strconv.Itoa(i) + "].tool_call_id",
+				"messages with role 'tool' must be a response to a preceding message with 'tool_calls'",
 			}
 		}
 	}
@@ -101,29 +135,135 @@ func (r *chatRequest) validate() *invalid {
 	if r.MaxTokens < 0 {
 		return &invalid{"max_tokens", "max_tokens must not be negative"}
 	}
+	for i, t := range r.Tools {
+		if t.Function.Name == "" {
+			return &invalid{"tools[" + strconv.Itoa(i) + "].function.name", "a function needs a name"}
+		}
+	}
+	if _, ok := r.forced(); !ok {
+		return &invalid{"tool_choice", "tool_choice must be none, auto, required or name one of the tools"}
+	}
+	if f := r.ResponseFormat; f != nil && f.Type != "text" && f.Type != "json_object" && f.Type != "json_schema" {
+		return &invalid{"response_format.type", "response_format.type must be text, json_object or json_schema"}
+	}
+	if t := r.Thinking; t != nil && t.Type != "enabled" && t.Type != "disabled" {
+		return &invalid{"thinking.type", "thinking.type must be enabled or disabled"}
+	}
 	return nil
 }
 
+// forced returns the tool r's tool_choice makes the model call: "" for
+// "auto" (or none given, with tools), "-" for "none"; ok is false for a
+// tool_choice that is not valid.
+func (r *chatRequest) forced() (tool string, ok bool) {
+	c := r.ToolChoice
+	if len(c) == 0 || string(c) == "null" {
+		return "", true
+	}
+	var mode string
+	if json.Unmarshal(c, &mode) == nil {
+		switch mode {
+		case "auto", "required":
+			return "", true
+		case "none":
+			return "-", true
+		}
+		return "", false
+	}
+	var fn struct {
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	}
+	if json.Unmarshal(c, &fn) != nil {
+		return "", false
+	}
+	for _, t := range r.Tools {
+		if t.Function.Name == fn.Function.Name {
+			return fn.Function.Name, true
+		}
+	}
+	return "", false
+}
+
+// thinks reports whether r asks for a think phase: deepseek-reasoner unless
+// thinking is disabled, any model with thinking enabled.
+func (r *chatRequest) thinks() bool {
+	if r.Thinking != nil {
+		return r.Thinking.Type == "enabled"
+	}
+	return r.Model == "deepseek-reasoner"
+}
+
+// jsonMode reports whether r asks for a JSON answer.
+func (r *chatRequest) jsonMode() bool {
+	return r.ResponseFormat != nil && (r.ResponseFormat.Type == "json_object" || r.ResponseFormat.Type == "json_schema")
+}
+
+// maxThinkTokens bounds Settings.ThinkTokens.
+const maxThinkTokens = 100000
+
+// defaultThinkTokens is the think phase when Settings.ThinkTokens is zero.
+const defaultThinkTokens = 8
+
 // answer is the deterministic answer to one request.
 type answer struct {
-	id      string
-	content string // pieces joined; see nextPiece
-	pieces  int    // completion tokens: one per piece
-	finish  string
-	prompt  int // prompt tokens
+	id        string
+	content   string // pieces joined; see nextPiece
+	pieces    int    // content tokens: one per piece
+	reasoning string // the think phase, pieces joined; "" when the request does not think
+	thoughts  int    // reasoning tokens: one per piece
+	call      *toolCall
+	finish    string
+	prompt    int // prompt tokens
+	cached    int // prompt tokens of every message but the last: the "cached" prefix
+	logprobs  int // alternatives per token when the request asked for logprobs, else -1
+}
+
+// toolCall is the tool call an answer makes; its arguments are streamed in
+// pieces of argPiece bytes.
+type toolCall struct {
+	id, name, args string
+}
+
+const argPiece = 8
+
+func (c *toolCall) pieces() int { return (len(c.args) + argPiece - 1) / argPiece }
+
+// completion is the answer's completion tokens, reasoning included.
+func (a *answer) completion() int {
+	n := a.pieces + a.thoughts
+	if a.call != nil {
+		n += a.call.pieces()
+	}
+	return n
 }
 
 // maxEchoWords bounds the words of the prompt echoed in an answer.
 const maxEchoWords = 24
+
+// answerOptions are the Settings that shape an answer.
+type answerOptions struct {
+	thinkTokens int  // length of a think phase (0: defaultThinkTokens)
+	blank       bool // a JSON-mode answer comes out blank
+}
 
 // newAnswer derives the answer to r from its messages alone, so that the
 // same messages always get the same answer from a region:
 //
 //	[region] echo: <up to 24 first words of the last user message> (ref <hash>)
 //
-// Each space-separated word is one token, sent as one chunk when streamed.
-// max_tokens truncates the answer, with finish reason "length".
-func newAnswer(region string, r *chatRequest) answer {
+// or, when the last message is a tool's result, "[region] result: <its
+// words> (ref <hash>)". Each space-separated word is one token, sent as one
+// chunk when streamed. max_tokens truncates the answer, with finish reason
+// "length". A request in JSON mode gets {"answer": "<that text>"}. A
+// request that thinks gets a think phase first. A request that offers tools
+// (tool_choice not "none") and does not end with a tool's result gets a call
+// of the first tool, or the forced one, instead of content: its arguments
+// fill the first required (else first) property of the function's
+// parameters with the last capitalized word of the message (a place name,
+// say; else its last word), and finish reason "tool_calls".
+func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 	// FNV-1a over every message, so that the same last message in another
 	// conversation gets another ref; stable across processes, unlike maphash.
 	const (
@@ -140,25 +280,33 @@ func newAnswer(region string, r *chatRequest) answer {
 		h *= prime64
 	}
 	prompt := 3                 // every reply is primed with a few tokens
+	cached := 0                 // the prompt before the last message
 	echo := len(r.Messages) - 1 // the last user message, else the last one
 	for i := range r.Messages {
 		m := &r.Messages[i]
 		mix(m.Role)
 		mix(string(m.Content))
+		if i == len(r.Messages)-1 && i > 0 {
+			cached = prompt
+		}
 		prompt += 4 + (len(m.Content)+3)/4 // ~4 bytes a token, plus framing
 		if m.Role == "user" {
 			echo = i
 		}
 	}
-	last := string(r.Messages[echo].Content)
+	label := "] echo:"
+	if last := len(r.Messages) - 1; r.Messages[last].Role == "tool" {
+		echo, label = last, "] result:"
+	}
+	source := string(r.Messages[echo].Content)
 
 	var b strings.Builder
-	b.Grow(len(region) + min(len(last), 512) + 32)
+	b.Grow(len(region) + min(len(source), 512) + 32)
 	b.WriteByte('[')
 	b.WriteString(region)
-	b.WriteString("] echo:")
+	b.WriteString(label)
 	words := 0
-	for w := range strings.FieldsSeq(last) {
+	for w := range strings.FieldsSeq(source) {
 		if words == maxEchoWords {
 			b.WriteString(" ...")
 			break
@@ -174,10 +322,42 @@ func newAnswer(region string, r *chatRequest) answer {
 	b.WriteByte(')')
 
 	a := answer{
-		id:      "chatcmpl-" + strconv.FormatUint(h, 16),
-		content: b.String(),
-		finish:  "stop",
-		prompt:  prompt,
+		id:       "chatcmpl-" + strconv.FormatUint(h, 16),
+		content:  b.String(),
+		finish:   "stop",
+		prompt:   prompt,
+		cached:   cached,
+		logprobs: -1,
+	}
+	if r.Logprobs {
+		a.logprobs = min(max(r.TopLogprobs, 0), 20)
+	}
+	if r.thinks() {
+		n := opt.thinkTokens
+		if n <= 0 {
+			n = defaultThinkTokens
+		}
+		a.reasoning = thinking(region, source, n)
+		a.thoughts = countPieces(a.reasoning)
+	}
+	if forced, _ := r.forced(); len(r.Tools) > 0 && forced != "-" && r.Messages[len(r.Messages)-1].Role != "tool" {
+		t := &r.Tools[0]
+		for i := range r.Tools {
+			if r.Tools[i].Function.Name == forced {
+				t = &r.Tools[i]
+			}
+		}
+		args, _ := json.Marshal(map[string]string{firstProperty(t.Function.Parameters): argumentWord(source)})
+		a.call = &toolCall{id: "call_" + strconv.FormatUint(h, 16), name: t.Function.Name, args: string(args)}
+		a.content, a.pieces, a.finish = "", 0, "tool_calls"
+		return a
+	}
+	if r.jsonMode() {
+		if opt.blank {
+			a.content = "\n\n  \n"
+		} else {
+			a.content = `{"answer": ` + string(appendJSONString(nil, a.content)) + `}`
+		}
 	}
 	a.pieces = countPieces(a.content)
 	if r.MaxTokens > 0 && a.pieces > r.MaxTokens {
@@ -193,6 +373,65 @@ func newAnswer(region string, r *chatRequest) answer {
 		a.finish = "length"
 	}
 	return a
+}
+
+// argumentWord is the last word of s that starts with a capital letter,
+// else its last word, without punctuation around it.
+func argumentWord(s string) string {
+	words := strings.Fields(s)
+	if len(words) == 0 {
+		return ""
+	}
+	trim := func(w string) string {
+		return strings.TrimFunc(w, func(r rune) bool { return unicode.IsPunct(r) || unicode.IsSymbol(r) })
+	}
+	for i := len(words) - 1; i >= 0; i-- {
+		if w := trim(words[i]); w != "" && unicode.IsUpper([]rune(w)[0]) {
+			return w
+		}
+	}
+	return trim(words[len(words)-1])
+}
+
+// thinking is a think phase of n tokens (at least 2) over the words of
+// source.
+func thinking(region, source string, n int) string {
+	words := strings.Fields(source)
+	if len(words) == 0 {
+		words = []string{"hmm"}
+	}
+	var b strings.Builder
+	b.WriteString("[" + region + "] thinking:") // two pieces
+	for i := 2; i < n; i++ {
+		b.WriteByte(' ')
+		b.WriteString(words[(i-2)%len(words)])
+	}
+	return b.String()
+}
+
+// firstProperty returns the first required property of a JSON schema, else
+// its first property in document order, else "input".
+func firstProperty(schema json.RawMessage) string {
+	var s struct {
+		Properties json.RawMessage `json:"properties"`
+		Required   []string        `json:"required"`
+	}
+	if json.Unmarshal(schema, &s) != nil {
+		return "input"
+	}
+	if len(s.Required) > 0 && s.Required[0] != "" {
+		return s.Required[0]
+	}
+	dec := json.NewDecoder(bytes.NewReader(s.Properties))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "input"
+	}
+	if t, err := dec.Token(); err == nil {
+		if name, ok := t.(string); ok && name != "" {
+			return name
+		}
+	}
+	return "input"
 }
 
 // nextPiece splits the first token off s: the text up to the next space,

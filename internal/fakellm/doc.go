@@ -8,13 +8,23 @@
 //
 //	[eu-west] echo: <the first words of the last user message> (ref 1a2b3c4d)
 //
-// with one token, and one streamed chunk, per word. Its Settings simulate a
-// busy provider: latency and jitter, a fraction of "server busy" answers
-// (HTTP 503, gRPC UNAVAILABLE), a QPS limit (HTTP 429 with Retry-After,
-// gRPC RESOURCE_EXHAUSTED), requests that hang, stream pacing, and faults
-// for chaos tests (malformed JSON, answers cut half-way). They change live,
-// from Go (Server.SetSettings) or over HTTP (POST /control), and Stats
-// count every request by outcome.
+// with one token, and one streamed chunk, per word. It answers like
+// DeepSeek's API in its richer modes too: a request that thinks
+// (deepseek-reasoner, or "thinking" enabled) gets a think phase first,
+// streamed as reasoning_content deltas; a request that offers tools gets a
+// call of one (its arguments streamed in pieces), and a tool's result sent
+// back gets "[eu-west] result: <its words>"; JSON mode gets a JSON object;
+// logprobs are made up per token; usage reports the prompt before the last
+// message as a context-cache hit, and the reasoning tokens.
+//
+// Its Settings simulate a busy provider: latency and jitter, a fraction of
+// "server busy" answers (HTTP 503, gRPC UNAVAILABLE), a QPS limit (HTTP 429
+// with Retry-After, gRPC RESOURCE_EXHAUSTED), requests that hang, stream
+// pacing, a provider queue that sends keep-alives (empty lines, SSE
+// ": keep-alive" comments), blank JSON-mode answers, an account out of
+// credit (HTTP 402), and faults for chaos tests (malformed JSON, answers cut
+// half-way). They change live, from Go (Server.SetSettings) or over HTTP
+// (POST /control), and Stats count every request by outcome.
 //
 // In a test:
 //

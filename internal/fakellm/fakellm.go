@@ -286,6 +286,8 @@ func (s *Server) closing() bool {
 // requests being handled, this one included.
 func decide(snap *snapshot, inFlight int64) outcome {
 	switch {
+	case hit(snap.ExhaustedRate):
+		return outcomeExhausted
 	case snap.lim != nil && !snap.lim.allow():
 		return outcomeRateLimited
 	case snap.cap != nil && !snap.cap.allow():
@@ -316,6 +318,19 @@ func (snap *snapshot) delay() time.Duration {
 		d += time.Duration(rand.Int64N(2*int64(j)+1)) - j
 	}
 	return max(d, 0)
+}
+
+// thinkInterval is the pause between two streamed reasoning chunks.
+func (snap *snapshot) thinkInterval() time.Duration {
+	if snap.ThinkInterval > 0 {
+		return snap.ThinkInterval
+	}
+	return snap.tokenInterval()
+}
+
+// answerOptions draws what the settings make of the answer to r.
+func (snap *snapshot) answerOptions(r *chatRequest) answerOptions {
+	return answerOptions{thinkTokens: snap.ThinkTokens, blank: r.jsonMode() && hit(snap.JSONBlankRate)}
 }
 
 // tokenInterval is the pause between two streamed chunks.

@@ -8,8 +8,10 @@ import (
 // RegisterFlags defines on fs the flags of cmd/fakellm that describe c:
 // -name, -region, -models (comma-separated) and one flag per Settings
 // field: -latency, -jitter, -busy-rate, -qps, -burst, -capacity,
-// -max-concurrency, -hang-rate, -tokens-per-sec, -garbage-rate, -cut-rate. The current values of c are
-// the defaults. Parsing does not validate ranges: call c.Validate after.
+// -max-concurrency, -hang-rate, -tokens-per-sec, -garbage-rate, -cut-rate,
+// -think-tokens, -think-interval, -json-blank-rate, -queue-delay,
+// -keep-alive-interval, -exhausted-rate. The current values of c are the
+// defaults. Parsing does not validate ranges: call c.Validate after.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Name, "name", c.Name, "backend `name` in /stats and answers (default \"fakellm\")")
 	fs.StringVar(&c.Region, "region", c.Region, "`region` echoed in answers and /stats (default \"local\")")
@@ -29,4 +31,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&st.TokensPerSec, "tokens-per-sec", st.TokensPerSec, "pace of streamed chunks, one token each, 0 = no pacing")
 	fs.Float64Var(&st.GarbageRate, "garbage-rate", st.GarbageRate, "`fraction` (0..1) of requests answered 200 with malformed JSON")
 	fs.Float64Var(&st.CutRate, "cut-rate", st.CutRate, "`fraction` (0..1) of requests whose answer is cut half-way")
+	fs.IntVar(&st.ThinkTokens, "think-tokens", st.ThinkTokens, "reasoning tokens a thinking request (deepseek-reasoner, thinking enabled) streams before its answer, 0 = 8")
+	fs.DurationVar(&st.ThinkInterval, "think-interval", st.ThinkInterval, "pause between streamed reasoning chunks, 0 = the -tokens-per-sec pace")
+	fs.Float64Var(&st.JSONBlankRate, "json-blank-rate", st.JSONBlankRate, "`fraction` (0..1) of JSON-mode answers whose content is blank")
+	fs.DurationVar(&st.QueueDelay, "queue-delay", st.QueueDelay, "time every request waits in a queue first, sending keep-alives over HTTP (empty lines, SSE comments)")
+	fs.DurationVar(&st.KeepAliveInterval, "keep-alive-interval", st.KeepAliveInterval, "pause between keep-alives while queued, 0 = 1s")
+	fs.Float64Var(&st.ExhaustedRate, "exhausted-rate", st.ExhaustedRate, "`fraction` (0..1) of requests answered HTTP 402 Insufficient Balance")
 }

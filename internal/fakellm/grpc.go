@@ -2,12 +2,15 @@ package fakellm
 
 import (
 	"context"
+	"encoding/json"
+	"strconv"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -19,9 +22,10 @@ var (
 	errBusy      = status.Error(codes.Unavailable, "server busy, please retry later")
 	errRateLimit = mustDetails(status.New(codes.ResourceExhausted, "rate limit reached, please retry later"),
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
-	errGarbage  = status.Error(codes.Internal, "fakellm: malformed response message")
-	errCut      = status.Error(codes.Unavailable, "fakellm: connection cut")
-	errShutdown = status.Error(codes.Unavailable, "fakellm: server shutting down")
+	errGarbage   = status.Error(codes.Internal, "fakellm: malformed response message")
+	errCut       = status.Error(codes.Unavailable, "fakellm: connection cut")
+	errShutdown  = status.Error(codes.Unavailable, "fakellm: server shutting down")
+	errExhausted = status.Error(codes.ResourceExhausted, "Insufficient Balance")
 )
 
 func mustDetails(st *status.Status, details ...protoadapt.MessageV1) error {
@@ -41,16 +45,7 @@ type routerService struct {
 // admit converts and checks a gRPC request and draws its fate. It returns
 // a non-nil error for requests that end there, counted.
 func (s *Server) admit(ctx context.Context, in *detourv1.CompleteRequest) (*chatRequest, *snapshot, outcome, error) {
-	req := &chatRequest{
-		Model:       in.GetModel(),
-		Messages:    make([]chatMessage, len(in.GetMessages())),
-		MaxTokens:   int(in.GetMaxTokens()),
-		Temperature: in.Temperature,
-		TopP:        in.TopP,
-	}
-	for i, m := range in.GetMessages() {
-		req.Messages[i] = chatMessage{Role: m.GetRole(), Content: messageContent(m.GetContent())}
-	}
+	req := fromProto(in)
 	if bad := req.validate(); bad != nil {
 		s.stats.count(outcomeBadRequest)
 		st := status.New(codes.InvalidArgument, bad.msg)
@@ -72,12 +67,67 @@ func (s *Server) admit(ctx context.Context, in *detourv1.CompleteRequest) (*chat
 	case outcomeBusy:
 		s.stats.count(fate)
 		return nil, nil, fate, errBusy
+	case outcomeExhausted:
+		s.stats.count(fate)
+		return nil, nil, fate, errExhausted
 	case outcomeHang:
 		s.stats.count(fate)
 		s.hang(ctx)
 		return nil, nil, fate, s.ended(ctx)
 	}
+	if !s.sleep(ctx, new(*time.Timer), snap.QueueDelay) {
+		s.stats.count(outcomeCanceled)
+		return nil, nil, fate, s.ended(ctx)
+	}
 	return req, snap, fate, nil
+}
+
+// fromProto converts a gRPC request to the OpenAI shape the fake reads.
+func fromProto(in *detourv1.CompleteRequest) *chatRequest {
+	req := &chatRequest{
+		Model:       in.GetModel(),
+		Messages:    make([]chatMessage, len(in.GetMessages())),
+		MaxTokens:   int(in.GetMaxTokens()),
+		Temperature: in.Temperature,
+		TopP:        in.TopP,
+		Logprobs:    in.GetLogprobs(),
+		TopLogprobs: int(in.GetTopLogprobs()),
+	}
+	for i, m := range in.GetMessages() {
+		cm := chatMessage{Role: m.GetRole(), Content: messageContent(m.GetContent()), ToolCallID: m.GetToolCallId()}
+		for _, tc := range m.GetToolCalls() {
+			cm.ToolCalls = append(cm.ToolCalls, struct {
+				ID string `json:"id"`
+			}{tc.GetId()})
+		}
+		req.Messages[i] = cm
+	}
+	for _, t := range in.GetTools() {
+		var ct chatTool
+		ct.Type = t.GetType()
+		ct.Function.Name = t.GetFunction().GetName()
+		if p := t.GetFunction().GetParameters(); p != "" {
+			ct.Function.Parameters = json.RawMessage(p)
+		}
+		req.Tools = append(req.Tools, ct)
+	}
+	switch c := in.GetToolChoice().GetChoice().(type) {
+	case *detourv1.ToolChoice_Mode:
+		req.ToolChoice, _ = json.Marshal(c.Mode)
+	case *detourv1.ToolChoice_Function:
+		req.ToolChoice, _ = json.Marshal(map[string]any{"type": "function", "function": map[string]string{"name": c.Function}})
+	}
+	if rf := in.GetResponseFormat(); rf != nil {
+		req.ResponseFormat = &struct {
+			Type string `json:"type"`
+		}{rf.GetType()}
+	}
+	if th := in.GetThinking(); th != nil {
+		req.Thinking = &struct {
+			Type string `json:"type"`
+		}{th.GetType()}
+	}
+	return req
 }
 
 // ended is the error of a call released before its answer: its context's,
@@ -110,17 +160,45 @@ func (r routerService) Complete(ctx context.Context, in *detourv1.CompleteReques
 	case outcomeCut:
 		return nil, errCut
 	}
-	ans := newAnswer(s.region, req)
-	return &detourv1.CompleteResponse{
-		Id:           ans.id,
-		Model:        req.Model,
-		Content:      ans.content,
-		FinishReason: ans.finish,
-		Usage:        ans.usage(),
-		ServedBy:     s.servedBy,
-		Source:       detourv1.Source_SOURCE_LIVE,
-		Attempts:     1,
-	}, nil
+	ans := newAnswer(s.region, req, snap.answerOptions(req))
+	resp := &detourv1.CompleteResponse{
+		Id:               ans.id,
+		Model:            req.Model,
+		Content:          ans.content,
+		ReasoningContent: ans.reasoning,
+		FinishReason:     ans.finish,
+		Usage:            ans.usage(),
+		ServedBy:         s.servedBy,
+		Source:           detourv1.Source_SOURCE_LIVE,
+		Attempts:         1,
+	}
+	if c := ans.call; c != nil {
+		resp.ToolCalls = []*detourv1.ToolCall{{Id: c.id, Type: "function", Function: &detourv1.FunctionCall{Name: c.name, Arguments: c.args}}}
+	}
+	if ans.logprobs >= 0 && ans.pieces > 0 {
+		resp.Logprobs = &detourv1.Logprobs{}
+		rest := ans.content
+		for i := range ans.pieces {
+			var piece string
+			piece, rest = nextPiece(rest)
+			resp.Logprobs.Content = append(resp.Logprobs.Content, protoLogprob(piece, i, ans.logprobs))
+		}
+	}
+	return resp, nil
+}
+
+// protoLogprob is the made-up log probability of the i-th token, as
+// appendTokenLogprob writes it.
+func protoLogprob(token string, i, top int) *detourv1.TokenLogprob {
+	t := &detourv1.TokenLogprob{Token: token, Logprob: tokenLogprob(i, 0), Bytes: []byte(token)}
+	for j := range top {
+		alt := token
+		if j > 0 {
+			alt = token + "~" + strconv.Itoa(j)
+		}
+		t.TopLogprobs = append(t.TopLogprobs, &detourv1.TopLogprob{Token: alt, Logprob: tokenLogprob(i, j), Bytes: []byte(alt)})
+	}
+	return t
 }
 
 // StreamComplete answers like POST /v1/chat/completions with "stream":
@@ -139,12 +217,33 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 		s.stats.count(outcomeCanceled)
 		return s.ended(ctx)
 	}
-	ans := newAnswer(s.region, req)
-	half := ans.pieces / 2
+	ans := newAnswer(s.region, req, snap.answerOptions(req))
+	chunk := func() *detourv1.CompleteChunk {
+		return &detourv1.CompleteChunk{Id: ans.id, Model: req.Model, ServedBy: s.servedBy, Source: detourv1.Source_SOURCE_LIVE, Attempts: 1}
+	}
+	think := snap.thinkInterval()
+	rest := ans.reasoning
+	for i := range ans.thoughts {
+		if i > 0 && !s.sleep(ctx, &timer, think) {
+			s.stats.count(outcomeCanceled)
+			return s.ended(ctx)
+		}
+		c := chunk()
+		c.ReasoningDelta, rest = nextPiece(rest)
+		if err := stream.Send(c); err != nil {
+			s.stats.count(outcomeCanceled)
+			return err
+		}
+	}
+	pieces := ans.pieces
+	if ans.call != nil {
+		pieces = 1 + ans.call.pieces() // the call's name, then its arguments
+	}
+	half := pieces / 2
 	pause := snap.tokenInterval()
-	rest := ans.content
-	for i := range ans.pieces {
-		if i > 0 && !s.sleep(ctx, &timer, pause) {
+	rest = ans.content
+	for i := range pieces {
+		if (i > 0 || ans.thoughts > 0) && !s.sleep(ctx, &timer, pause) {
 			s.stats.count(outcomeCanceled)
 			return s.ended(ctx)
 		}
@@ -158,23 +257,27 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 				return errCut
 			}
 		}
-		var piece string
-		piece, rest = nextPiece(rest)
-		c := &detourv1.CompleteChunk{
-			Id:       ans.id,
-			Model:    req.Model,
-			Delta:    piece,
-			ServedBy: s.servedBy,
-			Source:   detourv1.Source_SOURCE_LIVE,
-			Attempts: 1,
+		c := chunk()
+		switch {
+		case ans.call != nil && i == 0:
+			c.ToolCallDeltas = []*detourv1.ToolCallDelta{{Index: 0, Id: ans.call.id, Type: "function",
+				Function: &detourv1.FunctionCall{Name: ans.call.name}}}
+		case ans.call != nil:
+			c.ToolCallDeltas = []*detourv1.ToolCallDelta{{Index: 0, Function: &detourv1.FunctionCall{
+				Arguments: ans.call.args[(i-1)*argPiece : min(i*argPiece, len(ans.call.args))]}}}
+		default:
+			c.Delta, rest = nextPiece(rest)
+			if ans.logprobs >= 0 {
+				c.Logprobs = &detourv1.Logprobs{Content: []*detourv1.TokenLogprob{protoLogprob(c.Delta, i, ans.logprobs)}}
+			}
 		}
-		if i == ans.pieces-1 {
+		if i == pieces-1 {
 			c.FinishReason = ans.finish
 			c.Usage = ans.usage()
 			s.stats.count(outcomeOK)
 		}
 		if err := stream.Send(c); err != nil {
-			if i < ans.pieces-1 {
+			if i < pieces-1 {
 				s.stats.count(outcomeCanceled)
 			}
 			return err
@@ -184,9 +287,15 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 }
 
 func (a *answer) usage() *detourv1.Usage {
-	return &detourv1.Usage{
-		PromptTokens:     int32(a.prompt),
-		CompletionTokens: int32(a.pieces),
-		TotalTokens:      int32(a.prompt + a.pieces),
+	u := &detourv1.Usage{
+		PromptTokens:          int32(a.prompt),
+		CompletionTokens:      int32(a.completion()),
+		TotalTokens:           int32(a.prompt + a.completion()),
+		PromptCacheHitTokens:  proto.Int32(int32(a.cached)),
+		PromptCacheMissTokens: proto.Int32(int32(a.prompt - a.cached)),
 	}
+	if a.thoughts > 0 {
+		u.ReasoningTokens = proto.Int32(int32(a.thoughts))
+	}
+	return u
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/detour-dev/detour/internal/fakellm"
@@ -64,10 +65,11 @@ func TestGRPCComplete(t *testing.T) {
 		Model:        "deepseek-chat",
 		Content:      "[eu-west] echo: Hello there, how are you? (ref 72d73986)",
 		FinishReason: "stop",
-		Usage:        &detourv1.Usage{PromptTokens: 14, CompletionTokens: 9, TotalTokens: 23},
-		ServedBy:     &detourv1.ServedBy{Region: "eu-west", Backend: "fake-1", Kind: detourv1.ProviderKind_PROVIDER_KIND_DETOUR},
-		Source:       detourv1.Source_SOURCE_LIVE,
-		Attempts:     1,
+		Usage: &detourv1.Usage{PromptTokens: 14, CompletionTokens: 9, TotalTokens: 23,
+			PromptCacheHitTokens: proto.Int32(0), PromptCacheMissTokens: proto.Int32(14)},
+		ServedBy: &detourv1.ServedBy{Region: "eu-west", Backend: "fake-1", Kind: detourv1.ProviderKind_PROVIDER_KIND_DETOUR},
+		Source:   detourv1.Source_SOURCE_LIVE,
+		Attempts: 1,
 	}
 	if diff := cmp.Diff(got, want, protocmp.Transform()); diff != "" {
 		t.Errorf("Complete (-got +want):\n%s", diff)

@@ -17,6 +17,9 @@ var (
 	busyBody = []byte(`{"error":{"message":"Server busy, please retry later","type":"server_busy","param":null,"code":"server_busy"}}`)
 
 	rateLimitBody = []byte(`{"error":{"message":"Rate limit reached for requests. Please try again in 1s.","type":"requests","param":null,"code":"rate_limit_exceeded"}}`)
+
+	// exhaustedBody is DeepSeek's answer for an account out of credit.
+	exhaustedBody = []byte(`{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}`)
 )
 
 // Header values, shared by every answer and never modified.
@@ -125,6 +128,10 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.stats.count(fate)
 		writeJSON(w, http.StatusServiceUnavailable, busyBody)
 		return
+	case outcomeExhausted:
+		s.stats.count(fate)
+		writeJSON(w, http.StatusPaymentRequired, exhaustedBody)
+		return
 	case outcomeHang:
 		s.stats.count(fate)
 		s.hang(r.Context())
@@ -133,14 +140,19 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}
 
 	var timer *time.Timer
+	queued := snap.QueueDelay > 0
+	if queued && !s.queueHTTP(w, r, &timer, snap, req.Stream) {
+		s.stats.count(outcomeCanceled)
+		return
+	}
 	if !s.sleep(r.Context(), &timer, snap.delay()) {
 		s.stats.count(outcomeCanceled)
 		return
 	}
-	ans := newAnswer(s.region, &req)
+	ans := newAnswer(s.region, &req, snap.answerOptions(&req))
 	created := time.Now().Unix()
 	if req.Stream {
-		s.streamHTTP(w, r, sc, snap, timer, &ans, req.Model, created, fate)
+		s.streamHTTP(w, r, sc, snap, timer, &ans, req.Model, created, fate, queued)
 		return
 	}
 
@@ -153,25 +165,79 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		body = body[:len(body)/2] // a whole answer of malformed JSON
 	case outcomeCut:
 		// Promise the whole body, send half, drop the connection.
-		h["Content-Length"] = []string{strconv.Itoa(len(body))}
-		w.WriteHeader(http.StatusOK)
+		if !queued {
+			h["Content-Length"] = []string{strconv.Itoa(len(body))}
+			w.WriteHeader(http.StatusOK)
+		}
 		w.Write(body[:len(body)/2])
 		http.NewResponseController(w).Flush()
 		panic(http.ErrAbortHandler)
 	}
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(http.StatusOK)
+	if !queued {
+		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+		w.WriteHeader(http.StatusOK)
+	}
 	w.Write(body)
 }
 
-// streamHTTP sends ans as OpenAI server-sent events, DeepSeek style: a
-// first chunk with the role, one chunk per token, a last chunk with the
-// finish reason and usage, then [DONE].
-func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch, snap *snapshot, timer *time.Timer, ans *answer, model string, created int64, fate outcome) {
+// Keep-alives of a queued request, as DeepSeek sends them.
+var (
+	keepAliveLine    = []byte("\n")
+	keepAliveComment = []byte(": keep-alive\n\n")
+)
+
+// queueHTTP holds a request for snap.QueueDelay: it sends the answer's
+// status and headers at once, then a keep-alive every
+// snap.KeepAliveInterval (an empty line, or an SSE comment for a stream).
+// It reports false if the client went away or the Server closed.
+func (s *Server) queueHTTP(w http.ResponseWriter, r *http.Request, timer **time.Timer, snap *snapshot, stream bool) bool {
 	h := w.Header()
-	h["Content-Type"] = eventType
-	h["Cache-Control"] = noCache
+	keepAlive := keepAliveLine
+	if stream {
+		h["Content-Type"] = eventType
+		h["Cache-Control"] = noCache
+		keepAlive = keepAliveComment
+	} else {
+		h["Content-Type"] = jsonType
+	}
 	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil {
+		return false
+	}
+	every := snap.KeepAliveInterval
+	if every <= 0 {
+		every = time.Second
+	}
+	for left := snap.QueueDelay; left > 0; {
+		d := min(every, left)
+		if !s.sleep(r.Context(), timer, d) {
+			return false
+		}
+		left -= d
+		if left <= 0 {
+			break
+		}
+		if _, err := w.Write(keepAlive); err != nil || rc.Flush() != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// streamHTTP sends ans as OpenAI server-sent events, DeepSeek style: a
+// first chunk with the role, the think phase one reasoning_content chunk
+// per token, then one chunk per token of content (or the tool call: a chunk
+// with its id and name, then its arguments in pieces), a last chunk with the
+// finish reason and usage, then [DONE]. queued says queueHTTP already sent
+// the headers.
+func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch, snap *snapshot, timer *time.Timer, ans *answer, model string, created int64, fate outcome, queued bool) {
+	h := w.Header()
+	if !queued {
+		h["Content-Type"] = eventType
+		h["Cache-Control"] = noCache
+		w.WriteHeader(http.StatusOK)
+	}
 	rc := http.NewResponseController(w)
 	send := func(b []byte) bool {
 		if _, err := w.Write(b); err != nil {
@@ -181,22 +247,50 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 	}
 	canceled := func() { s.stats.count(outcomeCanceled) }
 
-	c := chunk{id: ans.id, model: model, created: created}
-	sc.b = c.appendEvent(sc.b[:0], true, "", nil)
+	c := chunk{id: ans.id, model: model, created: created, call: ans.call, logprobs: ans.logprobs >= 0}
+	sc.b = c.appendEvent(sc.b[:0], deltaRole, "", nil)
 	if !send(sc.b) {
 		canceled()
 		return
 	}
-	half := ans.pieces / 2
-	pause := snap.tokenInterval()
-	rest := ans.content
-	for i := range ans.pieces {
-		if i > 0 && !s.sleep(r.Context(), &timer, pause) {
+	think := snap.thinkInterval()
+	rest := ans.reasoning
+	for i := range ans.thoughts {
+		if i > 0 && !s.sleep(r.Context(), &timer, think) {
 			canceled()
 			return
 		}
 		var piece string
 		piece, rest = nextPiece(rest)
+		sc.b = c.appendEvent(sc.b[:0], deltaReasoning, piece, nil)
+		if !send(sc.b) {
+			canceled()
+			return
+		}
+	}
+	pause := snap.tokenInterval()
+	pieces := ans.pieces
+	if ans.call != nil {
+		pieces = 1 + ans.call.pieces() // the call's name, then its arguments
+	}
+	half := pieces / 2
+	rest = ans.content
+	for i := range pieces {
+		if (i > 0 || ans.thoughts > 0) && !s.sleep(r.Context(), &timer, pause) {
+			canceled()
+			return
+		}
+		var piece string
+		kind := deltaContent
+		switch {
+		case ans.call != nil && i == 0:
+			kind = deltaToolStart
+		case ans.call != nil:
+			kind = deltaToolArgs
+			piece = ans.call.args[(i-1)*argPiece : min(i*argPiece, len(ans.call.args))]
+		default:
+			piece, rest = nextPiece(rest)
+		}
 		if i == half {
 			switch fate {
 			case outcomeCut:
@@ -210,14 +304,17 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 				continue
 			}
 		}
-		sc.b = c.appendEvent(sc.b[:0], false, piece, nil)
+		sc.b = c.appendEvent(sc.b[:0], kind, piece, nil)
+		if kind == deltaContent && ans.logprobs >= 0 {
+			sc.b = appendPieceLogprobs(sc.b, piece, i, ans.logprobs)
+		}
 		if !send(sc.b) {
 			canceled()
 			return
 		}
 	}
 	s.stats.count(fate)
-	sc.b = c.appendEvent(sc.b[:0], false, "", ans)
+	sc.b = c.appendEvent(sc.b[:0], deltaContent, "", ans)
 	sc.b = append(sc.b, "data: [DONE]\n\n"...)
 	send(sc.b)
 }
@@ -226,12 +323,26 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 type chunk struct {
 	id, model string
 	created   int64
+	call      *toolCall // the answer's tool call, for deltaToolStart
+	logprobs  bool      // content events carry logprobs
 }
 
-// appendEvent appends one SSE event holding a chat.completion.chunk: the
-// first one (role) with the role, else one with the content piece; the last
-// one (last not nil) with the finish reason and usage of last.
-func (c *chunk) appendEvent(dst []byte, role bool, piece string, last *answer) []byte {
+// What the delta of a chunk carries.
+type deltaKind int
+
+const (
+	deltaRole      deltaKind = iota // the first chunk: the role
+	deltaContent                    // a piece of content
+	deltaReasoning                  // a piece of the think phase
+	deltaToolStart                  // the tool call's id, type and name
+	deltaToolArgs                   // a piece of the tool call's arguments
+)
+
+// appendEvent appends one SSE event holding a chat.completion.chunk with a
+// delta of kind carrying piece; the last one (last not nil) carries the
+// finish reason and usage of last. An event of content whose logprobs
+// follow is left open after its delta: appendPieceLogprobs closes it.
+func (c *chunk) appendEvent(dst []byte, kind deltaKind, piece string, last *answer) []byte {
 	dst = append(dst, `data: {"id":`...)
 	dst = appendJSONString(dst, c.id)
 	dst = append(dst, `,"object":"chat.completion.chunk","created":`...)
@@ -239,12 +350,30 @@ func (c *chunk) appendEvent(dst []byte, role bool, piece string, last *answer) [
 	dst = append(dst, `,"model":`...)
 	dst = appendJSONString(dst, c.model)
 	dst = append(dst, `,"system_fingerprint":"fp_fakellm","choices":[{"index":0,"delta":`...)
-	if role {
+	switch kind {
+	case deltaRole:
 		dst = append(dst, `{"role":"assistant","content":""}`...)
-	} else {
+	case deltaReasoning:
+		dst = append(dst, `{"content":null,"reasoning_content":`...)
+		dst = appendJSONString(dst, piece)
+		dst = append(dst, '}')
+	case deltaToolStart:
+		dst = append(dst, `{"tool_calls":[{"index":0,"id":`...)
+		dst = appendJSONString(dst, c.call.id)
+		dst = append(dst, `,"type":"function","function":{"name":`...)
+		dst = appendJSONString(dst, c.call.name)
+		dst = append(dst, `,"arguments":""}}]}`...)
+	case deltaToolArgs:
+		dst = append(dst, `{"tool_calls":[{"index":0,"function":{"arguments":`...)
+		dst = appendJSONString(dst, piece)
+		dst = append(dst, `}}]}`...)
+	default:
 		dst = append(dst, `{"content":`...)
 		dst = appendJSONString(dst, piece)
 		dst = append(dst, '}')
+	}
+	if kind == deltaContent && last == nil && c.logprobs {
+		return dst // appendPieceLogprobs goes on
 	}
 	dst = append(dst, `,"logprobs":null,"finish_reason":`...)
 	if last == nil {
@@ -267,22 +396,123 @@ func appendCompletion(dst []byte, ans *answer, model string, created int64) []by
 	dst = append(dst, `,"model":`...)
 	dst = appendJSONString(dst, model)
 	dst = append(dst, `,"system_fingerprint":"fp_fakellm","choices":[{"index":0,"message":{"role":"assistant","content":`...)
-	dst = appendJSONString(dst, ans.content)
-	dst = append(dst, `},"logprobs":null,"finish_reason":`...)
+	if ans.call != nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = appendJSONString(dst, ans.content)
+	}
+	if ans.thoughts > 0 {
+		dst = append(dst, `,"reasoning_content":`...)
+		dst = appendJSONString(dst, ans.reasoning)
+	}
+	if c := ans.call; c != nil {
+		dst = append(dst, `,"tool_calls":[{"id":`...)
+		dst = appendJSONString(dst, c.id)
+		dst = append(dst, `,"type":"function","function":{"name":`...)
+		dst = appendJSONString(dst, c.name)
+		dst = append(dst, `,"arguments":`...)
+		dst = appendJSONString(dst, c.args)
+		dst = append(dst, `}}]`...)
+	}
+	dst = append(dst, `},"logprobs":`...)
+	if ans.logprobs >= 0 && ans.pieces > 0 {
+		dst = append(dst, `{"content":[`...)
+		rest := ans.content
+		for i := range ans.pieces {
+			var piece string
+			piece, rest = nextPiece(rest)
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendTokenLogprob(dst, piece, i, ans.logprobs)
+		}
+		dst = append(dst, `]}`...)
+	} else {
+		dst = append(dst, "null"...)
+	}
+	dst = append(dst, `,"finish_reason":`...)
 	dst = appendJSONString(dst, ans.finish)
 	dst = append(dst, `}],"usage":`...)
 	dst = ans.appendUsage(dst)
 	return append(dst, '}')
 }
 
+// appendUsage appends the usage DeepSeek reports: OpenAI's counts, the
+// context cache's hits and misses (the prompt before the last message
+// counts as cached), and the reasoning tokens of a think phase.
 func (a *answer) appendUsage(dst []byte) []byte {
+	completion := a.completion()
 	dst = append(dst, `{"prompt_tokens":`...)
 	dst = strconv.AppendInt(dst, int64(a.prompt), 10)
 	dst = append(dst, `,"completion_tokens":`...)
-	dst = strconv.AppendInt(dst, int64(a.pieces), 10)
+	dst = strconv.AppendInt(dst, int64(completion), 10)
 	dst = append(dst, `,"total_tokens":`...)
-	dst = strconv.AppendInt(dst, int64(a.prompt+a.pieces), 10)
+	dst = strconv.AppendInt(dst, int64(a.prompt+completion), 10)
+	dst = append(dst, `,"prompt_tokens_details":{"cached_tokens":`...)
+	dst = strconv.AppendInt(dst, int64(a.cached), 10)
+	dst = append(dst, `},"prompt_cache_hit_tokens":`...)
+	dst = strconv.AppendInt(dst, int64(a.cached), 10)
+	dst = append(dst, `,"prompt_cache_miss_tokens":`...)
+	dst = strconv.AppendInt(dst, int64(a.prompt-a.cached), 10)
+	if a.thoughts > 0 {
+		dst = append(dst, `,"completion_tokens_details":{"reasoning_tokens":`...)
+		dst = strconv.AppendInt(dst, int64(a.thoughts), 10)
+		dst = append(dst, '}')
+	}
 	return append(dst, '}')
+}
+
+// appendPieceLogprobs ends an event that appendEvent left open after a
+// content delta with the logprobs of its one token.
+func appendPieceLogprobs(dst []byte, piece string, i, top int) []byte {
+	dst = append(dst, `,"logprobs":{"content":[`...)
+	dst = appendTokenLogprob(dst, piece, i, top)
+	dst = append(dst, `]},"finish_reason":null}],"usage":null}`...)
+	return append(dst, "\n\n"...)
+}
+
+// appendTokenLogprob appends the made-up, deterministic log probability of
+// the i-th token, with top alternatives.
+func appendTokenLogprob(dst []byte, token string, i, top int) []byte {
+	dst = append(dst, `{"token":`...)
+	dst = appendJSONString(dst, token)
+	dst = append(dst, `,"logprob":`...)
+	dst = strconv.AppendFloat(dst, tokenLogprob(i, 0), 'g', -1, 64)
+	dst = append(dst, `,"bytes":`...)
+	dst = appendBytes(dst, token)
+	dst = append(dst, `,"top_logprobs":[`...)
+	for j := range top {
+		if j > 0 {
+			dst = append(dst, ',')
+		}
+		alt := token
+		if j > 0 {
+			alt = token + "~" + strconv.Itoa(j)
+		}
+		dst = append(dst, `{"token":`...)
+		dst = appendJSONString(dst, alt)
+		dst = append(dst, `,"logprob":`...)
+		dst = strconv.AppendFloat(dst, tokenLogprob(i, j), 'g', -1, 64)
+		dst = append(dst, `,"bytes":`...)
+		dst = appendBytes(dst, alt)
+		dst = append(dst, '}')
+	}
+	return append(dst, "]}"...)
+}
+
+// tokenLogprob is the log probability of the j-th likeliest token at
+// position i.
+func tokenLogprob(i, j int) float64 { return -float64(i%7+1)/8 - float64(j) }
+
+func appendBytes(dst []byte, s string) []byte {
+	dst = append(dst, '[')
+	for k := 0; k < len(s); k++ {
+		if k > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendInt(dst, int64(s[k]), 10)
+	}
+	return append(dst, ']')
 }
 
 // badRequestHTTP counts and answers an invalid request with status 400 and

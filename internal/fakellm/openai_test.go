@@ -32,12 +32,12 @@ func TestChatUnary(t *testing.T) {
 		},
 		{
 			name: "conversation echoes the last user message",
-			body: `{"model":"deepseek-reasoner","messages":[
+			body: `{"model":"deepseek-chat","messages":[
 				{"role":"system","content":"You are terse."},
 				{"role":"user","content":"first question"},
 				{"role":"assistant","content":"first answer"},
 				{"role":"user","content":"second\tquestion \"quoted\""}]}`,
-			want: wantCompletion("deepseek-reasoner", `[eu-west] echo: second question "quoted" (ref b36ca1bc)`, "stop", usage{36, 7, 43}),
+			want: wantCompletion("deepseek-chat", `[eu-west] echo: second question "quoted" (ref b36ca1bc)`, "stop", usage{36, 7, 43}),
 		},
 		{
 			name: "content parts",
@@ -643,12 +643,12 @@ func TestStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, n := range []string{"name", "region", "total", "ok", "busy", "rate_limited", "hang", "bad_request", "garbage", "cut", "canceled", "in_flight"} {
+	for _, n := range []string{"name", "region", "total", "ok", "busy", "rate_limited", "hang", "bad_request", "garbage", "cut", "canceled", "exhausted", "in_flight"} {
 		if _, ok := fields[n]; ok {
 			names = append(names, n)
 		}
 	}
-	if len(names) != len(fields) || len(fields) != 12 {
-		t.Errorf("/stats fields %v, want the 12 documented ones", fields)
+	if len(names) != len(fields) || len(fields) != 13 {
+		t.Errorf("/stats fields %v, want the 13 documented ones", fields)
 	}
 }

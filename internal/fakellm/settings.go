@@ -20,7 +20,9 @@ import (
 //
 //	{"latency":"20ms","jitter":"5ms","busy_rate":0.5,"qps":1000,"burst":0,
 //	 "capacity":0,"max_concurrency":0,"hang_rate":0,"tokens_per_sec":0,
-//	 "garbage_rate":0,"cut_rate":0}
+//	 "garbage_rate":0,"cut_rate":0,"think_tokens":0,"think_interval":"0s",
+//	 "json_blank_rate":0,"queue_delay":"0s","keep_alive_interval":"0s",
+//	 "exhausted_rate":0}
 //
 // Durations are Go duration strings. Unmarshalling changes only the fields
 // present in the document and refuses unknown fields; it does not validate.
@@ -70,6 +72,33 @@ type Settings struct {
 	// without [DONE]; a gRPC call ends with UNAVAILABLE (a stream after half
 	// of its chunks). Zero: never.
 	CutRate float64
+	// ThinkTokens is the length, in tokens, of the think phase of a request
+	// that thinks (model deepseek-reasoner, or thinking enabled): reasoning
+	// streamed as reasoning_content deltas before the answer, and counted in
+	// usage as reasoning tokens. Zero means 8.
+	ThinkTokens int
+	// ThinkInterval is the pause between two streamed reasoning chunks.
+	// Zero paces them like the answer (TokensPerSec). Unary answers are not
+	// paced.
+	ThinkInterval time.Duration
+	// JSONBlankRate is the fraction of JSON-mode answers (response_format
+	// json_object or json_schema) whose content is blank, with finish reason
+	// "stop", as DeepSeek documents it may happen. Zero: never.
+	JSONBlankRate float64
+	// QueueDelay keeps every admitted request waiting this long before its
+	// latency starts, as a provider's queue does: over HTTP the answer's
+	// headers go out at once and keep-alives follow every
+	// KeepAliveInterval (an empty line before a unary answer, an SSE
+	// ": keep-alive" comment in a stream); over gRPC the call just waits.
+	// Zero: no queue.
+	QueueDelay time.Duration
+	// KeepAliveInterval is the pause between two keep-alives while a
+	// request is queued. Zero means 1s.
+	KeepAliveInterval time.Duration
+	// ExhaustedRate is the fraction of admitted requests answered HTTP 402
+	// "Insufficient Balance" (gRPC RESOURCE_EXHAUSTED with that message), as
+	// an account out of credit is. Zero: never.
+	ExhaustedRate float64
 }
 
 // Validate reports every out-of-range field of s, joined into one error.
@@ -89,6 +118,8 @@ func (s Settings) Validate() error {
 		{"hang rate", s.HangRate},
 		{"garbage rate", s.GarbageRate},
 		{"cut rate", s.CutRate},
+		{"json blank rate", s.JSONBlankRate},
+		{"exhausted rate", s.ExhaustedRate},
 	} {
 		if !(r.v >= 0 && r.v <= 1) { // also refuses NaN
 			errs = append(errs, fmt.Errorf("%s %v is outside [0, 1]", r.name, r.v))
@@ -109,53 +140,82 @@ func (s Settings) Validate() error {
 	if !(s.TokensPerSec >= 0) || math.IsInf(s.TokensPerSec, 0) {
 		errs = append(errs, fmt.Errorf("tokens per second %v is not a finite number >= 0", s.TokensPerSec))
 	}
+	if s.ThinkTokens < 0 || s.ThinkTokens > maxThinkTokens {
+		errs = append(errs, fmt.Errorf("think tokens %d is outside [0, %d]", s.ThinkTokens, maxThinkTokens))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"think interval", s.ThinkInterval}, {"queue delay", s.QueueDelay}, {"keep-alive interval", s.KeepAliveInterval}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %v is negative", d.name, d.v))
+		}
+	}
 	return errors.Join(errs...)
 }
 
 // settingsJSON is the wire form of Settings.
 type settingsJSON struct {
-	Latency        string  `json:"latency"`
-	Jitter         string  `json:"jitter"`
-	BusyRate       float64 `json:"busy_rate"`
-	QPS            float64 `json:"qps"`
-	Burst          int     `json:"burst"`
-	Capacity       float64 `json:"capacity"`
-	MaxConcurrency int     `json:"max_concurrency"`
-	HangRate       float64 `json:"hang_rate"`
-	TokensPerSec   float64 `json:"tokens_per_sec"`
-	GarbageRate    float64 `json:"garbage_rate"`
-	CutRate        float64 `json:"cut_rate"`
+	Latency           string  `json:"latency"`
+	Jitter            string  `json:"jitter"`
+	BusyRate          float64 `json:"busy_rate"`
+	QPS               float64 `json:"qps"`
+	Burst             int     `json:"burst"`
+	Capacity          float64 `json:"capacity"`
+	MaxConcurrency    int     `json:"max_concurrency"`
+	HangRate          float64 `json:"hang_rate"`
+	TokensPerSec      float64 `json:"tokens_per_sec"`
+	GarbageRate       float64 `json:"garbage_rate"`
+	CutRate           float64 `json:"cut_rate"`
+	ThinkTokens       int     `json:"think_tokens"`
+	ThinkInterval     string  `json:"think_interval"`
+	JSONBlankRate     float64 `json:"json_blank_rate"`
+	QueueDelay        string  `json:"queue_delay"`
+	KeepAliveInterval string  `json:"keep_alive_interval"`
+	ExhaustedRate     float64 `json:"exhausted_rate"`
 }
 
 // settingsPatch is a /control document: nil fields were absent.
 type settingsPatch struct {
-	Latency        *string  `json:"latency"`
-	Jitter         *string  `json:"jitter"`
-	BusyRate       *float64 `json:"busy_rate"`
-	QPS            *float64 `json:"qps"`
-	Burst          *int     `json:"burst"`
-	Capacity       *float64 `json:"capacity"`
-	MaxConcurrency *int     `json:"max_concurrency"`
-	HangRate       *float64 `json:"hang_rate"`
-	TokensPerSec   *float64 `json:"tokens_per_sec"`
-	GarbageRate    *float64 `json:"garbage_rate"`
-	CutRate        *float64 `json:"cut_rate"`
+	Latency           *string  `json:"latency"`
+	Jitter            *string  `json:"jitter"`
+	BusyRate          *float64 `json:"busy_rate"`
+	QPS               *float64 `json:"qps"`
+	Burst             *int     `json:"burst"`
+	Capacity          *float64 `json:"capacity"`
+	MaxConcurrency    *int     `json:"max_concurrency"`
+	HangRate          *float64 `json:"hang_rate"`
+	TokensPerSec      *float64 `json:"tokens_per_sec"`
+	GarbageRate       *float64 `json:"garbage_rate"`
+	CutRate           *float64 `json:"cut_rate"`
+	ThinkTokens       *int     `json:"think_tokens"`
+	ThinkInterval     *string  `json:"think_interval"`
+	JSONBlankRate     *float64 `json:"json_blank_rate"`
+	QueueDelay        *string  `json:"queue_delay"`
+	KeepAliveInterval *string  `json:"keep_alive_interval"`
+	ExhaustedRate     *float64 `json:"exhausted_rate"`
 }
 
 // MarshalJSON encodes s as in the /control endpoint.
 func (s Settings) MarshalJSON() ([]byte, error) {
 	return json.Marshal(settingsJSON{
-		Latency:        s.Latency.String(),
-		Jitter:         s.Jitter.String(),
-		BusyRate:       s.BusyRate,
-		QPS:            s.QPS,
-		Burst:          s.Burst,
-		Capacity:       s.Capacity,
-		MaxConcurrency: s.MaxConcurrency,
-		HangRate:       s.HangRate,
-		TokensPerSec:   s.TokensPerSec,
-		GarbageRate:    s.GarbageRate,
-		CutRate:        s.CutRate,
+		Latency:           s.Latency.String(),
+		Jitter:            s.Jitter.String(),
+		BusyRate:          s.BusyRate,
+		QPS:               s.QPS,
+		Burst:             s.Burst,
+		Capacity:          s.Capacity,
+		MaxConcurrency:    s.MaxConcurrency,
+		HangRate:          s.HangRate,
+		TokensPerSec:      s.TokensPerSec,
+		GarbageRate:       s.GarbageRate,
+		CutRate:           s.CutRate,
+		ThinkTokens:       s.ThinkTokens,
+		ThinkInterval:     s.ThinkInterval.String(),
+		JSONBlankRate:     s.JSONBlankRate,
+		QueueDelay:        s.QueueDelay.String(),
+		KeepAliveInterval: s.KeepAliveInterval.String(),
+		ExhaustedRate:     s.ExhaustedRate,
 	})
 }
 
@@ -180,6 +240,9 @@ func (s *Settings) UnmarshalJSON(data []byte) error {
 	}{
 		{"latency", p.Latency, &next.Latency},
 		{"jitter", p.Jitter, &next.Jitter},
+		{"think_interval", p.ThinkInterval, &next.ThinkInterval},
+		{"queue_delay", p.QueueDelay, &next.QueueDelay},
+		{"keep_alive_interval", p.KeepAliveInterval, &next.KeepAliveInterval},
 	} {
 		if d.in == nil {
 			continue
@@ -199,6 +262,9 @@ func (s *Settings) UnmarshalJSON(data []byte) error {
 	setIf(&next.TokensPerSec, p.TokensPerSec)
 	setIf(&next.GarbageRate, p.GarbageRate)
 	setIf(&next.CutRate, p.CutRate)
+	setIf(&next.ThinkTokens, p.ThinkTokens)
+	setIf(&next.JSONBlankRate, p.JSONBlankRate)
+	setIf(&next.ExhaustedRate, p.ExhaustedRate)
 	*s = next
 	return nil
 }

@@ -29,6 +29,9 @@ func TestSettingsValidate(t *testing.T) {
 		{name: "burst", s: fakellm.Settings{Burst: -1}, wantErr: []string{"burst"}},
 		{name: "load-dependent busy", s: fakellm.Settings{Capacity: -1, MaxConcurrency: -1}, wantErr: []string{"capacity", "max concurrency"}},
 		{name: "tokens", s: fakellm.Settings{TokensPerSec: -5}, wantErr: []string{"tokens per second"}},
+		{name: "thinking, JSON, queue, balance", s: fakellm.Settings{ThinkTokens: -1, ThinkInterval: -1, JSONBlankRate: 1.5,
+			QueueDelay: -1, KeepAliveInterval: -1, ExhaustedRate: -0.5},
+			wantErr: []string{"json blank rate", "exhausted rate", "think tokens", "think interval", "queue delay", "keep-alive interval"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,7 +63,7 @@ func TestSettingsJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"latency":"150ms","jitter":"1s","busy_rate":0.5,"qps":1000,"burst":7,"capacity":300,"max_concurrency":20,"hang_rate":0.01,"tokens_per_sec":40,"garbage_rate":0.02,"cut_rate":0.03}`
+	want := `{"latency":"150ms","jitter":"1s","busy_rate":0.5,"qps":1000,"burst":7,"capacity":300,"max_concurrency":20,"hang_rate":0.01,"tokens_per_sec":40,"garbage_rate":0.02,"cut_rate":0.03,"think_tokens":0,"think_interval":"0s","json_blank_rate":0,"queue_delay":"0s","keep_alive_interval":"0s","exhausted_rate":0}`
 	if diff := cmp.Diff(string(b), want); diff != "" {
 		t.Errorf("Marshal (-got +want):\n%s", diff)
 	}
@@ -104,10 +107,14 @@ func TestRegisterFlags(t *testing.T) {
 			name: "all",
 			args: []string{"--name", "n1", "--region", "eu", "--models", "a,b", "--latency", "20ms", "--jitter", "5ms",
 				"--busy-rate", "0.5", "--qps", "1000", "--burst", "10", "--capacity", "300", "--max-concurrency", "20",
-				"--hang-rate", "0.01", "--tokens-per-sec", "50", "--garbage-rate", "0.02", "--cut-rate", "0.03"},
+				"--hang-rate", "0.01", "--tokens-per-sec", "50", "--garbage-rate", "0.02", "--cut-rate", "0.03",
+				"--think-tokens", "40", "--think-interval", "10ms", "--json-blank-rate", "0.1", "--queue-delay", "2m",
+				"--keep-alive-interval", "5s", "--exhausted-rate", "0.2"},
 			want: fakellm.Config{Name: "n1", Region: "eu", Models: []string{"a", "b"}, Settings: fakellm.Settings{
 				Latency: 20 * time.Millisecond, Jitter: 5 * time.Millisecond, BusyRate: 0.5, QPS: 1000, Burst: 10,
-				Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 50, GarbageRate: 0.02, CutRate: 0.03}},
+				Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 50, GarbageRate: 0.02, CutRate: 0.03,
+				ThinkTokens: 40, ThinkInterval: 10 * time.Millisecond, JSONBlankRate: 0.1, QueueDelay: 2 * time.Minute,
+				KeepAliveInterval: 5 * time.Second, ExhaustedRate: 0.2}},
 		},
 		{name: "bad duration", args: []string{"--latency", "soon"}, wantErr: true},
 		{name: "bad number", args: []string{"--qps", "many"}, wantErr: true},

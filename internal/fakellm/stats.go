@@ -27,6 +27,9 @@ type Stats struct {
 	Garbage uint64 `json:"garbage"`
 	// Cut counts answers cut half-way.
 	Cut uint64 `json:"cut"`
+	// Exhausted counts "Insufficient Balance" answers (HTTP 402, gRPC
+	// RESOURCE_EXHAUSTED).
+	Exhausted uint64 `json:"exhausted"`
 	// Canceled counts requests whose client went away, or that the Server
 	// dropped on Close, before the answer was complete.
 	Canceled uint64 `json:"canceled"`
@@ -47,6 +50,7 @@ const (
 	outcomeGarbage
 	outcomeCut
 	outcomeCanceled
+	outcomeExhausted
 	numOutcomes
 )
 
@@ -88,6 +92,7 @@ func (c *counters) snapshot() Stats {
 		Garbage:     n(outcomeGarbage),
 		Cut:         n(outcomeCut),
 		Canceled:    n(outcomeCanceled),
+		Exhausted:   n(outcomeExhausted),
 		InFlight:    c.inFlight.n.Load(),
 	}
 }

@@ -139,10 +139,22 @@ func (ProviderKind) EnumDescriptor() ([]byte, []int) {
 type Message struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// role is one of "system", "user", "assistant", "tool".
-	Role    string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// content is the text of the turn. An assistant turn that only calls
+	// tools may leave it empty (it goes upstream as null).
 	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
 	// name optionally names the author of the message (OpenAI "name").
-	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// reasoning_content is an assistant turn's reasoning (DeepSeek's thinking
+	// mode), sent back as given. DeepSeek wants it back only within one
+	// tool-calling turn; leave it empty otherwise.
+	ReasoningContent string `protobuf:"bytes,4,opt,name=reasoning_content,json=reasoningContent,proto3" json:"reasoning_content,omitempty"`
+	// tool_calls are the calls an assistant turn asked for, as the answer
+	// (CompleteResponse.tool_calls) had them.
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// tool_call_id is required on a "tool" turn: the id of the tool call of an
+	// earlier assistant turn that this turn answers.
+	ToolCallId    string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,6 +210,609 @@ func (x *Message) GetName() string {
 	return ""
 }
 
+func (x *Message) GetReasoningContent() string {
+	if x != nil {
+		return x.ReasoningContent
+	}
+	return ""
+}
+
+func (x *Message) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *Message) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+// ToolCall is one call of a tool that the model asked for.
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the call; the "tool" turn with the result refers to it.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// type is "function", the only kind of tool (empty means "function").
+	Type          string        `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Function      *FunctionCall `protobuf:"bytes,3,opt,name=function,proto3" json:"function,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_detour_v1_router_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ToolCall) GetFunction() *FunctionCall {
+	if x != nil {
+		return x.Function
+	}
+	return nil
+}
+
+// FunctionCall names a function and carries its arguments.
+type FunctionCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// arguments is the JSON text the model wrote for the function's
+	// parameters. Models can write invalid JSON: check it before use.
+	Arguments     string `protobuf:"bytes,2,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FunctionCall) Reset() {
+	*x = FunctionCall{}
+	mi := &file_detour_v1_router_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FunctionCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FunctionCall) ProtoMessage() {}
+
+func (x *FunctionCall) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FunctionCall.ProtoReflect.Descriptor instead.
+func (*FunctionCall) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FunctionCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FunctionCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// ToolCallDelta is a piece of a streamed tool call, as in OpenAI's stream:
+// the first piece of call `index` carries its id, type and function name,
+// later ones carry more of function.arguments, to be appended in order.
+type ToolCallDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index is the position of the call in the answer's tool_calls.
+	Index         int32         `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Id            string        `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Type          string        `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	Function      *FunctionCall `protobuf:"bytes,4,opt,name=function,proto3" json:"function,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_detour_v1_router_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ToolCallDelta) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetFunction() *FunctionCall {
+	if x != nil {
+		return x.Function
+	}
+	return nil
+}
+
+// Tool is a tool the model may call.
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is "function", the only kind (empty means "function").
+	Type          string              `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Function      *FunctionDefinition `protobuf:"bytes,2,opt,name=function,proto3" json:"function,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_detour_v1_router_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Tool) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Tool) GetFunction() *FunctionDefinition {
+	if x != nil {
+		return x.Function
+	}
+	return nil
+}
+
+// FunctionDefinition describes a function the model may call.
+type FunctionDefinition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: 1 to 64 characters of letters, digits, '_' and '-'; unique among
+	// the request's tools.
+	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// parameters is the JSON Schema of the arguments, as JSON text (an
+	// object, at most 64 KiB), e.g. {"type":"object","properties":{...}}. It
+	// is passed upstream as written, so the order of its properties stays.
+	// Empty means a function without parameters.
+	Parameters string `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	// strict asks the provider to make the arguments follow the schema
+	// exactly (OpenAI structured outputs, DeepSeek's beta strict mode).
+	Strict        *bool `protobuf:"varint,4,opt,name=strict,proto3,oneof" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FunctionDefinition) Reset() {
+	*x = FunctionDefinition{}
+	mi := &file_detour_v1_router_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FunctionDefinition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FunctionDefinition) ProtoMessage() {}
+
+func (x *FunctionDefinition) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FunctionDefinition.ProtoReflect.Descriptor instead.
+func (*FunctionDefinition) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FunctionDefinition) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FunctionDefinition) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *FunctionDefinition) GetParameters() string {
+	if x != nil {
+		return x.Parameters
+	}
+	return ""
+}
+
+func (x *FunctionDefinition) GetStrict() bool {
+	if x != nil && x.Strict != nil {
+		return *x.Strict
+	}
+	return false
+}
+
+// ToolChoice says whether and which tool the model must call.
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Choice:
+	//
+	//	*ToolChoice_Mode
+	//	*ToolChoice_Function
+	Choice        isToolChoice_Choice `protobuf_oneof:"choice"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_detour_v1_router_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ToolChoice) GetChoice() isToolChoice_Choice {
+	if x != nil {
+		return x.Choice
+	}
+	return nil
+}
+
+func (x *ToolChoice) GetMode() string {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Mode); ok {
+			return x.Mode
+		}
+	}
+	return ""
+}
+
+func (x *ToolChoice) GetFunction() string {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Function); ok {
+			return x.Function
+		}
+	}
+	return ""
+}
+
+type isToolChoice_Choice interface {
+	isToolChoice_Choice()
+}
+
+type ToolChoice_Mode struct {
+	// mode is "none" (answer with text), "auto" (the model decides) or
+	// "required" (call at least one tool).
+	Mode string `protobuf:"bytes,1,opt,name=mode,proto3,oneof"`
+}
+
+type ToolChoice_Function struct {
+	// function forces a call of the named function of tools.
+	Function string `protobuf:"bytes,2,opt,name=function,proto3,oneof"`
+}
+
+func (*ToolChoice_Mode) isToolChoice_Choice() {}
+
+func (*ToolChoice_Function) isToolChoice_Choice() {}
+
+// ResponseFormat constrains the answer's content.
+type ResponseFormat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is "text" (the default), "json_object" (JSON mode: the content is
+	// one JSON object; the prompt must ask for JSON) or "json_schema" (the
+	// content follows json_schema; OpenAI structured outputs).
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// json_schema is required for type "json_schema", and only allowed then.
+	JsonSchema    *JsonSchema `protobuf:"bytes,2,opt,name=json_schema,json=jsonSchema,proto3" json:"json_schema,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat) Reset() {
+	*x = ResponseFormat{}
+	mi := &file_detour_v1_router_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat) ProtoMessage() {}
+
+func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat.ProtoReflect.Descriptor instead.
+func (*ResponseFormat) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ResponseFormat) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetJsonSchema() *JsonSchema {
+	if x != nil {
+		return x.JsonSchema
+	}
+	return nil
+}
+
+// JsonSchema is the schema of a "json_schema" response format.
+type JsonSchema struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: 1 to 64 characters of letters, digits, '_' and '-'.
+	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// schema is the JSON Schema, as JSON text (an object, at most 64 KiB).
+	Schema        string `protobuf:"bytes,3,opt,name=schema,proto3" json:"schema,omitempty"`
+	Strict        *bool  `protobuf:"varint,4,opt,name=strict,proto3,oneof" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JsonSchema) Reset() {
+	*x = JsonSchema{}
+	mi := &file_detour_v1_router_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonSchema) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonSchema) ProtoMessage() {}
+
+func (x *JsonSchema) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonSchema.ProtoReflect.Descriptor instead.
+func (*JsonSchema) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *JsonSchema) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JsonSchema) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *JsonSchema) GetSchema() string {
+	if x != nil {
+		return x.Schema
+	}
+	return ""
+}
+
+func (x *JsonSchema) GetStrict() bool {
+	if x != nil && x.Strict != nil {
+		return *x.Strict
+	}
+	return false
+}
+
+// Thinking switches a model's thinking (reasoning) mode where the provider
+// has a switch (DeepSeek's "thinking": {"type": ...}).
+type Thinking struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is "enabled" or "disabled".
+	Type          string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Thinking) Reset() {
+	*x = Thinking{}
+	mi := &file_detour_v1_router_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Thinking) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Thinking) ProtoMessage() {}
+
+func (x *Thinking) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Thinking.ProtoReflect.Descriptor instead.
+func (*Thinking) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Thinking) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
 // CompleteRequest is an OpenAI-style chat completion request.
 type CompleteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -213,17 +828,55 @@ type CompleteRequest struct {
 	MaxTokens int32 `protobuf:"varint,5,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
 	// stop holds up to 4 stop sequences.
 	Stop []string `protobuf:"bytes,6,rep,name=stop,proto3" json:"stop,omitempty"`
-	// user is an opaque end-user id passed to the provider.
-	User          string        `protobuf:"bytes,7,opt,name=user,proto3" json:"user,omitempty"`
-	Routing       *RoutingHints `protobuf:"bytes,8,opt,name=routing,proto3" json:"routing,omitempty"`
-	Cache         *CacheHints   `protobuf:"bytes,9,opt,name=cache,proto3" json:"cache,omitempty"`
+	// user is an opaque end-user id passed to the provider. A backend with
+	// send_tenant_as: user replaces it with the caller's tenant.
+	User    string        `protobuf:"bytes,7,opt,name=user,proto3" json:"user,omitempty"`
+	Routing *RoutingHints `protobuf:"bytes,8,opt,name=routing,proto3" json:"routing,omitempty"`
+	Cache   *CacheHints   `protobuf:"bytes,9,opt,name=cache,proto3" json:"cache,omitempty"`
+	// tools the model may call (at most 128).
+	Tools []*Tool `protobuf:"bytes,10,rep,name=tools,proto3" json:"tools,omitempty"`
+	// tool_choice: unset leaves the provider's default ("auto" with tools).
+	ToolChoice *ToolChoice `protobuf:"bytes,11,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// parallel_tool_calls lets the model ask for several calls in one answer;
+	// unset leaves the provider's default.
+	ParallelToolCalls *bool `protobuf:"varint,12,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// response_format: unset means text.
+	ResponseFormat *ResponseFormat `protobuf:"bytes,13,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	// thinking switches thinking mode on or off; unset leaves the model's
+	// default (deepseek-reasoner thinks, deepseek-chat does not).
+	Thinking *Thinking `protobuf:"bytes,14,opt,name=thinking,proto3" json:"thinking,omitempty"`
+	// reasoning_effort is OpenAI's "minimal", "low", "medium" or "high" (and
+	// whatever newer value a provider takes); empty leaves the default.
+	ReasoningEffort string `protobuf:"bytes,15,opt,name=reasoning_effort,json=reasoningEffort,proto3" json:"reasoning_effort,omitempty"`
+	// frequency_penalty in [-2, 2]; unset leaves the provider's default.
+	FrequencyPenalty *float64 `protobuf:"fixed64,16,opt,name=frequency_penalty,json=frequencyPenalty,proto3,oneof" json:"frequency_penalty,omitempty"`
+	// presence_penalty in [-2, 2]; unset leaves the provider's default.
+	PresencePenalty *float64 `protobuf:"fixed64,17,opt,name=presence_penalty,json=presencePenalty,proto3,oneof" json:"presence_penalty,omitempty"`
+	// seed asks for repeatable sampling where the provider supports it.
+	Seed *int64 `protobuf:"varint,18,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
+	// logprobs asks for the log probability of each answer token.
+	Logprobs bool `protobuf:"varint,19,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// top_logprobs in [0, 20]: the most likely alternatives per token, with
+	// their log probabilities; needs logprobs.
+	TopLogprobs *int32 `protobuf:"varint,20,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// max_completion_tokens caps the answer, reasoning included (OpenAI's
+	// successor of max_tokens); 0 leaves the provider's default.
+	MaxCompletionTokens int32 `protobuf:"varint,21,opt,name=max_completion_tokens,json=maxCompletionTokens,proto3" json:"max_completion_tokens,omitempty"`
+	// extra_body is the escape hatch for a provider parameter that has no
+	// field here yet: a JSON object (at most 64 KiB) whose members are added
+	// to the upstream request body as written, e.g. {"top_k": 40}. Members
+	// that a field above already sets upstream are not added (the field
+	// wins); "model", "messages", "stream", "stream_options" and "n" are
+	// refused. Backends of kind detour get it unchanged. Prefer a typed field
+	// once one exists: extra_body is part of the cache key only as text.
+	ExtraBody     string `protobuf:"bytes,22,opt,name=extra_body,json=extraBody,proto3" json:"extra_body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_detour_v1_router_proto_msgTypes[1]
+	mi := &file_detour_v1_router_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +888,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[1]
+	mi := &file_detour_v1_router_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +901,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{1}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompleteRequest) GetModel() string {
@@ -314,6 +967,97 @@ func (x *CompleteRequest) GetCache() *CacheHints {
 	return nil
 }
 
+func (x *CompleteRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *CompleteRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetThinking() *Thinking {
+	if x != nil {
+		return x.Thinking
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetReasoningEffort() string {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ""
+}
+
+func (x *CompleteRequest) GetFrequencyPenalty() float64 {
+	if x != nil && x.FrequencyPenalty != nil {
+		return *x.FrequencyPenalty
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetPresencePenalty() float64 {
+	if x != nil && x.PresencePenalty != nil {
+		return *x.PresencePenalty
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetSeed() int64 {
+	if x != nil && x.Seed != nil {
+		return *x.Seed
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetLogprobs() bool {
+	if x != nil {
+		return x.Logprobs
+	}
+	return false
+}
+
+func (x *CompleteRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetMaxCompletionTokens() int32 {
+	if x != nil {
+		return x.MaxCompletionTokens
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetExtraBody() string {
+	if x != nil {
+		return x.ExtraBody
+	}
+	return ""
+}
+
 // RoutingHints steer the choice of backend. All fields are optional.
 type RoutingHints struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -327,7 +1071,7 @@ type RoutingHints struct {
 
 func (x *RoutingHints) Reset() {
 	*x = RoutingHints{}
-	mi := &file_detour_v1_router_proto_msgTypes[2]
+	mi := &file_detour_v1_router_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +1083,7 @@ func (x *RoutingHints) String() string {
 func (*RoutingHints) ProtoMessage() {}
 
 func (x *RoutingHints) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[2]
+	mi := &file_detour_v1_router_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +1096,7 @@ func (x *RoutingHints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoutingHints.ProtoReflect.Descriptor instead.
 func (*RoutingHints) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{2}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RoutingHints) GetPreferRegion() string {
@@ -387,7 +1131,7 @@ type CacheHints struct {
 
 func (x *CacheHints) Reset() {
 	*x = CacheHints{}
-	mi := &file_detour_v1_router_proto_msgTypes[3]
+	mi := &file_detour_v1_router_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +1143,7 @@ func (x *CacheHints) String() string {
 func (*CacheHints) ProtoMessage() {}
 
 func (x *CacheHints) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[3]
+	mi := &file_detour_v1_router_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +1156,7 @@ func (x *CacheHints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheHints.ProtoReflect.Descriptor instead.
 func (*CacheHints) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{3}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CacheHints) GetNoCache() bool {
@@ -456,7 +1200,7 @@ type ServedBy struct {
 
 func (x *ServedBy) Reset() {
 	*x = ServedBy{}
-	mi := &file_detour_v1_router_proto_msgTypes[4]
+	mi := &file_detour_v1_router_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +1212,7 @@ func (x *ServedBy) String() string {
 func (*ServedBy) ProtoMessage() {}
 
 func (x *ServedBy) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[4]
+	mi := &file_detour_v1_router_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +1225,7 @@ func (x *ServedBy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServedBy.ProtoReflect.Descriptor instead.
 func (*ServedBy) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{4}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ServedBy) GetRegion() string {
@@ -512,19 +1256,30 @@ func (x *ServedBy) GetZone() string {
 	return ""
 }
 
-// Usage counts tokens as reported by the provider.
+// Usage counts tokens as reported by the provider. Optional fields are
+// unset when the provider did not report them.
 type Usage struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	PromptTokens     int32                  `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens int32                  `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	TotalTokens      int32                  `protobuf:"varint,3,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// prompt_cache_hit_tokens are prompt tokens served from the provider's
+	// context cache (DeepSeek's prompt_cache_hit_tokens, OpenAI's
+	// prompt_tokens_details.cached_tokens), billed at the cache-hit price.
+	PromptCacheHitTokens *int32 `protobuf:"varint,4,opt,name=prompt_cache_hit_tokens,json=promptCacheHitTokens,proto3,oneof" json:"prompt_cache_hit_tokens,omitempty"`
+	// prompt_cache_miss_tokens are the other prompt tokens (DeepSeek's
+	// prompt_cache_miss_tokens).
+	PromptCacheMissTokens *int32 `protobuf:"varint,5,opt,name=prompt_cache_miss_tokens,json=promptCacheMissTokens,proto3,oneof" json:"prompt_cache_miss_tokens,omitempty"`
+	// reasoning_tokens are completion tokens spent thinking
+	// (completion_tokens_details.reasoning_tokens).
+	ReasoningTokens *int32 `protobuf:"varint,6,opt,name=reasoning_tokens,json=reasoningTokens,proto3,oneof" json:"reasoning_tokens,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_detour_v1_router_proto_msgTypes[5]
+	mi := &file_detour_v1_router_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +1291,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[5]
+	mi := &file_detour_v1_router_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +1304,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{5}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -573,6 +1328,204 @@ func (x *Usage) GetTotalTokens() int32 {
 	return 0
 }
 
+func (x *Usage) GetPromptCacheHitTokens() int32 {
+	if x != nil && x.PromptCacheHitTokens != nil {
+		return *x.PromptCacheHitTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetPromptCacheMissTokens() int32 {
+	if x != nil && x.PromptCacheMissTokens != nil {
+		return *x.PromptCacheMissTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetReasoningTokens() int32 {
+	if x != nil && x.ReasoningTokens != nil {
+		return *x.ReasoningTokens
+	}
+	return 0
+}
+
+// Logprobs are the log probabilities of an answer's tokens.
+type Logprobs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Content       []*TokenLogprob        `protobuf:"bytes,1,rep,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Logprobs) Reset() {
+	*x = Logprobs{}
+	mi := &file_detour_v1_router_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Logprobs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Logprobs) ProtoMessage() {}
+
+func (x *Logprobs) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Logprobs.ProtoReflect.Descriptor instead.
+func (*Logprobs) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Logprobs) GetContent() []*TokenLogprob {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+// TokenLogprob is one answer token with its log probability and the most
+// likely alternatives (top_logprobs of the request).
+type TokenLogprob struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Token   string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Logprob float64                `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// bytes is the token's UTF-8 bytes (a token can be part of a character).
+	Bytes         []byte        `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	TopLogprobs   []*TopLogprob `protobuf:"bytes,4,rep,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_detour_v1_router_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TokenLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+func (x *TokenLogprob) GetTopLogprobs() []*TopLogprob {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return nil
+}
+
+// TopLogprob is one likely token at a position.
+type TopLogprob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Logprob       float64                `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	Bytes         []byte                 `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprob) Reset() {
+	*x = TopLogprob{}
+	mi := &file_detour_v1_router_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprob) ProtoMessage() {}
+
+func (x *TopLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_router_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
+func (*TopLogprob) Descriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TopLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TopLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TopLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
 // CompleteResponse is a whole answer.
 type CompleteResponse struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -586,14 +1539,23 @@ type CompleteResponse struct {
 	// attempts counts upstream calls made for this answer (0 for a cache hit).
 	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// age is how old a cached answer is; unset for live answers.
-	Age           *durationpb.Duration `protobuf:"bytes,9,opt,name=age,proto3" json:"age,omitempty"`
+	Age *durationpb.Duration `protobuf:"bytes,9,opt,name=age,proto3" json:"age,omitempty"`
+	// reasoning_content is the model's reasoning before its answer (DeepSeek's
+	// thinking mode); empty for models that do not think.
+	ReasoningContent string `protobuf:"bytes,10,opt,name=reasoning_content,json=reasoningContent,proto3" json:"reasoning_content,omitempty"`
+	// tool_calls are the calls the model asks for (finish_reason
+	// "tool_calls"); send them back in an assistant message, followed by one
+	// "tool" message with the result of each.
+	ToolCalls []*ToolCall `protobuf:"bytes,11,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// logprobs is set when the request asked for logprobs.
+	Logprobs      *Logprobs `protobuf:"bytes,12,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_detour_v1_router_proto_msgTypes[6]
+	mi := &file_detour_v1_router_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +1567,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[6]
+	mi := &file_detour_v1_router_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +1580,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{6}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CompleteResponse) GetId() string {
@@ -684,26 +1646,58 @@ func (x *CompleteResponse) GetAge() *durationpb.Duration {
 	return nil
 }
 
+func (x *CompleteResponse) GetReasoningContent() string {
+	if x != nil {
+		return x.ReasoningContent
+	}
+	return ""
+}
+
+func (x *CompleteResponse) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *CompleteResponse) GetLogprobs() *Logprobs {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
 // CompleteChunk is one piece of a streamed answer. served_by, source and
 // attempts are set on every chunk; usage and finish_reason on the last.
+// Joined in order, the chunks' delta, reasoning_delta, tool_call_deltas and
+// logprobs make the CompleteResponse's content, reasoning_content,
+// tool_calls and logprobs.
 type CompleteChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Model         string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
-	Delta         string                 `protobuf:"bytes,3,opt,name=delta,proto3" json:"delta,omitempty"`
-	FinishReason  string                 `protobuf:"bytes,4,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
-	Usage         *Usage                 `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
-	ServedBy      *ServedBy              `protobuf:"bytes,6,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
-	Source        Source                 `protobuf:"varint,7,opt,name=source,proto3,enum=detour.v1.Source" json:"source,omitempty"`
-	Attempts      int32                  `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
-	Age           *durationpb.Duration   `protobuf:"bytes,9,opt,name=age,proto3" json:"age,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Model string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// delta is the next piece of the answer's content.
+	Delta        string               `protobuf:"bytes,3,opt,name=delta,proto3" json:"delta,omitempty"`
+	FinishReason string               `protobuf:"bytes,4,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
+	Usage        *Usage               `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
+	ServedBy     *ServedBy            `protobuf:"bytes,6,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	Source       Source               `protobuf:"varint,7,opt,name=source,proto3,enum=detour.v1.Source" json:"source,omitempty"`
+	Attempts     int32                `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Age          *durationpb.Duration `protobuf:"bytes,9,opt,name=age,proto3" json:"age,omitempty"`
+	// reasoning_delta is the next piece of the reasoning (the think phase
+	// comes before the content).
+	ReasoningDelta string `protobuf:"bytes,10,opt,name=reasoning_delta,json=reasoningDelta,proto3" json:"reasoning_delta,omitempty"`
+	// tool_call_deltas are the next pieces of the tool calls.
+	ToolCallDeltas []*ToolCallDelta `protobuf:"bytes,11,rep,name=tool_call_deltas,json=toolCallDeltas,proto3" json:"tool_call_deltas,omitempty"`
+	// logprobs of this chunk's content tokens.
+	Logprobs      *Logprobs `protobuf:"bytes,12,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteChunk) Reset() {
 	*x = CompleteChunk{}
-	mi := &file_detour_v1_router_proto_msgTypes[7]
+	mi := &file_detour_v1_router_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +1709,7 @@ func (x *CompleteChunk) String() string {
 func (*CompleteChunk) ProtoMessage() {}
 
 func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_router_proto_msgTypes[7]
+	mi := &file_detour_v1_router_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +1722,7 @@ func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteChunk.ProtoReflect.Descriptor instead.
 func (*CompleteChunk) Descriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{7}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteChunk) GetId() string {
@@ -794,15 +1788,82 @@ func (x *CompleteChunk) GetAge() *durationpb.Duration {
 	return nil
 }
 
+func (x *CompleteChunk) GetReasoningDelta() string {
+	if x != nil {
+		return x.ReasoningDelta
+	}
+	return ""
+}
+
+func (x *CompleteChunk) GetToolCallDeltas() []*ToolCallDelta {
+	if x != nil {
+		return x.ToolCallDeltas
+	}
+	return nil
+}
+
+func (x *CompleteChunk) GetLogprobs() *Logprobs {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
 var File_detour_v1_router_proto protoreflect.FileDescriptor
 
 const file_detour_v1_router_proto_rawDesc = "" +
 	"\n" +
-	"\x16detour/v1/router.proto\x12\tdetour.v1\x1a\x1egoogle/protobuf/duration.proto\"K\n" +
+	"\x16detour/v1/router.proto\x12\tdetour.v1\x1a\x1egoogle/protobuf/duration.proto\"\xce\x01\n" +
 	"\aMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"\xd9\x02\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12+\n" +
+	"\x11reasoning_content\x18\x04 \x01(\tR\x10reasoningContent\x122\n" +
+	"\n" +
+	"tool_calls\x18\x05 \x03(\v2\x13.detour.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x06 \x01(\tR\n" +
+	"toolCallId\"c\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x123\n" +
+	"\bfunction\x18\x03 \x01(\v2\x17.detour.v1.FunctionCallR\bfunction\"@\n" +
+	"\fFunctionCall\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x02 \x01(\tR\targuments\"~\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x123\n" +
+	"\bfunction\x18\x04 \x01(\v2\x17.detour.v1.FunctionCallR\bfunction\"U\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x129\n" +
+	"\bfunction\x18\x02 \x01(\v2\x1d.detour.v1.FunctionDefinitionR\bfunction\"\x92\x01\n" +
+	"\x12FunctionDefinition\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1e\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\tR\n" +
+	"parameters\x12\x1b\n" +
+	"\x06strict\x18\x04 \x01(\bH\x00R\x06strict\x88\x01\x01B\t\n" +
+	"\a_strict\"J\n" +
+	"\n" +
+	"ToolChoice\x12\x14\n" +
+	"\x04mode\x18\x01 \x01(\tH\x00R\x04mode\x12\x1c\n" +
+	"\bfunction\x18\x02 \x01(\tH\x00R\bfunctionB\b\n" +
+	"\x06choice\"\\\n" +
+	"\x0eResponseFormat\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x126\n" +
+	"\vjson_schema\x18\x02 \x01(\v2\x15.detour.v1.JsonSchemaR\n" +
+	"jsonSchema\"\x82\x01\n" +
+	"\n" +
+	"JsonSchema\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x16\n" +
+	"\x06schema\x18\x03 \x01(\tR\x06schema\x12\x1b\n" +
+	"\x06strict\x18\x04 \x01(\bH\x00R\x06strict\x88\x01\x01B\t\n" +
+	"\a_strict\"\x1e\n" +
+	"\bThinking\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\"\xfc\a\n" +
 	"\x0fCompleteRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12.\n" +
 	"\bmessages\x18\x02 \x03(\v2\x12.detour.v1.MessageR\bmessages\x12%\n" +
@@ -813,9 +1874,30 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\x04stop\x18\x06 \x03(\tR\x04stop\x12\x12\n" +
 	"\x04user\x18\a \x01(\tR\x04user\x121\n" +
 	"\arouting\x18\b \x01(\v2\x17.detour.v1.RoutingHintsR\arouting\x12+\n" +
-	"\x05cache\x18\t \x01(\v2\x15.detour.v1.CacheHintsR\x05cacheB\x0e\n" +
+	"\x05cache\x18\t \x01(\v2\x15.detour.v1.CacheHintsR\x05cache\x12%\n" +
+	"\x05tools\x18\n" +
+	" \x03(\v2\x0f.detour.v1.ToolR\x05tools\x126\n" +
+	"\vtool_choice\x18\v \x01(\v2\x15.detour.v1.ToolChoiceR\n" +
+	"toolChoice\x123\n" +
+	"\x13parallel_tool_calls\x18\f \x01(\bH\x02R\x11parallelToolCalls\x88\x01\x01\x12B\n" +
+	"\x0fresponse_format\x18\r \x01(\v2\x19.detour.v1.ResponseFormatR\x0eresponseFormat\x12/\n" +
+	"\bthinking\x18\x0e \x01(\v2\x13.detour.v1.ThinkingR\bthinking\x12)\n" +
+	"\x10reasoning_effort\x18\x0f \x01(\tR\x0freasoningEffort\x120\n" +
+	"\x11frequency_penalty\x18\x10 \x01(\x01H\x03R\x10frequencyPenalty\x88\x01\x01\x12.\n" +
+	"\x10presence_penalty\x18\x11 \x01(\x01H\x04R\x0fpresencePenalty\x88\x01\x01\x12\x17\n" +
+	"\x04seed\x18\x12 \x01(\x03H\x05R\x04seed\x88\x01\x01\x12\x1a\n" +
+	"\blogprobs\x18\x13 \x01(\bR\blogprobs\x12&\n" +
+	"\ftop_logprobs\x18\x14 \x01(\x05H\x06R\vtopLogprobs\x88\x01\x01\x122\n" +
+	"\x15max_completion_tokens\x18\x15 \x01(\x05R\x13maxCompletionTokens\x12\x1d\n" +
+	"\n" +
+	"extra_body\x18\x16 \x01(\tR\textraBodyB\x0e\n" +
 	"\f_temperatureB\b\n" +
-	"\x06_top_p\"T\n" +
+	"\x06_top_pB\x16\n" +
+	"\x14_parallel_tool_callsB\x14\n" +
+	"\x12_frequency_penaltyB\x13\n" +
+	"\x11_presence_penaltyB\a\n" +
+	"\x05_seedB\x0f\n" +
+	"\r_top_logprobs\"T\n" +
 	"\fRoutingHints\x12#\n" +
 	"\rprefer_region\x18\x01 \x01(\tR\fpreferRegion\x12\x1f\n" +
 	"\vno_fallback\x18\x02 \x01(\bR\n" +
@@ -831,11 +1913,29 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12+\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x17.detour.v1.ProviderKindR\x04kind\x12\x12\n" +
-	"\x04zone\x18\x04 \x01(\tR\x04zone\"|\n" +
+	"\x04zone\x18\x04 \x01(\tR\x04zone\"\xf4\x02\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x05R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\x12!\n" +
-	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\"\xc5\x02\n" +
+	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\x12:\n" +
+	"\x17prompt_cache_hit_tokens\x18\x04 \x01(\x05H\x00R\x14promptCacheHitTokens\x88\x01\x01\x12<\n" +
+	"\x18prompt_cache_miss_tokens\x18\x05 \x01(\x05H\x01R\x15promptCacheMissTokens\x88\x01\x01\x12.\n" +
+	"\x10reasoning_tokens\x18\x06 \x01(\x05H\x02R\x0freasoningTokens\x88\x01\x01B\x1a\n" +
+	"\x18_prompt_cache_hit_tokensB\x1b\n" +
+	"\x19_prompt_cache_miss_tokensB\x13\n" +
+	"\x11_reasoning_tokens\"=\n" +
+	"\bLogprobs\x121\n" +
+	"\acontent\x18\x01 \x03(\v2\x17.detour.v1.TokenLogprobR\acontent\"\x8e\x01\n" +
+	"\fTokenLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\x128\n" +
+	"\ftop_logprobs\x18\x04 \x03(\v2\x15.detour.v1.TopLogprobR\vtopLogprobs\"R\n" +
+	"\n" +
+	"TopLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\"\xd7\x03\n" +
 	"\x10CompleteResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -845,7 +1945,12 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\tserved_by\x18\x06 \x01(\v2\x13.detour.v1.ServedByR\bservedBy\x12)\n" +
 	"\x06source\x18\a \x01(\x0e2\x11.detour.v1.SourceR\x06source\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12+\n" +
-	"\x03age\x18\t \x01(\v2\x19.google.protobuf.DurationR\x03age\"\xbe\x02\n" +
+	"\x03age\x18\t \x01(\v2\x19.google.protobuf.DurationR\x03age\x12+\n" +
+	"\x11reasoning_content\x18\n" +
+	" \x01(\tR\x10reasoningContent\x122\n" +
+	"\n" +
+	"tool_calls\x18\v \x03(\v2\x13.detour.v1.ToolCallR\ttoolCalls\x12/\n" +
+	"\blogprobs\x18\f \x01(\v2\x13.detour.v1.LogprobsR\blogprobs\"\xdc\x03\n" +
 	"\rCompleteChunk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
@@ -855,7 +1960,11 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\tserved_by\x18\x06 \x01(\v2\x13.detour.v1.ServedByR\bservedBy\x12)\n" +
 	"\x06source\x18\a \x01(\x0e2\x11.detour.v1.SourceR\x06source\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12+\n" +
-	"\x03age\x18\t \x01(\v2\x19.google.protobuf.DurationR\x03age*p\n" +
+	"\x03age\x18\t \x01(\v2\x19.google.protobuf.DurationR\x03age\x12'\n" +
+	"\x0freasoning_delta\x18\n" +
+	" \x01(\tR\x0ereasoningDelta\x12B\n" +
+	"\x10tool_call_deltas\x18\v \x03(\v2\x18.detour.v1.ToolCallDeltaR\x0etoolCallDeltas\x12/\n" +
+	"\blogprobs\x18\f \x01(\v2\x13.detour.v1.LogprobsR\blogprobs*p\n" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSOURCE_LIVE\x10\x01\x12\x10\n" +
@@ -883,44 +1992,71 @@ func file_detour_v1_router_proto_rawDescGZIP() []byte {
 }
 
 var file_detour_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_detour_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_detour_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_detour_v1_router_proto_goTypes = []any{
 	(Source)(0),                 // 0: detour.v1.Source
 	(ProviderKind)(0),           // 1: detour.v1.ProviderKind
 	(*Message)(nil),             // 2: detour.v1.Message
-	(*CompleteRequest)(nil),     // 3: detour.v1.CompleteRequest
-	(*RoutingHints)(nil),        // 4: detour.v1.RoutingHints
-	(*CacheHints)(nil),          // 5: detour.v1.CacheHints
-	(*ServedBy)(nil),            // 6: detour.v1.ServedBy
-	(*Usage)(nil),               // 7: detour.v1.Usage
-	(*CompleteResponse)(nil),    // 8: detour.v1.CompleteResponse
-	(*CompleteChunk)(nil),       // 9: detour.v1.CompleteChunk
-	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
+	(*ToolCall)(nil),            // 3: detour.v1.ToolCall
+	(*FunctionCall)(nil),        // 4: detour.v1.FunctionCall
+	(*ToolCallDelta)(nil),       // 5: detour.v1.ToolCallDelta
+	(*Tool)(nil),                // 6: detour.v1.Tool
+	(*FunctionDefinition)(nil),  // 7: detour.v1.FunctionDefinition
+	(*ToolChoice)(nil),          // 8: detour.v1.ToolChoice
+	(*ResponseFormat)(nil),      // 9: detour.v1.ResponseFormat
+	(*JsonSchema)(nil),          // 10: detour.v1.JsonSchema
+	(*Thinking)(nil),            // 11: detour.v1.Thinking
+	(*CompleteRequest)(nil),     // 12: detour.v1.CompleteRequest
+	(*RoutingHints)(nil),        // 13: detour.v1.RoutingHints
+	(*CacheHints)(nil),          // 14: detour.v1.CacheHints
+	(*ServedBy)(nil),            // 15: detour.v1.ServedBy
+	(*Usage)(nil),               // 16: detour.v1.Usage
+	(*Logprobs)(nil),            // 17: detour.v1.Logprobs
+	(*TokenLogprob)(nil),        // 18: detour.v1.TokenLogprob
+	(*TopLogprob)(nil),          // 19: detour.v1.TopLogprob
+	(*CompleteResponse)(nil),    // 20: detour.v1.CompleteResponse
+	(*CompleteChunk)(nil),       // 21: detour.v1.CompleteChunk
+	(*durationpb.Duration)(nil), // 22: google.protobuf.Duration
 }
 var file_detour_v1_router_proto_depIdxs = []int32{
-	2,  // 0: detour.v1.CompleteRequest.messages:type_name -> detour.v1.Message
-	4,  // 1: detour.v1.CompleteRequest.routing:type_name -> detour.v1.RoutingHints
-	5,  // 2: detour.v1.CompleteRequest.cache:type_name -> detour.v1.CacheHints
-	10, // 3: detour.v1.CacheHints.max_stale:type_name -> google.protobuf.Duration
-	10, // 4: detour.v1.CacheHints.ttl:type_name -> google.protobuf.Duration
-	1,  // 5: detour.v1.ServedBy.kind:type_name -> detour.v1.ProviderKind
-	7,  // 6: detour.v1.CompleteResponse.usage:type_name -> detour.v1.Usage
-	6,  // 7: detour.v1.CompleteResponse.served_by:type_name -> detour.v1.ServedBy
-	0,  // 8: detour.v1.CompleteResponse.source:type_name -> detour.v1.Source
-	10, // 9: detour.v1.CompleteResponse.age:type_name -> google.protobuf.Duration
-	7,  // 10: detour.v1.CompleteChunk.usage:type_name -> detour.v1.Usage
-	6,  // 11: detour.v1.CompleteChunk.served_by:type_name -> detour.v1.ServedBy
-	0,  // 12: detour.v1.CompleteChunk.source:type_name -> detour.v1.Source
-	10, // 13: detour.v1.CompleteChunk.age:type_name -> google.protobuf.Duration
-	3,  // 14: detour.v1.Router.Complete:input_type -> detour.v1.CompleteRequest
-	3,  // 15: detour.v1.Router.StreamComplete:input_type -> detour.v1.CompleteRequest
-	8,  // 16: detour.v1.Router.Complete:output_type -> detour.v1.CompleteResponse
-	9,  // 17: detour.v1.Router.StreamComplete:output_type -> detour.v1.CompleteChunk
-	16, // [16:18] is the sub-list for method output_type
-	14, // [14:16] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 0: detour.v1.Message.tool_calls:type_name -> detour.v1.ToolCall
+	4,  // 1: detour.v1.ToolCall.function:type_name -> detour.v1.FunctionCall
+	4,  // 2: detour.v1.ToolCallDelta.function:type_name -> detour.v1.FunctionCall
+	7,  // 3: detour.v1.Tool.function:type_name -> detour.v1.FunctionDefinition
+	10, // 4: detour.v1.ResponseFormat.json_schema:type_name -> detour.v1.JsonSchema
+	2,  // 5: detour.v1.CompleteRequest.messages:type_name -> detour.v1.Message
+	13, // 6: detour.v1.CompleteRequest.routing:type_name -> detour.v1.RoutingHints
+	14, // 7: detour.v1.CompleteRequest.cache:type_name -> detour.v1.CacheHints
+	6,  // 8: detour.v1.CompleteRequest.tools:type_name -> detour.v1.Tool
+	8,  // 9: detour.v1.CompleteRequest.tool_choice:type_name -> detour.v1.ToolChoice
+	9,  // 10: detour.v1.CompleteRequest.response_format:type_name -> detour.v1.ResponseFormat
+	11, // 11: detour.v1.CompleteRequest.thinking:type_name -> detour.v1.Thinking
+	22, // 12: detour.v1.CacheHints.max_stale:type_name -> google.protobuf.Duration
+	22, // 13: detour.v1.CacheHints.ttl:type_name -> google.protobuf.Duration
+	1,  // 14: detour.v1.ServedBy.kind:type_name -> detour.v1.ProviderKind
+	18, // 15: detour.v1.Logprobs.content:type_name -> detour.v1.TokenLogprob
+	19, // 16: detour.v1.TokenLogprob.top_logprobs:type_name -> detour.v1.TopLogprob
+	16, // 17: detour.v1.CompleteResponse.usage:type_name -> detour.v1.Usage
+	15, // 18: detour.v1.CompleteResponse.served_by:type_name -> detour.v1.ServedBy
+	0,  // 19: detour.v1.CompleteResponse.source:type_name -> detour.v1.Source
+	22, // 20: detour.v1.CompleteResponse.age:type_name -> google.protobuf.Duration
+	3,  // 21: detour.v1.CompleteResponse.tool_calls:type_name -> detour.v1.ToolCall
+	17, // 22: detour.v1.CompleteResponse.logprobs:type_name -> detour.v1.Logprobs
+	16, // 23: detour.v1.CompleteChunk.usage:type_name -> detour.v1.Usage
+	15, // 24: detour.v1.CompleteChunk.served_by:type_name -> detour.v1.ServedBy
+	0,  // 25: detour.v1.CompleteChunk.source:type_name -> detour.v1.Source
+	22, // 26: detour.v1.CompleteChunk.age:type_name -> google.protobuf.Duration
+	5,  // 27: detour.v1.CompleteChunk.tool_call_deltas:type_name -> detour.v1.ToolCallDelta
+	17, // 28: detour.v1.CompleteChunk.logprobs:type_name -> detour.v1.Logprobs
+	12, // 29: detour.v1.Router.Complete:input_type -> detour.v1.CompleteRequest
+	12, // 30: detour.v1.Router.StreamComplete:input_type -> detour.v1.CompleteRequest
+	20, // 31: detour.v1.Router.Complete:output_type -> detour.v1.CompleteResponse
+	21, // 32: detour.v1.Router.StreamComplete:output_type -> detour.v1.CompleteChunk
+	31, // [31:33] is the sub-list for method output_type
+	29, // [29:31] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_router_proto_init() }
@@ -928,14 +2064,21 @@ func file_detour_v1_router_proto_init() {
 	if File_detour_v1_router_proto != nil {
 		return
 	}
-	file_detour_v1_router_proto_msgTypes[1].OneofWrappers = []any{}
+	file_detour_v1_router_proto_msgTypes[5].OneofWrappers = []any{}
+	file_detour_v1_router_proto_msgTypes[6].OneofWrappers = []any{
+		(*ToolChoice_Mode)(nil),
+		(*ToolChoice_Function)(nil),
+	}
+	file_detour_v1_router_proto_msgTypes[8].OneofWrappers = []any{}
+	file_detour_v1_router_proto_msgTypes[10].OneofWrappers = []any{}
+	file_detour_v1_router_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_router_proto_rawDesc), len(file_detour_v1_router_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
