@@ -76,9 +76,12 @@ func (w *watchdog) Answering() {
 // check runs when a bound may have passed: it ends the attempt, or sets the
 // timer for the nearest bound still ahead.
 func (w *watchdog) check() {
+	// sending before last: relay records the sign of life before it
+	// clears sending, so a send that just ended is seen in last.
+	sending := w.sending.Load()
 	now := time.Since(w.start)
 	next := w.gap - (now - time.Duration(w.last.Load()))
-	if w.sending.Load() {
+	if sending {
 		next = w.gap
 	}
 	if !w.answering.Load() {
@@ -164,8 +167,8 @@ func relay(ctx context.Context, a *attempt, req *detourv1.CompleteRequest, send 
 		// while detour waits for a slow reader to take the chunk.
 		w.sending.Store(true)
 		err = send(ch)
-		w.sending.Store(false)
 		w.KeepAlive()
+		w.sending.Store(false)
 		if err != nil {
 			// The caller is gone or its stream broke: not the backend's fault.
 			a.err, a.class = err, breaker.Canceled
