@@ -105,14 +105,14 @@ func busy(ctx context.Context, args []string) error {
 	fs.Float64Var(&o.scale, "scale", 1, "multiply every rate and cap by this (keep the ratios; lower it on a slow machine)")
 	fs.IntVar(&o.maxInFlight, "max-inflight", 50000, "bound on outstanding client calls")
 	only := fs.String("scenarios", "", "comma-separated scenarios to run (default: all): "+strings.Join(busyNames(), ","))
-	modesFlag := fs.String("modes", "recipe,before,after", "modes: recipe (the client recipe, direct), before (detour at "+busyBaseline+"), after (this detour)")
+	modesFlag := fs.String("modes", "recipe,before,after", "modes: recipe (the client recipe, direct), before (detour at "+busyBaseline+"), after (this detour), persist (this detour with retry.max_attempts 5 and retry.budget_ratio 1)")
 	fs.StringVar(&o.oldBin, "before-bin", "", "a detour binary to run as \"before\" (default: built from commit "+busyBaseline+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	modes := strings.Split(*modesFlag, ",")
 	for _, m := range modes {
-		if m != "recipe" && m != "before" && m != "after" {
+		if m != "recipe" && m != "before" && m != "after" && m != "persist" {
 			return fmt.Errorf("--modes: unknown mode %q", m)
 		}
 	}
@@ -135,7 +135,7 @@ func busy(ctx context.Context, args []string) error {
 
 	fmt.Printf("### Busy providers\n\n%s; load %s. Each scenario offers its rate (open loop) for %v per mode; backends answer in %v ± %v; client deadline %v. "+
 		"recipe: the client recipe straight to one backend (HTTP, up to 3 attempts, 2^n s + U(0,1 s) backoff, a client token bucket at the backend's known qps when it has one). "+
-		"before: one gRPC call per client call to detour at %s (its defaults). after: the same to this detour (its defaults). "+
+		"before: one gRPC call per client call to detour at %s (its defaults). after: the same to this detour (its defaults). persist: this detour with retry.max_attempts 5 and retry.budget_ratio 1. "+
 		"Upstream counts are fakellm's own (/stats); busy/upstream counts 503 and 429 answers; goodput and the steady busy share are over the second half of the run.\n\n",
 		machine(), loadavg(), o.dur, o.latency, o.latency/4, o.timeout, busyBaseline)
 	var misses []string
@@ -290,7 +290,7 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 	case "recipe":
 		call = clientRecipe(fakes[s.recipe].http, s.recipeQPS, o.timeout)
 	default:
-		doc, err := busyConfig(s, endpoints)
+		doc, err := busyConfig(s, endpoints, mode == "persist")
 		if err != nil {
 			return nil, err
 		}
@@ -495,8 +495,15 @@ func watchOpen(ctx context.Context, addr, backend string, start time.Time) time.
 // busyConfig is the detour config of a scenario, built from the schema's
 // own types: every backend in its region, fallbacks last; only what both
 // the before and the after binaries understand.
-func busyConfig(s *busyScenario, endpoints map[string]string) (string, error) {
+//
+// persist sets retry.max_attempts 5 and retry.budget_ratio 1: as many
+// attempts as the gateways' fallback chains make, at most 2 upstream calls
+// per call.
+func busyConfig(s *busyScenario, endpoints map[string]string, persist bool) (string, error) {
 	var cfg regions.Config
+	if persist {
+		cfg.Retry = regions.RetryPolicy{MaxAttempts: 5, BudgetRatio: 1}
+	}
 	for _, b := range s.backends {
 		be := regions.Backend{Name: b.name, Endpoint: endpoints[b.name], QPS: b.detourQPS}
 		if b.fallback {
