@@ -439,6 +439,15 @@ func (l *Limiter) BusyShare() float64 {
 	return l.est.decayedShare(l.clock.Now())
 }
 
+// ForgetShare sets BusyShare to zero, as for a backend an operator says is
+// repaired: routing stops avoiding it at once. The learned limit and floor
+// stay.
+func (l *Limiter) ForgetShare() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.est.share, l.est.shareAt = 0, l.clock.Now()
+}
+
 // Permit is one slot, taken until Done.
 type Permit struct {
 	l     *Limiter

@@ -22,10 +22,11 @@ const maxLevels = 8
 // last. The first attempt's region is drawn: each level keeps a share of
 // the calls that reach it equal to its backends' recent answered share times
 // the spill factor (at most all of them), and passes the rest to the next; a
-// draw that passes every level falls to the healthiest. So a region that
-// answers half its calls busy keeps half of them, and the other half goes
-// where it is more likely to be answered at once; a sole backend keeps
-// everything. Within the drawn region the backend chosen by weighted power
+// draw that passes every level falls to the healthiest. So, when every
+// region is partly busy, a region that answers half its calls busy keeps half
+// of them, and the other half goes where it is more likely to be answered at
+// once; a busy region with a healthy one after it keeps only a probe share
+// (see keep); a sole backend keeps everything. Within the drawn region the backend chosen by weighted power
 // of two choices comes first, then its other backends; then the other
 // regions, in order, their backends by score. Backends the call tried
 // already go last, so a retry prefers a fresh one but may come back to the
@@ -113,12 +114,12 @@ type level struct {
 	health, weight float64 // weighted mean answered share, total weight
 }
 
-// draw picks the level of a first attempt: level i keeps min(1, health×spill)
-// of what reaches it; the healthiest takes what passes every level.
+// draw picks the level of a first attempt: level i keeps keep(levels, i,
+// spill) of what reaches it; the healthiest takes what passes every level.
 func draw(levels []level, spill float64) int {
 	u := rand.Float64()
-	for i, l := range levels {
-		p := min(1, l.health*spill)
+	for i := range levels {
+		p := keep(levels, i, spill)
 		if u < p {
 			return i
 		}
@@ -133,6 +134,32 @@ func draw(levels []level, spill float64) int {
 		}
 	}
 	return best
+}
+
+// probeShare is what a level keeps of the first attempts that reach it
+// while a later level is clearly healthier: enough to see it recover.
+const probeShare = 0.05
+
+// healthyShare is the answered share from which a level counts as healthy.
+const healthyShare = 0.95
+
+// keep is the share of the first attempts reaching level i that it keeps:
+// its answered share times spill (at most 1), so that when every region is
+// partly busy each keeps what it can answer; but only probeShare while a
+// later level is healthy (busy on under 5% of its calls) and this one is
+// clearly not (10 points below it): a call sent there is answered at once.
+// When that level fills up its busy share rises and the levels share the
+// load by health again; a call that finds it full takes the next backend
+// with room.
+func keep(levels []level, i int, spill float64) float64 {
+	h := levels[i].health
+	p := min(1, h*spill)
+	for _, l := range levels[i+1:] {
+		if l.health >= healthyShare && l.health-h >= 0.1 {
+			return min(p, probeShare)
+		}
+	}
+	return p
 }
 
 // appendOrdered appends the group's available backends for model: with

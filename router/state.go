@@ -89,7 +89,8 @@ func (r *Router) SetDrained(name string, drained bool) error {
 }
 
 // ResetBreaker closes the named backend's breaker at once and clears the
-// fleet's shared cooldown for it (an operator who knows the backend is back).
+// fleet's shared cooldown for it, and forgets its recent busy share (an
+// operator who knows the backend is back).
 // It reports whether the breaker was open or half-open.
 func (r *Router) ResetBreaker(name string) (bool, error) {
 	b := r.tab.Load().byName[name]
@@ -101,6 +102,7 @@ func (r *Router) ResetBreaker(name string) (bool, error) {
 
 func (r *Router) resetBreaker(b *backend) bool {
 	was := b.br.Reset()
+	b.lim.ForgetShare()
 	shared := !r.cooldowns.OpenUntil(b.cfg.Name).IsZero()
 	r.cooldowns.Clear(b.cfg.Name)
 	return was || shared
