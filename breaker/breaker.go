@@ -232,6 +232,9 @@ type Breaker struct {
 	tripRetryAfter time.Time
 	// reason is why the breaker is tripping, set by readyToTrip.
 	reason string
+	// windowStart is when the first call of gobreaker's current window was
+	// allowed.
+	windowStart time.Time
 }
 
 // Sentinel outcomes handed to gobreaker.
@@ -282,14 +285,22 @@ func (b *Breaker) readyToTrip(c gobreaker.Counts) bool {
 	default:
 		// Requests also counts calls still in flight and excluded ones;
 		// the ratio is over answered, counted calls only.
+		// And over a sustained span: busy answers come back at once while
+		// answers take a call's time, so the first answers of a window
+		// (of a backend's life) are mostly busy ones.
 		seen := c.TotalSuccesses + c.TotalFailures
-		if seen == 0 || seen < uint32(b.s.MinRequests) || float64(c.TotalFailures)/float64(seen) < b.s.BusyRatio {
+		if seen == 0 || seen < uint32(b.s.MinRequests) || float64(c.TotalFailures)/float64(seen) < b.s.BusyRatio ||
+			b.now().Sub(b.windowStart) < busySpan(b.s.Window) {
 			return false
 		}
 		b.reason = "busy ratio"
 	}
 	return true
 }
+
+// busySpan is the least time a window must have run for its busy ratio to
+// open the breaker: a second, or the window when shorter.
+func busySpan(window time.Duration) time.Duration { return min(time.Second, window) }
 
 // Name returns the backend name the breaker was created with.
 func (b *Breaker) Name() string { return b.name }
@@ -312,6 +323,9 @@ func (b *Breaker) Allow() (done func(class Class, retryAfter time.Duration), err
 	if err != nil {
 		// ErrOpenState (within gobreaker's 1ns timeout) or ErrTooManyRequests.
 		return nil, ErrOpen
+	}
+	if cb.Counts().Requests == 1 {
+		b.windowStart = b.now() // the first call of gobreaker's window
 	}
 	called := false
 	return func(class Class, retryAfter time.Duration) {

@@ -149,8 +149,11 @@ func TestBreakerTrips(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b, _, _ := newTest(t, testPolicy)
+			b, clk, _ := newTest(t, testPolicy)
 			for i, c := range tt.outcomes {
+				if i == len(tt.outcomes)-1 {
+					clk.Advance(time.Second) // a busy ratio counts over a sustained span
+				}
 				if err := call(b, c, 0); err != nil {
 					t.Fatalf("call %d (%v): Allow() = %v, want admitted", i, c, err)
 				}
@@ -173,7 +176,7 @@ func TestBreakerTrips(t *testing.T) {
 func TestBreakerWindowForgets(t *testing.T) {
 	const window = 20 * time.Millisecond
 	p := Settings{BusyRatio: 1, MinRequests: 3, Window: window}
-	b, _, _ := newTest(t, p)
+	b, clk, _ := newTest(t, p)
 	call(b, Busy, 0)
 	call(b, Busy, 0)
 	start := time.Now()
@@ -185,6 +188,7 @@ func TestBreakerWindowForgets(t *testing.T) {
 		t.Errorf("2 busy, %v, then 1 busy: State() = %v, want closed", 2*window, s)
 	}
 	call(b, Busy, 0)
+	clk.Advance(window) // the ratio counts over a sustained span (the window here)
 	call(b, Busy, 0)
 	if s := b.State(); s != Open {
 		t.Errorf("then 2 more busy: State() = %v, want open", s)
@@ -235,16 +239,30 @@ func TestBreakerDefaults(t *testing.T) {
 		}
 	})
 	t.Run("a backend busy on practically every call trips", func(t *testing.T) {
-		b, _, _ := newTest(t, Settings{})
+		b, clk, _ := newTest(t, Settings{})
 		for range 49 {
 			call(b, Busy, 0)
 		}
+		clk.Advance(time.Second)
 		if s := b.State(); s != Closed {
 			t.Fatalf("after 49 busy: State() = %v, want closed (min_requests 50)", s)
 		}
 		call(b, Busy, 0)
 		if s := b.State(); s != Open {
-			t.Fatalf("after 50 busy: State() = %v, want open", s)
+			t.Fatalf("after 50 busy over a second: State() = %v, want open", s)
+		}
+	})
+	t.Run("busy answers that come back before any answer do not trip", func(t *testing.T) {
+		// Busy answers return at once and answers take a call's time: a
+		// half-busy backend's first 100 outcomes within its first
+		// milliseconds can all be busy.
+		b, clk, _ := newTest(t, Settings{})
+		for range 100 {
+			clk.Advance(time.Millisecond)
+			call(b, Busy, 0)
+		}
+		if s := b.State(); s != Closed {
+			t.Fatalf("after 100 busy in 100 ms: State() = %v, want closed", s)
 		}
 	})
 }
