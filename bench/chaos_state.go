@@ -17,6 +17,7 @@ import (
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // The state-store cases break what detour keeps its config and its shared
@@ -269,17 +270,17 @@ func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etc
 	if err := st.reset(ctx); err != nil {
 		return nil, err
 	}
-	etcd, err := devetcd.Start("")
+	etcdSrv, err := devetcd.Start("")
 	if err != nil {
 		return nil, err
 	}
-	defer etcd.Close()
-	cli, err := regions.EtcdConfig{Endpoints: etcd.Endpoints()}.Client()
+	defer etcdSrv.Close()
+	cli, err := etcd.Config{Endpoints: etcdSrv.Endpoints()}.Client()
 	if err != nil {
 		return nil, err
 	}
 	defer cli.Close()
-	store := regions.NewStore(cli, regions.Keys{})
+	store := etcd.NewStore(cli, etcd.Keys{})
 	doc := st.config(o)
 	if _, err := regions.Load([]byte(doc)); err != nil {
 		return nil, err
@@ -311,7 +312,7 @@ func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etc
 		}
 		extra = append(extra, "--metrics", addr)
 	}
-	dt, err := startEtcdDetour(etcd.Endpoints()[0], lkg, "east", extra...)
+	dt, err := startEtcdDetour(etcdSrv.Endpoints()[0], lkg, "east", extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -321,13 +322,13 @@ func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etc
 	fault := func(_ context.Context, _ callFunc) error {
 		stopped := time.Now()
 		out.stopped = stopped
-		etcd.Stop()
+		etcdSrv.Stop()
 		select {
 		case <-time.After(o.storeDown()):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := etcd.Restart(); err != nil {
+		if err := etcdSrv.Restart(); err != nil {
 			return err
 		}
 		back := time.Now()

@@ -16,6 +16,7 @@ import (
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 func init() {
@@ -43,17 +44,17 @@ func propagation(ctx context.Context, args []string) error {
 		return err
 	}
 
-	etcd, err := devetcd.Start("")
+	etcdSrv, err := devetcd.Start("")
 	if err != nil {
 		return err
 	}
-	defer etcd.Close()
-	cli, err := regions.EtcdConfig{Endpoints: etcd.Endpoints()}.Client()
+	defer etcdSrv.Close()
+	cli, err := etcd.Config{Endpoints: etcdSrv.Endpoints()}.Client()
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	store := regions.NewStore(cli, regions.Keys{})
+	store := etcd.NewStore(cli, etcd.Keys{})
 
 	var fakes []*fake
 	defer func() {
@@ -103,7 +104,7 @@ func propagation(ctx context.Context, args []string) error {
 	for r := range *replicas {
 		l := &applyLog{at: map[int64]time.Time{}, ch: make(chan struct{})}
 		logs[r] = l
-		d, err := startEtcdDetour(etcd.Endpoints()[0], filepath.Join(dir, fmt.Sprintf("lkg-%d.yaml", r)), "a")
+		d, err := startEtcdDetour(etcdSrv.Endpoints()[0], filepath.Join(dir, fmt.Sprintf("lkg-%d.yaml", r)), "a")
 		if err != nil {
 			return err
 		}

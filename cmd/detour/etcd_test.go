@@ -26,6 +26,7 @@ import (
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // startEtcd runs a real etcd member in the test process on loopback.
@@ -35,20 +36,20 @@ func startEtcd(t *testing.T) *devetcd.Server {
 }
 
 // etcdStore is a Store on srv under the default prefix.
-func etcdStore(t *testing.T, srv *devetcd.Server) *regions.Store {
+func etcdStore(t *testing.T, srv *devetcd.Server) *etcd.Store {
 	t.Helper()
-	cli, err := regions.EtcdConfig{Endpoints: srv.Endpoints()}.Client()
+	cli, err := etcd.Config{Endpoints: srv.Endpoints()}.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	return regions.NewStore(cli, regions.Keys{})
+	return etcd.NewStore(cli, etcd.Keys{})
 }
 
 // apply writes cfg (or a raw document) with a compare-and-swap on the
 // current revision, as `detourctl config apply` does, and returns the new
 // revision.
-func apply(t *testing.T, s *regions.Store, doc any) int64 {
+func apply(t *testing.T, s *etcd.Store, doc any) int64 {
 	t.Helper()
 	b, ok := doc.([]byte)
 	if !ok {
@@ -172,7 +173,7 @@ func TestEtcdApplyChangesRouting(t *testing.T) {
 	e := startEtcd(t)
 	s := etcdStore(t, e)
 	rev := apply(t, s, &regions.Config{Regions: []regions.Region{region("a", 0, openaiBackend("a-1", a))}})
-	in := startLive(t, LiveOptions{Etcd: regions.EtcdConfig{Endpoints: e.Endpoints()}}, "a")
+	in := startLive(t, LiveOptions{Etcd: etcd.Config{Endpoints: e.Endpoints()}}, "a")
 
 	st := in.status(t)
 	if st.GetConfigSource() != "etcd:/detour/config" || st.GetConfigRevision() != rev || st.GetLastRejection() != nil {
@@ -223,7 +224,7 @@ func TestEtcdOutage(t *testing.T) {
 	e := startEtcd(t)
 	s := etcdStore(t, e)
 	apply(t, s, &regions.Config{Regions: []regions.Region{region("a", 0, openaiBackend("a-1", a))}})
-	in := startLive(t, LiveOptions{Etcd: regions.EtcdConfig{Endpoints: e.Endpoints()}, LastKnownGood: filepath.Join(t.TempDir(), "lkg.yaml")}, "a")
+	in := startLive(t, LiveOptions{Etcd: etcd.Config{Endpoints: e.Endpoints()}, LastKnownGood: filepath.Join(t.TempDir(), "lkg.yaml")}, "a")
 
 	var calls, failed atomic.Int64
 	var lastErr atomic.Value
@@ -286,7 +287,7 @@ func TestEtcdDownServesLastKnownGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := LiveOptions{
-		Etcd:          regions.EtcdConfig{Endpoints: e.Endpoints()},
+		Etcd:          etcd.Config{Endpoints: e.Endpoints()},
 		LastKnownGood: filepath.Join(t.TempDir(), "lkg.yaml"),
 		ReadTimeout:   300 * time.Millisecond,
 		AdminListen:   "127.0.0.1:0",
@@ -337,7 +338,7 @@ func TestEtcdDrainLetsInflightCallsFinish(t *testing.T) {
 	e := startEtcd(t)
 	s := etcdStore(t, e)
 	apply(t, s, &regions.Config{Regions: []regions.Region{region("a", 0, openaiBackend("a-1", slow)), region("b", 1, openaiBackend("b-1", other))}})
-	in := startLive(t, LiveOptions{Etcd: regions.EtcdConfig{Endpoints: e.Endpoints()}}, "a")
+	in := startLive(t, LiveOptions{Etcd: etcd.Config{Endpoints: e.Endpoints()}}, "a")
 
 	const n = 3
 	type result struct {
@@ -437,12 +438,12 @@ func TestDemoDrainThroughEtcd(t *testing.T) {
 	if m == nil {
 		t.Fatalf("banner lacks the detourctl drain line:\n%s", banner)
 	}
-	cli, err := regions.EtcdConfig{Endpoints: []string{m[1]}}.Client()
+	cli, err := etcd.Config{Endpoints: []string{m[1]}}.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	s := regions.NewStore(cli, regions.Keys{})
+	s := etcd.NewStore(cli, etcd.Keys{})
 	var rev int64
 	for _, b := range []string{"eu-west-a", "eu-west-b"} {
 		if rev, err = s.SetDrained(callCtx(t), b, true, "test"); err != nil {
