@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/regions"
 )
 
@@ -28,7 +29,7 @@ func BenchmarkComplete(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	ctx := WithTenant(context.Background(), "bench")
+	ctx := auth.WithTenant(context.Background(), "bench")
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

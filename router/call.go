@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/breaker"
 	"github.com/detour-dev/detour/capacity"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -31,16 +32,16 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 	if !t.serves(req.GetModel()) {
 		return nil, &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", req.GetModel())}
 	}
-	if ok, wait, label := t.quotas.allow(TenantFrom(ctx)); !ok {
+	if ok, wait, label := t.quotas.allow(auth.TenantFrom(ctx)); !ok {
 		r.opts.Metrics.QuotaRejected(label)
-		return nil, &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", TenantFrom(ctx)), RetryAfter: wait}
+		return nil, &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", auth.TenantFrom(ctx)), RetryAfter: wait}
 	}
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
 		return nil, context.DeadlineExceeded
 	}
 	r.budget.request()
 	c := &call{ctx: ctx, r: r, t: t, stats: stats, model: req.GetModel(), prefer: r.opts.Region,
-		tenant: TenantFrom(ctx), fallback: !req.GetRouting().GetNoFallback()}
+		tenant: auth.TenantFrom(ctx), fallback: !req.GetRouting().GetNoFallback()}
 	if p := req.GetRouting().GetPreferRegion(); p != "" {
 		c.prefer = p
 	}

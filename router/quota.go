@@ -2,7 +2,6 @@ package router
 
 import (
 	"cmp"
-	"context"
 	"math"
 	"sync"
 	"time"
@@ -11,20 +10,6 @@ import (
 
 	"github.com/detour-dev/detour/regions"
 )
-
-type tenantKey struct{}
-
-// WithTenant returns ctx carrying the caller's tenant, whose quota the call
-// is charged to.
-func WithTenant(ctx context.Context, tenant string) context.Context {
-	return context.WithValue(ctx, tenantKey{}, tenant)
-}
-
-// TenantFrom returns the tenant carried by ctx, or "".
-func TenantFrom(ctx context.Context) string {
-	t, _ := ctx.Value(tenantKey{}).(string)
-	return t
-}
 
 // maxUnknownTenants bounds the quotas kept for tenants the config does not
 // list; beyond it they share one quota.
