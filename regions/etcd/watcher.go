@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
 
+	"github.com/detour-dev/detour/internal/backoff"
 	"github.com/detour-dev/detour/regions"
 )
 
@@ -271,13 +271,18 @@ type keyState struct {
 }
 
 func (w *Watcher) run(ctx context.Context) {
-	bo := backoff{min: 50 * time.Millisecond, max: 5 * time.Second}
+	bo := backoff.Exponential{Base: 50 * time.Millisecond, Max: 5 * time.Second}
+	retries := 0 // since the watch last made progress
+	pause := func() {
+		sleep(ctx, bo.Equal(retries))
+		retries++
+	}
 	var st *keyState
 	for ctx.Err() == nil {
 		cli, err := w.client(ctx)
 		if err != nil {
 			w.unreachable(err)
-			sleep(ctx, bo.next())
+			pause()
 			continue
 		}
 		if st == nil {
@@ -286,7 +291,7 @@ func (w *Watcher) run(ctx context.Context) {
 					return
 				}
 				w.unreachable(err)
-				sleep(ctx, bo.next())
+				pause()
 				continue
 			}
 			w.evaluate(st)
@@ -294,10 +299,10 @@ func (w *Watcher) run(ctx context.Context) {
 		progressed, compacted := w.follow(ctx, cli, st)
 		st = nil // read in full again
 		if progressed {
-			bo.reset()
+			retries = 0
 		}
 		if !compacted {
-			sleep(ctx, bo.next())
+			pause()
 		}
 	}
 }
@@ -559,23 +564,6 @@ func (w *Watcher) monitor(ctx context.Context, cli *clientv3.Client) {
 		}
 	}
 }
-
-// backoff is a capped exponential backoff with full jitter.
-type backoff struct {
-	min, max time.Duration
-	n        int
-}
-
-func (b *backoff) next() time.Duration {
-	d := b.min << min(b.n, 16)
-	if d > b.max || d <= 0 {
-		d = b.max
-	}
-	b.n++
-	return d/2 + rand.N(d/2+1)
-}
-
-func (b *backoff) reset() { b.n = 0 }
 
 // sleep waits d or until ctx ends.
 func sleep(ctx context.Context, d time.Duration) {
