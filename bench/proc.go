@@ -68,10 +68,11 @@ func buildBinaries() (detour, fake string, err error) {
 			return
 		}
 		binaries.dir = dir
-		cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/detour", "./cmd/fakellm")
+		// -tags nodemo: detour's production build, as the image has it.
+		cmd := exec.Command("go", "build", "-tags", "nodemo", "-o", dir+string(os.PathSeparator), "./cmd/detour", "./cmd/fakellm")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			binaries.err = fmt.Errorf("go build ./cmd/detour ./cmd/fakellm: %w\n%s", err, out)
+			binaries.err = fmt.Errorf("go build -tags nodemo ./cmd/detour ./cmd/fakellm: %w\n%s", err, out)
 			return
 		}
 		binaries.detour, binaries.fakellm = filepath.Join(dir, "detour"), filepath.Join(dir, "fakellm")

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -429,41 +428,3 @@ func TestEtcdServeFlags(t *testing.T) {
 type errWriter struct{ n int }
 
 func (w *errWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
-
-// TestDemoDrainThroughEtcd follows the demo's banner: draining eu-west's
-// backends through the embedded etcd moves every call to other regions.
-func TestDemoDrainThroughEtcd(t *testing.T) {
-	addr, banner := startDemo(t, 0)
-	m := regexp.MustCompile(`go run ./cmd/detourctl --endpoints (\S+) drain eu-west-a\n`).FindStringSubmatch(banner)
-	if m == nil {
-		t.Fatalf("banner lacks the detourctl drain line:\n%s", banner)
-	}
-	cli, err := etcd.Config{Endpoints: []string{m[1]}}.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	s := etcd.NewStore(cli, etcd.Keys{})
-	var rev int64
-	for _, b := range []string{"eu-west-a", "eu-west-b"} {
-		if rev, err = s.SetDrained(callCtx(t), b, true, "test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	in := &instance{router: detourv1.NewRouterClient(conn), admin: detourv1.NewAdminClient(conn)}
-	in.waitRevision(t, rev)
-	for i := range 10 {
-		resp, err := in.router.Complete(callCtx(t), userReq(fmt.Sprint("drained ", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r := resp.GetServedBy().GetRegion(); r == "eu-west" {
-			t.Fatalf("call %d served by eu-west after it was drained", i)
-		}
-	}
-}
