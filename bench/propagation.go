@@ -34,11 +34,12 @@ func init() {
 // start of the apply to the moment the last replica logged "config applied"
 // for its revision.
 //
-// This is the one place bench reads a detour log line: the figure is the
-// time of an event, and the Watcher writes that line right after the router
-// swapped the table, so reading it as it comes (an upper bound) times the
-// swap within a fraction of a millisecond; polling Admin.Status would add
-// its interval to a figure of a few milliseconds.
+// bench reads detour's state through Admin.Status and /metrics; here it
+// times a log line instead, because the figure is the time of an event: the
+// Watcher writes that line right after the router swapped the table, so
+// reading it as it comes (an upper bound) times the swap within a fraction
+// of a millisecond, where polling Admin.Status would add its interval to a
+// figure of a few milliseconds.
 type propagation struct {
 	replicas, edits      int
 	rate                 float64

@@ -157,7 +157,7 @@ func (d *Detour) WaitStatus(ctx context.Context, poll time.Duration, deadline ti
 			if last == nil {
 				last = errors.New("the awaited state never showed")
 			}
-			return nil, now, fmt.Errorf("Admin.Status after %v: %w", poll, last)
+			return nil, now, fmt.Errorf("Admin.Status: %w", last)
 		}
 		select {
 		case <-tick.C:
