@@ -2,7 +2,9 @@
 #
 # For users who build with Docker. CI builds the same image without a daemon:
 # `go -C deploy run ./image` (see README, "Operating detour"): a static binary,
-# user 65532, entrypoint ["/detour", "serve"], ports 50051/9090/50052.
+# user 65532, entrypoint ["/detour", "serve"], ports 50051/9090/50052. The
+# binary is the production build (-tags nodemo): no `detour demo` or `detour
+# dev`, whose embedded etcd server and simulated backends it does not link.
 #
 #   docker build -t detour:dev .
 #   docker run --rm -p 50051:50051 -v $PWD/detour.yaml:/etc/detour/config/config.yaml:ro \
@@ -17,7 +19,7 @@ COPY . .
 ARG TARGETOS TARGETARCH
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -o /out/detour ./cmd/detour \
+    go build -trimpath -tags nodemo -o /out/detour ./cmd/detour \
  && mkdir -p /out/var/lib/detour
 
 # distroless/static: CA certificates, /etc/passwd with nonroot (65532), no shell.

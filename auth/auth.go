@@ -33,6 +33,9 @@ const (
 	DefaultTenant = "default"
 	// MaxTenantLen bounds a tenant name taken from metadata.
 	MaxTenantLen = 64
+	// TenantRule says which names ValidTenant accepts, for the messages
+	// that refuse one.
+	TenantRule = "1..64 characters of [A-Za-z0-9._-] starting with a letter or digit"
 	// maxTokenLen bounds a presented bearer token; longer ones are refused
 	// before hashing.
 	maxTokenLen      = 4096
@@ -140,15 +143,46 @@ func IdentityFrom(ctx context.Context) (Identity, bool) {
 	return id, ok
 }
 
-// TenantFrom returns the tenant the call counts against (for quotas and
-// logs). It reports false when ctx carries no identity or the caller is an
+// TenantFrom returns the tenant the call counts against (its quota, log
+// line and metrics), or "" when ctx carries no identity or the caller is an
 // admin.
-func TenantFrom(ctx context.Context) (string, bool) {
+func TenantFrom(ctx context.Context) string {
+	id, _ := IdentityFrom(ctx)
+	return id.Tenant
+}
+
+// WithTenant returns ctx carrying tenant as the tenant the call counts
+// against, for a call no interceptor resolved (a server without them, a
+// test): the identity in ctx, if any, keeps its principal and credential
+// and takes tenant as its Tenant; without one, ctx carries
+// Identity{Principal: tenant, Tenant: tenant}. The caller checks the name
+// (ValidTenant).
+func WithTenant(ctx context.Context, tenant string) context.Context {
 	id, ok := IdentityFrom(ctx)
-	if !ok || id.Tenant == "" {
-		return "", false
+	if !ok {
+		id.Principal = tenant
 	}
-	return id.Tenant, true
+	id.Tenant = tenant
+	return NewContext(ctx, id)
+}
+
+// ValidTenant reports whether name may be a tenant's name: TenantRule,
+// because the name becomes a quota key, a log field and a metric label.
+// It is the one rule for a tenant named in metadata, whoever reads it.
+func ValidTenant(name string) bool {
+	if len(name) == 0 || len(name) > MaxTenantLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // CheckModel returns a PERMISSION_DENIED status error when the identity in
@@ -340,8 +374,7 @@ func (a *Authenticator) anonymous(ctx context.Context, svc service) (Identity, b
 }
 
 // tenantFromMetadata returns the tenant named by x-detour-tenant, or
-// "default". The name is bounded and limited to [A-Za-z0-9._-] because it
-// becomes a quota key, a log field and a metric label.
+// "default"; a name must pass ValidTenant.
 func tenantFromMetadata(vals []string) (string, error) {
 	switch {
 	case len(vals) == 0 || (len(vals) == 1 && vals[0] == ""):
@@ -349,26 +382,10 @@ func tenantFromMetadata(vals []string) (string, error) {
 	case len(vals) > 1:
 		return "", status.Errorf(codes.InvalidArgument, "%s: give one value, not %d", TenantKey, len(vals))
 	}
-	if !validTenant(vals[0]) {
-		return "", status.Errorf(codes.InvalidArgument, "%s must be 1..%d characters of [A-Za-z0-9._-] starting with a letter or digit", TenantKey, MaxTenantLen)
+	if !ValidTenant(vals[0]) {
+		return "", status.Error(codes.InvalidArgument, TenantKey+" must be "+TenantRule)
 	}
 	return vals[0], nil
-}
-
-func validTenant(s string) bool {
-	if len(s) == 0 || len(s) > MaxTenantLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case i > 0 && (c == '.' || c == '_' || c == '-'):
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // credential finds the principal behind the call's credential. A bearer

@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -370,11 +371,66 @@ func TestCheckModel(t *testing.T) {
 	if err := CheckModel(ctx, "b"); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("not allowed: %v", err)
 	}
-	if got, ok := TenantFrom(ctx); !ok || got != "search" {
-		t.Errorf("TenantFrom = %q, %v", got, ok)
+	if got := TenantFrom(ctx); got != "search" {
+		t.Errorf("TenantFrom = %q, want search", got)
 	}
-	if _, ok := TenantFrom(NewContext(context.Background(), Identity{Principal: "oncall", Admin: true})); ok {
+	if got := TenantFrom(NewContext(context.Background(), Identity{Principal: "oncall", Admin: true})); got != "" {
 		t.Error("TenantFrom(admin) reported a tenant")
+	}
+}
+
+func TestValidTenant(t *testing.T) {
+	tests := []struct {
+		name string
+		want bool
+	}{
+		{"team-a.eu_1", true},
+		{"a", true},
+		{"A9", true},
+		{strings.Repeat("a", MaxTenantLen), true},
+		{"", false},
+		{strings.Repeat("a", MaxTenantLen+1), false},
+		{".a", false},
+		{"-a", false},
+		{"_a", false},
+		{"a b", false},
+		{"a/b", false},
+		{"é", false},
+	}
+	for _, tt := range tests {
+		if got := ValidTenant(tt.name); got != tt.want {
+			t.Errorf("ValidTenant(%q) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if !strings.Contains(TenantRule, "1.."+strconv.Itoa(MaxTenantLen)+" ") {
+		t.Errorf("TenantRule %q does not say MaxTenantLen (%d)", TenantRule, MaxTenantLen)
+	}
+}
+
+func TestWithTenant(t *testing.T) {
+	tests := []struct {
+		name string
+		ctx  context.Context
+		want Identity
+	}{
+		{name: "no identity", ctx: context.Background(), want: Identity{Principal: "search", Tenant: "search"}},
+		{name: "an identity keeps its principal", ctx: NewContext(context.Background(), Identity{Principal: "svc", Tenant: "old", Credential: "CN=svc"}),
+			want: Identity{Principal: "svc", Tenant: "search", Credential: "CN=svc"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := WithTenant(tt.ctx, "search")
+			got, ok := IdentityFrom(ctx)
+			if diff := cmp.Diff(got, tt.want); !ok || diff != "" {
+				t.Errorf("identity (-got +want):\n%s", diff)
+			}
+			if got := TenantFrom(ctx); got != "search" {
+				t.Errorf("TenantFrom = %q, want search", got)
+			}
+		})
+	}
+	if got := TenantFrom(context.Background()); got != "" {
+		t.Errorf("TenantFrom(no identity) = %q, want \"\"", got)
 	}
 }
 

@@ -33,9 +33,14 @@
 //
 // Handlers then read the caller with IdentityFrom or TenantFrom; the incoming
 // x-detour-tenant metadata is absent or holds the same tenant, and
-// authorization metadata is gone. With ModeOff the tenant is whatever x-detour-tenant says (checked for
-// length and characters) or "default", and the Admin service answers loopback
-// callers only.
+// authorization metadata is gone. With ModeOff the tenant is whatever
+// x-detour-tenant says (checked by ValidTenant) or "default", and the Admin
+// service answers loopback callers only.
+//
+// The package is the one home of the tenant: its metadata key (TenantKey),
+// its name rule (ValidTenant, TenantRule) and its place in a context
+// (TenantFrom, and WithTenant for a server or test without the
+// interceptors). The router charges quotas to TenantFrom(ctx).
 //
 // Clients send a token with Bearer as per-call credentials:
 //

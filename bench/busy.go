@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -19,15 +20,17 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"gopkg.in/yaml.v3"
 
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("busy", "busy providers: a sole half-busy backend, a full one, all backends strained (1.2x and 0.7x capacity), a dead one, a busy storm; the client recipe vs detour before and after the capacity work, in one run", busy)
+	register("busy", "busy providers: a sole half-busy backend, a full one, all backends strained (1.2x and 0.7x capacity), a dead one, a busy storm; the client recipe vs detour before and after the capacity work, in one run", func() scenario { return &busy{} })
 }
 
 // busyBaseline is the commit detour's capacity work started from: the
@@ -68,11 +71,11 @@ type busyScenario struct {
 // busyRow is one mode's outcome in one scenario.
 type busyRow struct {
 	mode            string
-	sum             summary
+	sum             load.Summary
 	upstream        fakellm.Stats // totals over every backend
 	upstream2       fakellm.Stats // the second half of the run
 	goodput         float64       // answers per second over the second half
-	failed          summary       // the calls that failed
+	failed          load.Summary  // the calls that failed
 	withRetryInfo   int           // failed calls with a RetryInfo
 	breakerOpenedIn time.Duration // dead scenario: from the start; <0: never
 	deadAttempts    int           // dead scenario: connections to the dead backend
@@ -96,77 +99,120 @@ type busyOpts struct {
 	oldBin                string
 }
 
-func busy(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("busy", flag.ContinueOnError)
-	o := busyOpts{}
+// busy runs each busy-provider scenario in each mode (the client recipe,
+// detour before the capacity work, this detour) on fresh processes, and
+// holds this detour to each scenario's targets.
+type busy struct {
+	o         busyOpts
+	only      string
+	modesFlag string
+	modes     []string
+	scs       []*busyScenario
+
+	// What run recorded: per scenario, per mode.
+	rows []map[string]*busyRow
+}
+
+func (b *busy) flags(fs *flag.FlagSet) {
+	o := &b.o
 	fs.DurationVar(&o.dur, "duration", 30*time.Second, "how long load is offered in each scenario and mode")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "client deadline per call (every mode)")
 	fs.DurationVar(&o.latency, "latency", 100*time.Millisecond, "backends' answer latency (jitter a quarter of it)")
 	fs.Float64Var(&o.scale, "scale", 1, "multiply every rate and cap by this (keep the ratios; lower it on a slow machine)")
 	fs.IntVar(&o.maxInFlight, "max-inflight", 50000, "bound on outstanding client calls")
-	only := fs.String("scenarios", "", "comma-separated scenarios to run (default: all): "+strings.Join(busyNames(), ","))
-	modesFlag := fs.String("modes", "recipe,before,after", "modes: recipe (the client recipe, direct), before (detour at "+busyBaseline+"), after (this detour), persist (this detour with retry.max_attempts 5 and retry.budget_ratio 1)")
+	fs.StringVar(&b.only, "scenarios", "", "comma-separated scenarios to run (default: all): "+strings.Join(busyNames(), ","))
+	fs.StringVar(&b.modesFlag, "modes", "recipe,before,after", "modes: recipe (the client recipe, direct), before (detour at "+busyBaseline+"), after (this detour), persist (this detour with retry.max_attempts 5 and retry.budget_ratio 1)")
 	fs.StringVar(&o.oldBin, "before-bin", "", "a detour binary to run as \"before\" (default: built from commit "+busyBaseline+")")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	modes := strings.Split(*modesFlag, ",")
-	for _, m := range modes {
+}
+
+func (b *busy) setup(context.Context) (func(), error) {
+	o := &b.o
+	b.modes = strings.Split(b.modesFlag, ",")
+	for _, m := range b.modes {
 		if m != "recipe" && m != "before" && m != "after" && m != "persist" {
-			return fmt.Errorf("--modes: unknown mode %q", m)
+			return nil, fmt.Errorf("--modes: unknown mode %q", m)
 		}
 	}
-	if slices.Contains(modes, "before") && o.oldBin == "" {
+	if slices.Contains(b.modes, "before") && o.oldBin == "" {
 		bin, err := buildBaseline(busyBaseline)
 		if err != nil {
-			return fmt.Errorf("building detour at %s for the before rows (use --modes recipe,after to skip them): %w", busyBaseline, err)
+			return nil, fmt.Errorf("building detour at %s for the before rows (use --modes recipe,after to skip them): %w", busyBaseline, err)
 		}
 		o.oldBin = bin
 	}
-	var scs []*busyScenario
-	for _, s := range busyScenarios(o) {
-		if *only == "" || slices.Contains(strings.Split(*only, ","), s.name) {
-			scs = append(scs, s)
+	for _, s := range busyScenarios(*o) {
+		if b.only == "" || slices.Contains(strings.Split(b.only, ","), s.name) {
+			b.scs = append(b.scs, s)
 		}
 	}
-	if len(scs) == 0 {
-		return fmt.Errorf("--scenarios: none of %q; have %s", *only, strings.Join(busyNames(), ","))
+	if len(b.scs) == 0 {
+		return nil, fmt.Errorf("--scenarios: none of %q; have %s", b.only, strings.Join(busyNames(), ","))
 	}
+	return nil, nil
+}
 
-	fmt.Printf("### Busy providers\n\n%s; load %s. Each scenario offers its rate (open loop) for %v per mode; backends answer in %v ± %v; client deadline %v. "+
-		"recipe: the client recipe straight to one backend (HTTP, up to 3 attempts, 2^n s + U(0,1 s) backoff, a client token bucket at the backend's known qps when it has one). "+
-		"before: one gRPC call per client call to detour at %s (its defaults). after: the same to this detour (its defaults). persist: this detour with retry.max_attempts 5 and retry.budget_ratio 1. "+
-		"Upstream counts are fakellm's own (/stats); busy/upstream counts 503 and 429 answers; goodput and the steady busy share are over the second half of the run.\n\n",
-		machine(), loadavg(), o.dur, o.latency, o.latency/4, o.timeout, busyBaseline)
-	var misses []string
-	for _, s := range scs {
+func (b *busy) run(ctx context.Context) error {
+	for _, s := range b.scs {
 		rows := map[string]*busyRow{}
-		for _, m := range modes {
+		for _, m := range b.modes {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			fmt.Fprintf(stderr, "busy: %s, %s: %.0f calls/s for %v...\n", s.name, m, s.rate, o.dur)
-			r, err := busyRun(ctx, s, m, o)
+			fmt.Fprintf(stderr, "busy: %s, %s: %.0f calls/s for %v...\n", s.name, m, s.rate, b.o.dur)
+			r, err := busyRun(ctx, s, m, b.o)
 			if err != nil {
 				return fmt.Errorf("%s, %s: %w", s.name, m, err)
 			}
 			rows[m] = r
 		}
-		printBusy(s, modes, rows)
-		if s.judge != nil && rows["after"] != nil {
-			miss := s.judge(s, rows)
-			verdict := "pass"
-			if len(miss) > 0 {
-				verdict = "MISS: " + strings.Join(miss, "; ")
-				misses = append(misses, s.name+": "+strings.Join(miss, "; "))
-			}
-			fmt.Printf("Targets (%s): %s\n\n", s.name, verdict)
+		b.rows = append(b.rows, rows)
+	}
+	return nil
+}
+
+// misses are the targets each scenario missed ("after" rows only), per
+// scenario; nil for a scenario that has no judge or no "after" row.
+func (b *busy) misses() [][]string {
+	out := make([][]string, len(b.scs))
+	for i, s := range b.scs {
+		if s.judge != nil && b.rows[i]["after"] != nil {
+			out[i] = s.judge(s, b.rows[i])
+		}
+	}
+	return out
+}
+
+func (b *busy) judge() ([]string, error) {
+	var misses []string
+	for i, miss := range b.misses() {
+		if len(miss) > 0 {
+			misses = append(misses, b.scs[i].name+": "+strings.Join(miss, "; "))
 		}
 	}
 	if len(misses) > 0 {
-		return missed("%s", strings.Join(misses, " | "))
+		return []string{strings.Join(misses, " | ")}, nil
 	}
-	return nil
+	return nil, nil
+}
+
+func (b *busy) report(w io.Writer) {
+	o := b.o
+	fmt.Fprintf(w, "### Busy providers\n\n%s; load %s. Each scenario offers its rate (open loop) for %v per mode; backends answer in %v ± %v; client deadline %v. "+
+		"recipe: the client recipe straight to one backend (HTTP, up to 3 attempts, 2^n s + U(0,1 s) backoff, a client token bucket at the backend's known qps when it has one). "+
+		"before: one gRPC call per client call to detour at %s (its defaults). after: the same to this detour (its defaults). persist: this detour with retry.max_attempts 5 and retry.budget_ratio 1. "+
+		"Upstream counts are fakellm's own (/stats); busy/upstream counts 503 and 429 answers; goodput and the steady busy share are over the second half of the run.\n\n",
+		report.Machine(), report.LoadAvg(), o.dur, o.latency, o.latency/4, o.timeout, busyBaseline)
+	misses := b.misses()
+	for i, s := range b.scs {
+		printBusy(w, s, b.modes, b.rows[i])
+		if s.judge != nil && b.rows[i]["after"] != nil {
+			verdict := "pass"
+			if len(misses[i]) > 0 {
+				verdict = "MISS: " + strings.Join(misses[i], "; ")
+			}
+			fmt.Fprintf(w, "Targets (%s): %s\n\n", s.name, verdict)
+		}
+	}
 }
 
 func busyNames() []string {
@@ -258,11 +304,11 @@ func busyScenarios(o busyOpts) []*busyScenario {
 // busyRun runs one mode of one scenario on fresh processes.
 func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*busyRow, error) {
 	row := &busyRow{mode: mode, breakerOpenedIn: -1}
-	fakes := map[string]*fake{}
+	fakes := map[string]*harness.Fake{}
 	endpoints := map[string]string{}
 	defer func() {
 		for _, f := range fakes {
-			f.stop()
+			f.Stop()
 		}
 	}()
 	var dead *deadBackend
@@ -277,18 +323,18 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 			endpoints[b.name] = "http://" + d.addr + "/v1"
 			continue
 		}
-		f, err := startFake(fakellm.Config{Name: b.name, Region: b.region, Settings: b.settings}, false)
+		f, err := harness.StartFake(fakellm.Config{Name: b.name, Region: b.region, Settings: b.settings}, false)
 		if err != nil {
 			return nil, err
 		}
 		fakes[b.name] = f
-		endpoints[b.name] = f.openaiEndpoint()
+		endpoints[b.name] = f.OpenAIEndpoint()
 	}
-	var call callFunc
-	var det *detourProc
+	var call load.Call
+	var det *harness.Detour
 	switch mode {
 	case "recipe":
-		call = clientRecipe(fakes[s.recipe].http, s.recipeQPS, o.timeout)
+		call = clientRecipe(fakes[s.recipe].HTTP, s.recipeQPS, o.timeout)
 	default:
 		doc, err := busyConfig(s, endpoints, mode == "persist")
 		if err != nil {
@@ -298,21 +344,21 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 		if mode == "before" {
 			bin = o.oldBin
 		}
-		det, err = startDetourBin(bin, doc, "home", false)
+		det, err = harness.StartDetour(harness.DetourOptions{Bin: bin, Config: doc, Region: "home"})
 		if err != nil {
 			return nil, err
 		}
-		defer det.stop()
-		conn, err := dial(det.addr)
+		defer det.Stop()
+		conn, err := load.Dial(det.Addr)
 		if err != nil {
 			return nil, err
 		}
 		defer conn.Close()
-		call = unaryCall(detourv1.NewRouterClient(conn), request("hello, how are you today?"), o.timeout)
+		call = load.Unary(detourv1.NewRouterClient(conn), load.Request("hello, how are you today?"), o.timeout)
 	}
 	before := map[string]fakellm.Stats{}
 	for n, f := range fakes {
-		st, err := f.stats()
+		st, err := f.Stats()
 		if err != nil {
 			return nil, err
 		}
@@ -327,7 +373,7 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 		bg.Go(func() {
 			select {
 			case <-time.After(s.turnAt):
-				if err := first.control(s.turn); err != nil {
+				if err := first.Control(s.turn); err != nil {
 					fmt.Fprintln(stderr, "busy: /control:", err)
 				}
 			case <-loadCtx.Done():
@@ -346,14 +392,14 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 		midMu.Lock()
 		defer midMu.Unlock()
 		for n, f := range fakes {
-			if st, err := f.stats(); err == nil {
+			if st, err := f.Stats(); err == nil {
 				mid[n] = st
 			}
 		}
 	})
 	if det != nil && slices.ContainsFunc(s.backends, func(b busyBackend) bool { return b.dead }) {
 		start := time.Now()
-		bg.Go(func() { row.breakerOpenedIn = watchOpen(loadCtx, det.addr, "dead", start) })
+		bg.Go(func() { row.breakerOpenedIn = watchOpen(loadCtx, det.Addr, "dead", start) })
 	}
 	var mu sync.Mutex
 	errsWithInfo := 0
@@ -366,31 +412,31 @@ func busyRun(ctx context.Context, s *busyScenario, mode string, o busyOpts) (*bu
 		}
 		return err
 	}
-	mark := markCPU()
-	r := openLoop(ctx, s.rate, o.dur, o.maxInFlight, nil, wrapped)
-	row.foreign = mark.foreignCPU()
+	mark := harness.MarkCPU()
+	r := load.OpenLoop(ctx, s.rate, o.dur, o.maxInFlight, nil, wrapped)
+	row.foreign = mark.ForeignCPU()
 	cancel()
 	bg.Wait()
 	row.elapsed = r.Elapsed
-	row.sum = summarize(r.Samples, r.Elapsed)
-	var failed []sample
+	row.sum = load.Summarize(r.Samples, r.Elapsed)
+	var failed []load.Sample
 	okSecondHalf := 0
 	for _, x := range r.Samples {
-		if x.Code != codes.OK && x.Code != codeGenOverload {
+		if x.Code != codes.OK && x.Code != load.CodeGenOverload {
 			failed = append(failed, x)
 		}
 		if x.Code == codes.OK && x.End() >= o.dur/2 && x.End() < o.dur {
 			okSecondHalf++
 		}
 	}
-	row.failed = summarize(failed, 0)
+	row.failed = load.Summarize(failed, 0)
 	if dead != nil {
 		row.deadAttempts = int(dead.n.Load())
 	}
 	row.withRetryInfo = errsWithInfo
 	row.goodput = float64(okSecondHalf) / (o.dur / 2).Seconds()
 	for n, f := range fakes {
-		st, err := f.stats()
+		st, err := f.Stats()
 		if err != nil {
 			return nil, err
 		}
@@ -464,7 +510,7 @@ func hasRetryInfo(err error) bool {
 // watchOpen polls detour's Admin status until backend's breaker is open,
 // and returns how long after start that was; -1 if it never was.
 func watchOpen(ctx context.Context, addr, backend string, start time.Time) time.Duration {
-	conn, err := dial(addr)
+	conn, err := load.Dial(addr)
 	if err != nil {
 		return -1
 	}
@@ -517,21 +563,17 @@ func busyConfig(s *busyScenario, endpoints map[string]string, persist bool) (str
 		}
 		cfg.Regions[i].Backends = append(cfg.Regions[i].Backends, be)
 	}
-	if err := cfg.Validate(); err != nil {
-		return "", err
-	}
-	out, err := yaml.Marshal(&cfg)
-	return string(out), err
+	return configYAML(&cfg)
 }
 
 // buildBaseline builds cmd/detour at rev into a temp dir, from a git
 // worktree of this repository.
 func buildBaseline(rev string) (string, error) {
-	root, err := repoRoot()
+	root, err := harness.RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	dir, err := workDir()
+	dir, err := harness.WorkDir()
 	if err != nil {
 		return "", err
 	}
@@ -550,8 +592,8 @@ func buildBaseline(rev string) (string, error) {
 	return bin, nil
 }
 
-func printBusy(s *busyScenario, modes []string, rows map[string]*busyRow) {
-	fmt.Printf("#### %s\n\n%s; %.0f calls/s offered.\n\n", s.name, s.what, s.rate)
+func printBusy(w io.Writer, s *busyScenario, modes []string, rows map[string]*busyRow) {
+	fmt.Fprintf(w, "#### %s\n\n%s; %.0f calls/s offered.\n\n", s.name, s.what, s.rate)
 	var tab [][]string
 	for _, m := range modes {
 		r := rows[m]
@@ -560,22 +602,22 @@ func printBusy(s *busyScenario, modes []string, rows map[string]*busyRow) {
 		}
 		fail := "-"
 		if r.failed.N > 0 {
-			fail = fmt.Sprintf("%d, p50 %s ms, %d%% RetryInfo", r.failed.N, ms(r.failed.P50), 100*r.withRetryInfo/r.failed.N)
+			fail = fmt.Sprintf("%d, p50 %s ms, %d%% RetryInfo", r.failed.N, report.Ms(r.failed.P50), 100*r.withRetryInfo/r.failed.N)
 		}
 		opened := "-"
 		if slices.ContainsFunc(s.backends, func(b busyBackend) bool { return b.dead }) && m != "recipe" {
 			opened = "never"
 			if r.breakerOpenedIn >= 0 {
-				opened = ms(r.breakerOpenedIn) + " ms"
+				opened = report.Ms(r.breakerOpenedIn) + " ms"
 			}
 			opened += fmt.Sprintf(", %d attempts on it", r.deadAttempts)
 		}
-		tab = append(tab, []string{m, fmt.Sprint(r.sum.N), pctText(r.sum.successRate()), fmt.Sprintf("%.2f", r.perCall()),
+		tab = append(tab, []string{m, fmt.Sprint(r.sum.N), report.Percent(r.sum.SuccessRate()), fmt.Sprintf("%.2f", r.perCall()),
 			fmt.Sprintf("%.2f", float64(r.upstream.Total)/float64(max(r.sum.OK, 1))),
-			ms(r.sum.P50), ms(r.sum.P99), pctText(busyShare(r.upstream)), pctText(busyShare(r.upstream2)),
-			fmt.Sprintf("%.0f", r.goodput), fail, opened, r.sum.codesText(), fmt.Sprintf("%.2f", r.foreign)})
+			report.Ms(r.sum.P50), report.Ms(r.sum.P99), report.Percent(busyShare(r.upstream)), report.Percent(busyShare(r.upstream2)),
+			fmt.Sprintf("%.0f", r.goodput), fail, opened, r.sum.CodesText(), fmt.Sprintf("%.2f", r.foreign)})
 	}
-	fmt.Println(mdTable([]string{"mode", "calls", "success", "upstream/call", "upstream/answer", "p50 ms", "p99 ms", "busy/upstream", "busy/upstream, 2nd half",
+	fmt.Fprintln(w, report.Table([]string{"mode", "calls", "success", "upstream/call", "upstream/answer", "p50 ms", "p99 ms", "busy/upstream", "busy/upstream, 2nd half",
 		"goodput/s, 2nd half", "failed calls", "dead breaker open", "errors", "other processes, cores"}, tab))
 }
 
@@ -583,15 +625,15 @@ func judgeSoleRandom(s *busyScenario, rows map[string]*busyRow) []string {
 	a, rec := rows["after"], rows["recipe"]
 	var miss []string
 	if rec != nil {
-		if a.sum.successRate() < rec.sum.successRate()-0.005 {
-			miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", pctText(a.sum.successRate()), pctText(rec.sum.successRate())))
+		if a.sum.SuccessRate() < rec.sum.SuccessRate()-0.005 {
+			miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", report.Percent(a.sum.SuccessRate()), report.Percent(rec.sum.SuccessRate())))
 		}
 		if a.perCall() > rec.perCall()*1.02 {
 			miss = append(miss, fmt.Sprintf("%.2f upstream calls per call, more than the recipe's %.2f", a.perCall(), rec.perCall()))
 		}
 	}
 	if a.sum.P99 >= time.Second {
-		miss = append(miss, fmt.Sprintf("p99 %s ms >= 1 s", ms(a.sum.P99)))
+		miss = append(miss, fmt.Sprintf("p99 %s ms >= 1 s", report.Ms(a.sum.P99)))
 	}
 	return miss
 }
@@ -600,7 +642,7 @@ func judgeFull(s *busyScenario, rows map[string]*busyRow) []string {
 	a := rows["after"]
 	var miss []string
 	if b := busyShare(a.upstream2); b > 0.05 {
-		miss = append(miss, fmt.Sprintf("steady busy share %s > 5%%", pctText(b)))
+		miss = append(miss, fmt.Sprintf("steady busy share %s > 5%%", report.Percent(b)))
 	}
 	if a.goodput < 0.9*s.capacity {
 		miss = append(miss, fmt.Sprintf("goodput %.0f/s < 90%% of the %.0f/s the backend can serve", a.goodput, s.capacity))
@@ -611,8 +653,8 @@ func judgeFull(s *busyScenario, rows map[string]*busyRow) []string {
 func judgeStrained12(s *busyScenario, rows map[string]*busyRow) []string {
 	a := rows["after"]
 	var miss []string
-	if a.sum.successRate() < 0.99 {
-		miss = append(miss, fmt.Sprintf("success %s < 99%%", pctText(a.sum.successRate())))
+	if a.sum.SuccessRate() < 0.99 {
+		miss = append(miss, fmt.Sprintf("success %s < 99%%", report.Percent(a.sum.SuccessRate())))
 	}
 	if a.perCall() > 1.8 {
 		miss = append(miss, fmt.Sprintf("%.2f upstream calls per call > 1.8", a.perCall()))
@@ -643,7 +685,7 @@ func judgeOver(s *busyScenario, rows map[string]*busyRow) []string {
 			miss = append(miss, fmt.Sprintf("only %.0f%% of refused calls carry RetryInfo", 100*share))
 		}
 		if a.failed.P50 > 1500*time.Millisecond {
-			miss = append(miss, fmt.Sprintf("refused calls wait %s ms (p50): not refused fast", ms(a.failed.P50)))
+			miss = append(miss, fmt.Sprintf("refused calls wait %s ms (p50): not refused fast", report.Ms(a.failed.P50)))
 		}
 	}
 	return miss
@@ -655,8 +697,8 @@ func judgeDead(s *busyScenario, rows map[string]*busyRow) []string {
 	if a.breakerOpenedIn < 0 || a.breakerOpenedIn > time.Second {
 		miss = append(miss, fmt.Sprintf("dead backend's breaker opened after %v, want within 1 s", a.breakerOpenedIn))
 	}
-	if a.sum.successRate() < 0.999 {
-		miss = append(miss, fmt.Sprintf("success %s", pctText(a.sum.successRate())))
+	if a.sum.SuccessRate() < 0.999 {
+		miss = append(miss, fmt.Sprintf("success %s", report.Percent(a.sum.SuccessRate())))
 	}
 	// Every attempt on the dead backend is an extra upstream call.
 	if extra := float64(a.deadAttempts) / float64(max(a.sum.N, 1)); extra > 0.01 {
@@ -668,8 +710,8 @@ func judgeDead(s *busyScenario, rows map[string]*busyRow) []string {
 func judgeStorm(s *busyScenario, rows map[string]*busyRow) []string {
 	a := rows["after"]
 	var miss []string
-	if a.sum.successRate() < 0.999 {
-		miss = append(miss, fmt.Sprintf("success %s < 99.9%%", pctText(a.sum.successRate())))
+	if a.sum.SuccessRate() < 0.999 {
+		miss = append(miss, fmt.Sprintf("success %s < 99.9%%", report.Percent(a.sum.SuccessRate())))
 	}
 	if a.perCall() > 1.3 {
 		miss = append(miss, fmt.Sprintf("amplification %.2f > 1.3", a.perCall()))
@@ -688,8 +730,8 @@ func notWorse(rows map[string]*busyRow) []string {
 		return nil
 	}
 	var miss []string
-	if a.sum.successRate() < rec.sum.successRate() {
-		miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", pctText(a.sum.successRate()), pctText(rec.sum.successRate())))
+	if a.sum.SuccessRate() < rec.sum.SuccessRate() {
+		miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", report.Percent(a.sum.SuccessRate()), report.Percent(rec.sum.SuccessRate())))
 	}
 	if a.perCall() > rec.perCall()*1.02 {
 		miss = append(miss, fmt.Sprintf("%.2f upstream calls per call, more than the recipe's %.2f", a.perCall(), rec.perCall()))
@@ -702,8 +744,8 @@ func notWorse(rows map[string]*busyRow) []string {
 // attempts so far, capped at 30 s); a timeout per call; a client-side token
 // bucket at the provider's QPS that every attempt waits on (none when qps
 // is 0).
-func clientRecipe(httpAddr string, qps float64, timeout time.Duration) callFunc {
-	attempt := directHTTP(httpAddr, "hello, how are you today?", timeout)
+func clientRecipe(httpAddr string, qps float64, timeout time.Duration) load.Call {
+	attempt := load.DirectHTTP(httpAddr, "hello, how are you today?", timeout)
 	tb := newBucket(qps)
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, timeout)

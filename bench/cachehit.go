@@ -5,44 +5,90 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("cachehit", "cache-hit throughput and latency through detour vs a bare grpc-go server answering a constant (closed loop, same run)", cacheHit)
-	register("constsrv", "(helper for cachehit) serve detour.v1.Router/Complete answering the CompleteResponse in --response FILE", constSrvMain)
+	register("cachehit", "cache-hit throughput and latency through detour vs a bare grpc-go server answering a constant (closed loop, same run)", func() scenario { return &cacheHit{} })
 }
 
 // errNotHit is an answer from detour that was not a fresh cache hit.
 var errNotHit = status.Error(codes.FailedPrecondition, "cachehit: answer is not SOURCE_CACHE")
 
+// cacheHit compares detour answering from its cache with a bare grpc-go
+// server answering the same bytes, in alternating rounds of a closed loop.
+type cacheHit struct {
+	conc            int
+	dur, warm       time.Duration
+	rounds, prompts int
+	maxCalls        int
+	withMetrics     bool
+	logCalls        bool
+	cpuprofile      string
+	serverEnv       []string // --server-env: both servers
+	fk              *harness.Fake
+	dt              *harness.Detour
+	dc              detourv1.RouterClient
+	reqs            []*detourv1.CompleteRequest
+	respFile        string
+	targets         []chTarget
+	res             [][]chResult // per target, per round
+	foreign         float64
+}
+
+type chTarget struct {
+	name string
+	proc *harness.Child
+	call load.Call
+}
+
+// chResult is one measured run of one target.
+type chResult struct {
+	sum      load.Summary
+	samples  []load.Sample
+	srvCPU   time.Duration // the server process under test
+	genCPU   time.Duration // this process: the load generator
+	hwm      int64
+	upstream uint64 // fakellm requests during warm-up + run
+}
+
+func (c *cacheHit) flags(fs *flag.FlagSet) {
+	fs.IntVar(&c.conc, "concurrency", 32, "concurrent callers (closed loop)")
+	fs.DurationVar(&c.dur, "duration", 10*time.Second, "length of each measured run")
+	fs.DurationVar(&c.warm, "warmup", 2*time.Second, "closed-loop warm-up before each measured run")
+	fs.IntVar(&c.rounds, "rounds", 2, "rounds; each runs both targets, order alternating (A B, B A, ...)")
+	fs.IntVar(&c.prompts, "prompts", 16, "distinct cacheable prompts, cycled")
+	fs.IntVar(&c.maxCalls, "max-calls", 5_000_000, "bound on calls per run")
+	fs.BoolVar(&c.withMetrics, "detour-metrics", true, "run detour with --metrics on a loopback port, as deployed")
+	fs.BoolVar(&c.logCalls, "detour-log-calls", true, "detour's --log-calls (one JSON line per call; on by default in serve)")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "after the rounds, profile detour (its --pprof) and the constant server under one more closed loop each; detour's CPU profile goes here, the constant server's to FILE.const")
+	fs.Func("server-env", "KEY=VALUE added to the environment of both servers, detour and the constant one (repeatable), e.g. GODEBUG=adaptivestackstart=1", envFlag(&c.serverEnv))
+}
+
 // chConfig is one fakellm gRPC backend with every policy on (breaker by
 // default, non-binding backend and tenant limits) and the cache on with its
 // defaults (5m TTL, 64 MiB local tier, no Redis).
-func chConfig(grpcAddr string) string {
-	return fmt.Sprintf(`regions:
-  - name: local
-    backends:
-      - name: fake-grpc
-        kind: detour
-        endpoint: %s
-        qps: 1000000
-        max_concurrency: 100000
-limits:
-  tenant_qps: 1000000
-`, grpcAddr)
+func chConfig(grpcAddr string) *regions.Config {
+	return &regions.Config{
+		Regions: []regions.Region{region("local", 0, regions.Backend{Name: "fake-grpc", Kind: regions.KindDetour, Endpoint: grpcAddr, QPS: 1000000, MaxConcurrency: 100000})},
+		Limits:  regions.LimitPolicy{TenantQPS: 1000000},
+	}
 }
 
 // chRequests are n distinct cacheable requests (temperature 0).
@@ -61,7 +107,7 @@ func chRequests(n int) []*detourv1.CompleteRequest {
 
 // chCall makes Complete calls cycling over reqs and fails any answer that is
 // not a fresh cache hit, so a miss cannot pass for a hit.
-func chCall(c detourv1.RouterClient, reqs []*detourv1.CompleteRequest, timeout time.Duration) callFunc {
+func chCall(c detourv1.RouterClient, reqs []*detourv1.CompleteRequest, timeout time.Duration) load.Call {
 	var next atomic.Uint64
 	return func(ctx context.Context) error {
 		req := reqs[next.Add(1)%uint64(len(reqs))]
@@ -78,90 +124,64 @@ func chCall(c detourv1.RouterClient, reqs []*detourv1.CompleteRequest, timeout t
 	}
 }
 
-// chResult is one measured run of one target.
-type chResult struct {
-	sum      summary
-	samples  []sample
-	srvCPU   time.Duration // the server process under test
-	genCPU   time.Duration // this process: the load generator
-	hwm      int64
-	upstream uint64 // fakellm requests during warm-up + run
-}
-
-func cacheHit(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("cachehit", flag.ContinueOnError)
-	conc := fs.Int("concurrency", 32, "concurrent callers (closed loop)")
-	dur := fs.Duration("duration", 10*time.Second, "length of each measured run")
-	warm := fs.Duration("warmup", 2*time.Second, "closed-loop warm-up before each measured run")
-	rounds := fs.Int("rounds", 2, "rounds; each runs both targets, order alternating (A B, B A, ...)")
-	prompts := fs.Int("prompts", 16, "distinct cacheable prompts, cycled")
-	maxCalls := fs.Int("max-calls", 5_000_000, "bound on calls per run")
-	withMetrics := fs.Bool("detour-metrics", true, "run detour with --metrics on a loopback port, as deployed")
-	logCalls := fs.Bool("detour-log-calls", true, "detour's --log-calls (one JSON line per call; on by default in serve)")
-	cpuprofile := fs.String("cpuprofile", "", "after the rounds, profile detour (its --pprof) and the constant server under one more closed loop each; detour's CPU profile goes here, the constant server's to FILE.const")
-	fs.Func("server-env", "KEY=VALUE added to the environment of both servers, detour and the constant one (repeatable), e.g. GODEBUG=adaptivestackstart=1", func(v string) error {
-		if !strings.Contains(v, "=") {
-			return fmt.Errorf("want KEY=VALUE")
-		}
-		detourEnv = append(detourEnv, v)
-		return nil
-	})
-	if err := fs.Parse(args); err != nil {
-		return err
+func (c *cacheHit) setup(ctx context.Context) (func(), error) {
+	var st stack
+	if c.prompts < 1 || c.rounds < 1 || c.conc < 1 {
+		return st.stop, errors.New("--prompts, --rounds and --concurrency must be >= 1")
 	}
-	if *prompts < 1 || *rounds < 1 || *conc < 1 {
-		return errors.New("--prompts, --rounds and --concurrency must be >= 1")
-	}
-
-	fk, err := startFake(fakellm.Config{Name: "cachehit", Region: "local"}, true)
+	fk, err := harness.StartFake(fakellm.Config{Name: "cachehit", Region: "local"}, true)
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	defer fk.stop()
-	cfg := chConfig(fk.grpc)
-	dtArgs := []string{fmt.Sprintf("--log-calls=%t", *logCalls)}
-	if *cpuprofile != "" {
-		if !*withMetrics {
-			return errors.New("--cpuprofile needs --detour-metrics: detour serves its profiler on the metrics listener")
+	st.add(fk.Stop)
+	c.fk = fk
+	dtArgs := []string{fmt.Sprintf("--log-calls=%t", c.logCalls)}
+	if c.cpuprofile != "" {
+		if !c.withMetrics {
+			return st.stop, errors.New("--cpuprofile needs --detour-metrics: detour serves its profiler on the metrics listener")
 		}
 		dtArgs = append(dtArgs, "--pprof")
 	}
-	dt, err := startDetour(cfg, "local", *withMetrics, dtArgs...)
+	doc, err := configYAML(chConfig(fk.GRPC))
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	defer dt.stop()
-	dconn, err := dial(dt.addr)
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: doc, Region: "local", Metrics: c.withMetrics, Args: dtArgs, Env: c.serverEnv})
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	defer dconn.Close()
-	dc := detourv1.NewRouterClient(dconn)
+	st.add(dt.Stop)
+	c.dt = dt
+	dconn, err := st.dial(dt.Addr)
+	if err != nil {
+		return st.stop, err
+	}
+	c.dc = detourv1.NewRouterClient(dconn)
 
 	// Warm the cache: one live call per prompt, then check that each prompt
 	// now answers from the cache and keep one hit as the constant.
-	reqs := chRequests(*prompts)
+	c.reqs = chRequests(c.prompts)
 	var hit *detourv1.CompleteResponse
-	for i, req := range reqs {
+	for i, req := range c.reqs {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		first, err := dc.Complete(cctx, req)
+		first, err := c.dc.Complete(cctx, req)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("warm prompt %d: %w", i, err)
+			return st.stop, fmt.Errorf("warm prompt %d: %w", i, err)
 		}
 		if first.GetSource() != detourv1.Source_SOURCE_LIVE {
-			return fmt.Errorf("warm prompt %d: first answer is %v, want SOURCE_LIVE", i, first.GetSource())
+			return st.stop, fmt.Errorf("warm prompt %d: first answer is %v, want SOURCE_LIVE", i, first.GetSource())
 		}
 	}
-	for i, req := range reqs {
+	for i, req := range c.reqs {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		again, err := dc.Complete(cctx, req)
+		again, err := c.dc.Complete(cctx, req)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("prompt %d after warming: %w", i, err)
+			return st.stop, fmt.Errorf("prompt %d after warming: %w", i, err)
 		}
 		if again.GetSource() != detourv1.Source_SOURCE_CACHE || again.GetAttempts() != 0 {
-			return fmt.Errorf("prompt %d after warming: source %v attempts %d, want SOURCE_CACHE and 0", i, again.GetSource(), again.GetAttempts())
+			return st.stop, fmt.Errorf("prompt %d after warming: source %v attempts %d, want SOURCE_CACHE and 0", i, again.GetSource(), again.GetAttempts())
 		}
 		if hit == nil {
 			hit = again
@@ -169,104 +189,136 @@ func cacheHit(ctx context.Context, args []string) error {
 	}
 	hitBytes, err := proto.Marshal(hit)
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	dir, err := workDir()
+	dir, err := harness.WorkDir()
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	respFile := filepath.Join(dir, "cachehit-response.pb")
-	if err := os.WriteFile(respFile, hitBytes, 0o600); err != nil {
-		return err
+	c.respFile = filepath.Join(dir, "cachehit-response.pb")
+	if err := os.WriteFile(c.respFile, hitBytes, 0o600); err != nil {
+		return st.stop, err
 	}
-	cs, csAddr, err := startConstSrv(respFile)
+	cs, csAddr, err := startConstSrv(c.respFile, c.serverEnv)
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	defer cs.stop()
-	cconn, err := dial(csAddr)
+	st.add(cs.Stop)
+	cconn, err := st.dial(csAddr)
 	if err != nil {
-		return err
-	}
-	defer cconn.Close()
-
-	type target struct {
-		name string
-		proc *child
-		call callFunc
+		return st.stop, err
 	}
 	// The constant server answers the very bytes of a detour hit, so both
 	// targets send and receive the same messages and pass the same check.
-	targets := []target{
-		{name: "grpc-go constant server", proc: cs, call: chCall(detourv1.NewRouterClient(cconn), reqs, 5*time.Second)},
-		{name: "detour, cache hit", proc: dt.child, call: chCall(dc, reqs, 5*time.Second)},
+	c.targets = []chTarget{
+		{name: "grpc-go constant server", proc: cs, call: chCall(detourv1.NewRouterClient(cconn), c.reqs, 5*time.Second)},
+		{name: "detour, cache hit", proc: dt.Child, call: chCall(c.dc, c.reqs, 5*time.Second)},
 	}
-	for _, t := range targets {
+	for _, t := range c.targets {
 		if err := t.call(ctx); err != nil {
-			return fmt.Errorf("%s: first call: %w", t.name, err)
+			return st.stop, fmt.Errorf("%s: first call: %w", t.name, err)
 		}
 	}
+	return st.stop, nil
+}
 
-	measure := func(t target) (chResult, error) {
-		s0, err := fk.stats()
-		if err != nil {
-			return chResult{}, err
-		}
-		closedLoop(ctx, *conc, *warm, *maxCalls, t.call)
-		p0, g0 := t.proc.proc(), chProc(os.Getpid())
-		r := closedLoop(ctx, *conc, *dur, *maxCalls, t.call)
-		p1, g1 := t.proc.proc(), chProc(os.Getpid())
-		s1, err := fk.stats()
-		if err != nil {
-			return chResult{}, err
-		}
-		return chResult{
-			sum: summarize(r.Samples, r.Elapsed), samples: r.Samples,
-			srvCPU: p1.CPU - p0.CPU, genCPU: g1.CPU - g0.CPU, hwm: p1.HWM,
-			upstream: s1.Total - s0.Total,
-		}, nil
+func (c *cacheHit) measure(ctx context.Context, t chTarget) (chResult, error) {
+	s0, err := c.fk.Stats()
+	if err != nil {
+		return chResult{}, err
 	}
+	load.ClosedLoop(ctx, c.conc, c.warm, c.maxCalls, t.call)
+	p0, g0 := t.proc.Proc(), harness.Self()
+	r := load.ClosedLoop(ctx, c.conc, c.dur, c.maxCalls, t.call)
+	p1, g1 := t.proc.Proc(), harness.Self()
+	s1, err := c.fk.Stats()
+	if err != nil {
+		return chResult{}, err
+	}
+	return chResult{
+		sum: load.Summarize(r.Samples, r.Elapsed), samples: r.Samples,
+		srvCPU: p1.CPU - p0.CPU, genCPU: g1.CPU - g0.CPU, hwm: p1.HWM,
+		upstream: s1.Total - s0.Total,
+	}, nil
+}
 
-	mark := markCPU()
-	res := make([][]chResult, len(targets))
-	if err := alternate(ctx, *rounds, len(targets), func(round, i int) error {
-		r, err := measure(targets[i])
+func (c *cacheHit) run(ctx context.Context) error {
+	mark := harness.MarkCPU()
+	c.res = make([][]chResult, len(c.targets))
+	if err := load.Alternate(ctx, c.rounds, len(c.targets), func(round, i int) error {
+		r, err := c.measure(ctx, c.targets[i])
 		if err != nil {
 			return err
 		}
-		res[i] = append(res[i], r)
+		c.res[i] = append(c.res[i], r)
 		fmt.Fprintf(stderr, "cachehit round %d %-24s %8.0f calls/s p50 %s ms p99 %s ms (%d calls, %s)\n",
-			round+1, targets[i].name, r.sum.Throughput, ms(r.sum.P50), ms(r.sum.P99), r.sum.N, r.sum.codesText())
+			round+1, c.targets[i].name, r.sum.Throughput, report.Ms(r.sum.P50), report.Ms(r.sum.P99), r.sum.N, r.sum.CodesText())
 		return nil
 	}); err != nil {
 		return err
 	}
-	foreign := mark.foreignCPU()
-
-	if *cpuprofile != "" {
-		if err := chProfile(ctx, dt, chCall(dc, reqs, 5*time.Second), respFile, *cpuprofile, reqs, *conc, *dur); err != nil {
+	c.foreign = mark.ForeignCPU()
+	if c.cpuprofile != "" {
+		err := profilePair(ctx, "cachehit", c.dt, chCall(c.dc, c.reqs, 5*time.Second), c.cpuprofile, ".const", c.conc, c.dur,
+			func(profile string) (*harness.Child, string, error) {
+				return startConstSrv(c.respFile, c.serverEnv, "--cpuprofile", profile)
+			},
+			func(rc detourv1.RouterClient) load.Call { return chCall(rc, c.reqs, 5*time.Second) })
+		if err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 	}
+	return nil
+}
 
-	envNote := ""
-	if len(detourEnv) > 0 {
-		envNote = fmt.Sprintf(" Both servers ran with %s.", strings.Join(detourEnv, " "))
+// throughputs are the median calls/s per target, and the upstream requests
+// of every run.
+func (c *cacheHit) throughputs() (tps []float64, upstream uint64) {
+	for i := range c.targets {
+		var tp []float64
+		for _, r := range c.res[i] {
+			tp = append(tp, r.sum.Throughput)
+			upstream += r.upstream
+		}
+		tps = append(tps, load.Median(tp))
 	}
-	fmt.Printf("### Cache hit through detour vs a constant gRPC server\n\n%s; load %s; other processes used %.2f cores on average during the rounds.%s "+
+	return tps, upstream
+}
+
+func (c *cacheHit) judge() ([]string, error) {
+	tps, upstream := c.throughputs()
+	return cacheHitJudge(tps[0], tps[1], upstream)
+}
+
+// cacheHitJudge: the run measured hits only when fakellm saw no request;
+// detour's hits must reach 0.9 of the constant server's throughput.
+func cacheHitJudge(constant, detour float64, upstream uint64) ([]string, error) {
+	if upstream != 0 {
+		return nil, fmt.Errorf("fakellm saw %d requests during the runs: not every call was a hit", upstream)
+	}
+	if ratio := detour / constant; ratio < 0.9 {
+		return []string{fmt.Sprintf("detour cache hit reached %.2f of the constant server's throughput (target 0.90)", ratio)}, nil
+	}
+	return nil, nil
+}
+
+func (c *cacheHit) report(w io.Writer) {
+	envNote := ""
+	if len(c.serverEnv) > 0 {
+		envNote = fmt.Sprintf(" Both servers ran with %s.", strings.Join(c.serverEnv, " "))
+	}
+	fmt.Fprintf(w, "### Cache hit through detour vs a constant gRPC server\n\n%s; load %s; other processes used %.2f cores on average during the rounds.%s "+
 		"`detour serve` (metrics %s, call logs %s) with the cache on (defaults: local tier only) in front of fakellm gRPC; %d distinct temperature-0 prompts, each answered once live before the runs, then cycled; "+
 		"the constant server is a bare `grpc.NewServer()` returning the bytes of one of detour's hit answers. One client connection per target, closed loop %d callers x %v after %v warm-up, %d rounds alternating the order (A B, B A).\n\n",
-		machine(), loadavg(), foreign, envNote, chOnOff(*withMetrics && dt.metrics != ""), chOnOff(*logCalls), *prompts, *conc, *dur, *warm, *rounds)
+		report.Machine(), report.LoadAvg(), c.foreign, envNote, report.OnOff(c.withMetrics && c.dt.Metrics != ""), report.OnOff(c.logCalls), c.prompts, c.conc, c.dur, c.warm, c.rounds)
 
 	var rows [][]string
-	tps := make([]float64, len(targets))
-	var upstream uint64
-	for i, t := range targets {
+	for i, t := range c.targets {
 		var tp, srv, gen []float64
-		var pooled []sample
+		var pooled []load.Sample
 		var hwm int64
 		var perRound []string
-		for _, r := range res[i] {
+		for _, r := range c.res[i] {
 			tp = append(tp, r.sum.Throughput)
 			n := float64(max(r.sum.N, 1))
 			srv = append(srv, float64(r.srvCPU.Microseconds())/n)
@@ -274,97 +326,20 @@ func cacheHit(ctx context.Context, args []string) error {
 			pooled = append(pooled, r.samples...)
 			hwm = max(hwm, r.hwm)
 			perRound = append(perRound, fmt.Sprintf("%.0f", r.sum.Throughput))
-			upstream += r.upstream
 		}
-		tps[i] = median(tp)
-		s := summarize(pooled, 0)
-		errs := s.codesText()
+		s := load.Summarize(pooled, 0)
+		errs := s.CodesText()
 		if errs == "-" {
 			errs = "0"
 		}
-		rows = append(rows, []string{t.name, fmt.Sprintf("%.0f", tps[i]), strings.Join(perRound, ", "), fmt.Sprintf("%d", s.N),
-			ms(s.P50), ms(s.P99), ms(s.P999), errs, fmt.Sprintf("%.1f", median(srv)), fmt.Sprintf("%.1f", median(gen)), mib(hwm)})
+		rows = append(rows, []string{t.name, fmt.Sprintf("%.0f", load.Median(tp)), strings.Join(perRound, ", "), fmt.Sprintf("%d", s.N),
+			report.Ms(s.P50), report.Ms(s.P99), report.Ms(s.P999), errs, fmt.Sprintf("%.1f", load.Median(srv)), fmt.Sprintf("%.1f", load.Median(gen)), report.MiB(hwm)})
 	}
-	fmt.Println(mdTable([]string{"target", "calls/s (median)", "calls/s per run", "calls", "p50 ms", "p99 ms", "p99.9 ms", "errors", "server CPU µs/call", "load generator CPU µs/call", "server RSS peak MiB"}, rows))
+	fmt.Fprintln(w, report.Table([]string{"target", "calls/s (median)", "calls/s per run", "calls", "p50 ms", "p99 ms", "p99.9 ms", "errors", "server CPU µs/call", "load generator CPU µs/call", "server RSS peak MiB"}, rows))
+	tps, upstream := c.throughputs()
 	ratio := tps[1] / tps[0]
-	verdict := "pass"
-	if ratio < 0.9 {
-		verdict = "MISS"
-	}
-	fmt.Printf("%s\n", mdTable([]string{"check", "measured", "target", "verdict"}, [][]string{
-		{"detour cache hit / constant server throughput", fmt.Sprintf("%.2f", ratio), ">= 0.90", verdict},
-		{"fakellm requests during warm-ups and runs (every call a local hit)", fmt.Sprintf("%d", upstream), "0", chPassIf(upstream == 0)},
+	fmt.Fprintf(w, "%s\n", report.Table([]string{"check", "measured", "target", "verdict"}, [][]string{
+		{"detour cache hit / constant server throughput", fmt.Sprintf("%.2f", ratio), ">= 0.90", report.Verdict(ratio >= 0.9)},
+		{"fakellm requests during warm-ups and runs (every call a local hit)", fmt.Sprintf("%d", upstream), "0", report.Verdict(upstream == 0)},
 	}))
-	if upstream != 0 {
-		return fmt.Errorf("fakellm saw %d requests during the runs: not every call was a hit", upstream)
-	}
-	if ratio < 0.9 {
-		return missed("detour cache hit reached %.2f of the constant server's throughput (target 0.90)", ratio)
-	}
-	return nil
-}
-
-func chOnOff(b bool) string {
-	if b {
-		return "on"
-	}
-	return "off"
-}
-
-func chPassIf(ok bool) string {
-	if ok {
-		return "pass"
-	}
-	return "MISS"
-}
-
-func chProc(pid int) procSample {
-	s, _ := readProc(pid)
-	return s
-}
-
-// startConstSrv runs this bench binary's constsrv scenario as a child.
-func startConstSrv(respFile string, extra ...string) (*child, string, error) {
-	return startSelf(append([]string{"constsrv", "--listen", "127.0.0.1:0", "--response", respFile}, extra...),
-		"constsrv listening on ", "", detourEnv...)
-}
-
-// constSrv answers every Complete with the same response.
-type constSrv struct {
-	detourv1.UnimplementedRouterServer
-	resp *detourv1.CompleteResponse
-}
-
-func (s *constSrv) Complete(context.Context, *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
-	return s.resp, nil
-}
-
-func constSrvMain(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("constsrv", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
-	respFile := fs.String("response", "", "file holding a binary-encoded detour.v1.CompleteResponse")
-	profile := fs.String("cpuprofile", "", "write a CPU profile here until the server stops")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	b, err := os.ReadFile(*respFile)
-	if err != nil {
-		return err
-	}
-	resp := &detourv1.CompleteResponse{}
-	if err := proto.Unmarshal(b, resp); err != nil {
-		return fmt.Errorf("%s: %w", *respFile, err)
-	}
-	return serveBenchServer(ctx, *listen, *profile, "constsrv listening on ", func(srv *grpc.Server) {
-		detourv1.RegisterRouterServer(srv, &constSrv{resp: resp})
-	})
-}
-
-// chProfile profiles detour (running, with --pprof, its cache warm) under one
-// more closed loop through call, then a constsrv under the same load; the
-// profiles go to path and path.const.
-func chProfile(ctx context.Context, dt *detourProc, call callFunc, respFile, path string, reqs []*detourv1.CompleteRequest, conc int, dur time.Duration) error {
-	return profilePair(ctx, "cachehit", dt, call, path, ".const", conc, dur,
-		func(profile string) (*child, string, error) { return startConstSrv(respFile, "--cpuprofile", profile) },
-		func(c detourv1.RouterClient) callFunc { return chCall(c, reqs, 5*time.Second) })
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 	"sync"
@@ -17,12 +18,16 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("chaos", "faults between detour and its backends (Toxiproxy in process), hangs, cuts, SIGTERM, a 10x burst, etcd restarted, Redis killed: one table with verdicts", chaos)
+	register("chaos", "faults between detour and its backends (Toxiproxy in process), hangs, cuts, SIGTERM, a 10x burst, etcd restarted, Redis killed: one table with verdicts", func() scenario { return &chaos{} })
 }
 
 // chaosOpts are the knobs every case shares.
@@ -69,7 +74,7 @@ const chaosBackendLatency = 20 * time.Millisecond
 type chaosStack struct {
 	bg      sync.WaitGroup // faults that keep changing during a case
 	names   []string
-	fakes   map[string]*fake
+	fakes   map[string]*harness.Fake
 	proxies map[string]*toxiproxy.Proxy
 }
 
@@ -82,10 +87,10 @@ var chaosBase = map[string]any{"latency": "20ms", "jitter": "5ms", "busy_rate": 
 	"tokens_per_sec": 0, "garbage_rate": 0, "cut_rate": 0}
 
 func startChaosStack() (*chaosStack, error) {
-	s := &chaosStack{fakes: map[string]*fake{}, proxies: map[string]*toxiproxy.Proxy{}}
+	s := &chaosStack{fakes: map[string]*harness.Fake{}, proxies: map[string]*toxiproxy.Proxy{}}
 	api := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 	for _, b := range chaosBackends {
-		f, err := startFake(fakellm.Config{Name: b.name, Region: b.region,
+		f, err := harness.StartFake(fakellm.Config{Name: b.name, Region: b.region,
 			Settings: fakellm.Settings{Latency: 20 * time.Millisecond, Jitter: 5 * time.Millisecond}}, false)
 		if err != nil {
 			s.stop()
@@ -93,7 +98,7 @@ func startChaosStack() (*chaosStack, error) {
 		}
 		s.names = append(s.names, b.name)
 		s.fakes[b.name] = f
-		p := toxiproxy.NewProxy(api, b.name, "127.0.0.1:0", f.http)
+		p := toxiproxy.NewProxy(api, b.name, "127.0.0.1:0", f.HTTP)
 		if err := p.Start(); err != nil {
 			s.stop()
 			return nil, fmt.Errorf("toxiproxy %s: %w", b.name, err)
@@ -108,7 +113,7 @@ func (s *chaosStack) stop() {
 		p.Stop()
 	}
 	for _, f := range s.fakes {
-		f.stop()
+		f.Stop()
 	}
 }
 
@@ -117,7 +122,7 @@ func (s *chaosStack) reset(ctx context.Context) error {
 	s.bg.Wait()
 	for _, n := range s.names {
 		s.proxies[n].Toxics.ResetToxics(ctx)
-		if err := s.fakes[n].control(chaosBase); err != nil {
+		if err := s.fakes[n].Control(chaosBase); err != nil {
 			return err
 		}
 	}
@@ -137,7 +142,7 @@ func (s *chaosStack) toxic(json string, backends ...string) error {
 
 func (s *chaosStack) control(patch map[string]any, backends ...string) error {
 	for _, b := range backends {
-		if err := s.fakes[b].control(patch); err != nil {
+		if err := s.fakes[b].Control(patch); err != nil {
 			return err
 		}
 	}
@@ -147,7 +152,7 @@ func (s *chaosStack) control(patch map[string]any, backends ...string) error {
 func (s *chaosStack) upstreamTotals() (map[string]fakellm.Stats, error) {
 	m := map[string]fakellm.Stats{}
 	for _, n := range s.names {
-		st, err := s.fakes[n].stats()
+		st, err := s.fakes[n].Stats()
 		if err != nil {
 			return nil, err
 		}
@@ -156,24 +161,19 @@ func (s *chaosStack) upstreamTotals() (map[string]fakellm.Stats, error) {
 	return m, nil
 }
 
-func (s *chaosStack) config(o chaosOpts) string {
-	var b strings.Builder
+// config is the cases' config: east (the router's own region, a backend in
+// each of two zones), west second, the fallback; every backend through its
+// proxy.
+func (s *chaosStack) config(o chaosOpts) *regions.Config {
 	ep := func(n string) string { return "http://" + s.proxies[n].Listen + "/v1" }
-	fmt.Fprintf(&b, `regions:
-  - name: east
-    backends:
-      - {name: east-a, endpoint: %q, zone: east-1a}
-      - {name: east-b, endpoint: %q, zone: east-1b}
-  - name: west
-    priority: 1
-    backends:
-      - {name: west-a, endpoint: %q}
-fallbacks:
-  - {name: fallback, endpoint: %q}
-retry:
-  attempt_timeout: %s
-`, ep("east-a"), ep("east-b"), ep("west-a"), ep("fallback"), o.attemptTimeout)
-	return b.String()
+	return &regions.Config{
+		Regions: []regions.Region{
+			region("east", 0, regions.Backend{Name: "east-a", Endpoint: ep("east-a"), Zone: "east-1a"}, regions.Backend{Name: "east-b", Endpoint: ep("east-b"), Zone: "east-1b"}),
+			region("west", 1, regions.Backend{Name: "west-a", Endpoint: ep("west-a")}),
+		},
+		Fallbacks: []regions.Backend{{Name: "fallback", Endpoint: ep("fallback")}},
+		Retry:     regions.RetryPolicy{AttemptTimeout: regions.Duration(o.attemptTimeout)},
+	}
 }
 
 // chaosCase is one fault with its pass criterion.
@@ -206,16 +206,16 @@ type chaosCase struct {
 
 // chaosRun is what one case measured.
 type chaosRun struct {
-	run       *run
-	sum       summary
+	run       *load.Run
+	sum       load.Summary
 	amp       float64
 	upstream  map[string]fakellm.Stats // deltas
 	faultRel  time.Duration
 	detourOK  bool // detour still running (or exited cleanly after SIGTERM)
 	exitNote  string
 	baseP99   time.Duration // p99 before the fault
-	afterSum  summary       // calls after the fault ended (burst) or after faultAt
-	recovery  summary       // burst: the last phase
+	afterSum  load.Summary  // calls after the fault ended (burst) or after faultAt
+	recovery  load.Summary  // burst: the last phase
 	sigtermAt time.Duration
 	upTotal   uint64
 	// success, when set by a judge, replaces the success column (SIGTERM:
@@ -228,8 +228,8 @@ func chaosCases() []chaosCase {
 	successAmp := func(minSuccess float64) func(o chaosOpts, r *chaosRun) (string, string) {
 		return func(o chaosOpts, r *chaosRun) (string, string) {
 			var why []string
-			if r.sum.successRate() < minSuccess {
-				why = append(why, fmt.Sprintf("success < %s", pctText(minSuccess)))
+			if r.sum.SuccessRate() < minSuccess {
+				why = append(why, fmt.Sprintf("success < %s", report.Percent(minSuccess)))
 			}
 			if r.amp > o.maxAmp {
 				why = append(why, fmt.Sprintf("amplification > %.1f", o.maxAmp))
@@ -321,7 +321,7 @@ func chaosCases() []chaosCase {
 				var why []string
 				for c, n := range r.sum.Codes {
 					if c != codes.OK && c != codes.Unavailable {
-						why = append(why, fmt.Sprintf("%d calls ended %s, want UNAVAILABLE", n, codeName(c)))
+						why = append(why, fmt.Sprintf("%d calls ended %s, want UNAVAILABLE", n, load.CodeName(c)))
 					}
 				}
 				if !r.detourOK {
@@ -354,16 +354,6 @@ func successAmpNote(f func(chaosOpts, *chaosRun) (string, string), note string) 
 	}
 }
 
-func codeName(c codes.Code) string {
-	switch c {
-	case codeTruncated:
-		return "TRUNCATED-OK"
-	case codeGenOverload:
-		return "generator-overload"
-	}
-	return c.String()
-}
-
 // judgeSigterm: every call sent before SIGTERM (5 ms margin) succeeds; a
 // call after it either succeeds or is refused before it reached detour
 // (dial error); detour exits 0 within its grace; no upstream call was
@@ -372,7 +362,7 @@ func judgeSigterm(o chaosOpts, r *chaosRun) (string, string) {
 	var why []string
 	before, refused, lost, inflight := 0, 0, 0, 0
 	for _, s := range r.run.Samples {
-		if s.Start < r.sigtermAt && s.End() > r.sigtermAt && s.Code != codeGenOverload {
+		if s.Start < r.sigtermAt && s.End() > r.sigtermAt && s.Code != load.CodeGenOverload {
 			inflight++
 		}
 		if s.Start < r.sigtermAt-5*time.Millisecond {
@@ -396,7 +386,7 @@ func judgeSigterm(o chaosOpts, r *chaosRun) (string, string) {
 	}
 	accepted := len(r.run.Samples) - refused
 	if accepted > 0 {
-		r.success = pctText(float64(accepted-lost)/float64(accepted)) + " of accepted"
+		r.success = report.Percent(float64(accepted-lost)/float64(accepted)) + " of accepted"
 		r.amp = float64(r.upTotal) / float64(accepted)
 	}
 	canceled := uint64(0)
@@ -439,13 +429,13 @@ func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
 	offered, noRetry := 0, 0
 	var shedAt []time.Duration // starts of the shed calls
 	failed := map[codes.Code]int{}
-	var admitted []sample // sent during the burst and not shed
+	var admitted []load.Sample // sent during the burst and not shed
 	for _, s := range r.run.Samples {
 		in := s.Start >= from && s.Start < to
 		if in {
 			offered++
 		}
-		if s.Code == codeGenOverload {
+		if s.Code == load.CodeGenOverload {
 			continue // never sent: the generator's bound, not detour
 		}
 		if isShed, retry := shedStatus(s.Err); isShed {
@@ -462,7 +452,7 @@ func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
 			admitted = append(admitted, s)
 		}
 	}
-	adm := summarize(admitted, 0)
+	adm := load.Summarize(admitted, 0)
 	drained := to + adm.Max // the last call the burst admitted has ended
 	shed, shedAfter, shedOutside := 0, time.Duration(0), 0
 	for _, at := range shedAt {
@@ -476,7 +466,7 @@ func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
 		}
 	}
 	for c, n := range failed {
-		why = append(why, fmt.Sprintf("%d calls ended %s (only a shed RESOURCE_EXHAUSTED may fail)", n, codeName(c)))
+		why = append(why, fmt.Sprintf("%d calls ended %s (only a shed RESOURCE_EXHAUSTED may fail)", n, load.CodeName(c)))
 	}
 	if noRetry > 0 {
 		why = append(why, fmt.Sprintf("%d shed calls without a RetryInfo", noRetry))
@@ -487,20 +477,20 @@ func judgeBurst(o chaosOpts, r *chaosRun) (string, string) {
 	if least := 10 * o.rate * chaosBackendLatency.Seconds(); o.maxInflight > 0 && least > float64(o.maxInflight) && len(shedAt) == 0 {
 		why = append(why, fmt.Sprintf("nothing shed although the burst keeps at least %.0f calls in flight, above limits.max_inflight %d", least, o.maxInflight))
 	}
-	if r.recovery.successRate() < 1 {
-		why = append(why, fmt.Sprintf("recovery phase success %s < 100%%", pctText(r.recovery.successRate())))
+	if r.recovery.SuccessRate() < 1 {
+		why = append(why, fmt.Sprintf("recovery phase success %s < 100%%", report.Percent(r.recovery.SuccessRate())))
 	}
 	limit := max(3*r.baseP99, 100*time.Millisecond)
 	if r.recovery.P99 > limit {
-		why = append(why, fmt.Sprintf("recovery p99 %s ms > %s ms", ms(r.recovery.P99), ms(limit)))
+		why = append(why, fmt.Sprintf("recovery p99 %s ms > %s ms", report.Ms(r.recovery.P99), report.Ms(limit)))
 	}
 	shedShare := 0.0
 	if offered > 0 {
 		shedShare = float64(shed) / float64(offered)
 	}
 	return strings.Join(why, "; "), fmt.Sprintf("limits.max_inflight %d; before: p99 %s ms; burst: %d offered, %d shed (%s) with RESOURCE_EXHAUSTED + RetryInfo, %d not sent by the generator; admitted %d: success %s, p99 %s ms, max %s ms; shed in the %s ms after the burst while its admitted calls ended: %d, later or before it: %d; last 2 s: success %s, p99 %s ms",
-		o.maxInflight, ms(r.baseP99), offered, shed, pctText(shedShare), r.afterSum.Codes[codeGenOverload], adm.N, pctText(adm.successRate()), ms(adm.P99), ms(adm.Max),
-		ms(adm.Max), shedAfter, shedOutside, pctText(r.recovery.successRate()), ms(r.recovery.P99))
+		o.maxInflight, report.Ms(r.baseP99), offered, shed, report.Percent(shedShare), r.afterSum.Codes[load.CodeGenOverload], adm.N, report.Percent(adm.SuccessRate()), report.Ms(adm.P99), report.Ms(adm.Max),
+		report.Ms(adm.Max), shedAfter, shedOutside, report.Percent(r.recovery.SuccessRate()), report.Ms(r.recovery.P99))
 }
 
 // shedStatus reports whether err is detour's refusal of a call at its
@@ -519,9 +509,25 @@ func shedStatus(err error) (shed, retryInfo bool) {
 	return true, false
 }
 
-func chaos(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("chaos", flag.ContinueOnError)
-	o := chaosOpts{}
+// chaos runs every case (or those of --cases) on one stack of backends,
+// each against a fresh detour, and judges each by its own criterion.
+type chaos struct {
+	o     chaosOpts
+	only  string
+	list  bool
+	cases []chaosCase
+	st    *chaosStack
+
+	// What run recorded, per case: the run, or why it was skipped.
+	runs    []*chaosRun
+	skipped []error
+	took    time.Duration
+	// verdicts per case, by judge: "" for pass, else why; and its note.
+	fails, notes []string
+}
+
+func (c *chaos) flags(fs *flag.FlagSet) {
+	o := &c.o
 	fs.Float64Var(&o.rate, "rate", 200, "offered calls per second (open loop); the burst case offers 10x for 3 s")
 	fs.DurationVar(&o.dur, "duration", 8*time.Second, "load per case")
 	fs.DurationVar(&o.faultAt, "fault-at", 2*time.Second, "when the fault starts, after the load")
@@ -529,85 +535,119 @@ func chaos(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.deadline, "deadline", 10*time.Second, "client deadline per call")
 	fs.Float64Var(&o.maxAmp, "max-amp", 1.5, "pass bound on upstream requests per client call under a fault")
 	fs.IntVar(&o.maxInflight, "max-inflight", 0, "detour's limits.max_inflight in the baseline, resets, cut and burst cases; 0: 8 x rate x 20 ms, the calls 20 ms backends hold at 8x the offered rate (32 at 200 calls/s); negative: none")
-	only := fs.String("cases", "", "comma-separated case names to run (default all); see -list")
-	list := fs.Bool("list", false, "list the cases and exit")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+	fs.StringVar(&c.only, "cases", "", "comma-separated case names to run (default all); see -list")
+	fs.BoolVar(&c.list, "list", false, "list the cases and exit")
+}
+
+func (c *chaos) setup(ctx context.Context) (func(), error) {
+	o := &c.o
 	if o.faultAt <= 0 || o.faultAt >= o.dur {
-		return fmt.Errorf("--fault-at %v must be > 0 and under --duration %v", o.faultAt, o.dur)
+		return func() {}, fmt.Errorf("--fault-at %v must be > 0 and under --duration %v", o.faultAt, o.dur)
 	}
 	o.maxInflight = inflightLimit(o.maxInflight, o.rate)
-	cases := append(chaosCases(), chaosStateCases()...)
-	if *list {
-		for _, c := range cases {
-			fmt.Printf("%-20s %s\n", c.name, c.fault)
+	c.cases = append(chaosCases(), chaosStateCases()...)
+	if c.list {
+		for _, cs := range c.cases {
+			fmt.Printf("%-20s %s\n", cs.name, cs.fault)
 		}
-		return nil
+		return func() {}, flag.ErrHelp // listed: nothing to run
 	}
-	if *only != "" {
+	if c.only != "" {
 		want := map[string]bool{}
-		for _, n := range strings.Split(*only, ",") {
+		for _, n := range strings.Split(c.only, ",") {
 			want[strings.TrimSpace(n)] = true
 		}
 		var sel []chaosCase
-		for _, c := range cases {
-			if want[c.name] {
-				sel = append(sel, c)
-				delete(want, c.name)
+		for _, cs := range c.cases {
+			if want[cs.name] {
+				sel = append(sel, cs)
+				delete(want, cs.name)
 			}
 		}
 		if len(want) > 0 {
-			return fmt.Errorf("--cases: unknown %v (see --list)", want)
+			return func() {}, fmt.Errorf("--cases: unknown %v (see --list)", want)
 		}
-		cases = sel
+		c.cases = sel
 	}
 	st, err := startChaosStack()
 	if err != nil {
-		return err
+		return func() {}, err
 	}
-	defer st.stop()
+	c.st = st
+	return st.stop, nil
+}
 
-	var rows [][]string
-	failed := 0
+func (c *chaos) run(ctx context.Context) error {
 	started := time.Now()
-	for _, c := range cases {
+	for _, cs := range c.cases {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		fmt.Fprintf(stderr, "chaos: %s...\n", c.name)
+		fmt.Fprintf(stderr, "chaos: %s...\n", cs.name)
 		runCase := chaosRunCase
-		if c.run != nil {
-			runCase = c.run
+		if cs.run != nil {
+			runCase = cs.run
 		}
-		r, err := runCase(ctx, st, o, c)
+		r, err := runCase(ctx, c.st, c.o, cs)
 		if skip := chaosSkipped(""); errors.As(err, &skip) {
-			rows = append(rows, []string{c.name, c.fault, "-", "-", "-", "-", skip.Error(), ""})
-			fmt.Fprintf(stderr, "chaos: %s: %v\n", c.name, skip)
+			c.runs, c.skipped = append(c.runs, nil), append(c.skipped, skip)
+			fmt.Fprintf(stderr, "chaos: %s: %v\n", cs.name, skip)
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("case %s: %w", c.name, err)
+			return fmt.Errorf("case %s: %w", cs.name, err)
 		}
-		fail, note := c.judge(o, r)
+		c.runs, c.skipped = append(c.runs, r), append(c.skipped, nil)
 		v := "pass"
-		if fail != "" {
-			v, failed = "**FAIL**: "+fail, failed+1
+		if fail, _ := cs.judge(c.o, r); fail != "" {
+			v = "**FAIL**: " + fail
 		}
-		succ := pctText(r.sum.successRate())
+		fmt.Fprintf(stderr, "chaos: %s: %s\n", cs.name, v)
+	}
+	c.took = time.Since(started)
+	return nil
+}
+
+func (c *chaos) judge() ([]string, error) {
+	c.fails, c.notes = make([]string, len(c.cases)), make([]string, len(c.cases))
+	failed := 0
+	for i, cs := range c.cases {
+		if c.runs[i] == nil {
+			continue // skipped
+		}
+		c.fails[i], c.notes[i] = cs.judge(c.o, c.runs[i])
+		if c.fails[i] != "" {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return []string{fmt.Sprintf("%d of %d chaos cases failed their criterion", failed, len(c.cases))}, nil
+	}
+	return nil, nil
+}
+
+func (c *chaos) report(w io.Writer) {
+	o := c.o
+	var rows [][]string
+	for i, cs := range c.cases {
+		r := c.runs[i]
+		if r == nil {
+			rows = append(rows, []string{cs.name, cs.fault, "-", "-", "-", "-", c.skipped[i].Error(), ""})
+			continue
+		}
+		v := "pass"
+		if c.fails[i] != "" {
+			v = "**FAIL**: " + c.fails[i]
+		}
+		succ := report.Percent(r.sum.SuccessRate())
 		if r.success != "" {
 			succ = r.success
 		}
-		rows = append(rows, []string{c.name, c.fault, succ, ms(r.sum.P99), fmt.Sprintf("%.2f", r.amp), r.sum.codesText(), v, note})
-		fmt.Fprintf(stderr, "chaos: %s: %s\n", c.name, v)
+		rows = append(rows, []string{cs.name, cs.fault, succ, report.Ms(r.sum.P99), fmt.Sprintf("%.2f", r.amp), r.sum.CodesText(), v, c.notes[i]})
 	}
-	fmt.Printf("### Chaos\n\n%s; load %s; %.0f calls/s offered (open loop) for %v per case, fault from t=%v; detour attempt timeout %v; detour limits.max_inflight %d in the baseline, resets, cut and burst cases, none in the others; client deadline %v; amplification = upstream requests (fakellm /stats, all four backends) per client call; took %v.\n\n",
-		machine(), loadavg(), o.rate, o.dur, o.faultAt, o.attemptTimeout, o.maxInflight, o.deadline, time.Since(started).Round(time.Second))
-	fmt.Println(mdTable([]string{"case", "fault", "client success", "p99 ms", "amplification", "errors", "verdict", "criterion / note"}, rows))
-	if failed > 0 {
-		return missed("%d of %d chaos cases failed their criterion", failed, len(cases))
-	}
-	return nil
+	fmt.Fprintf(w, "### Chaos\n\n%s; load %s; %.0f calls/s offered (open loop) for %v per case, fault from t=%v; detour attempt timeout %v; detour limits.max_inflight %d in the baseline, resets, cut and burst cases, none in the others; client deadline %v; amplification = upstream requests (fakellm /stats, all four backends) per client call; took %v.\n\n",
+		report.Machine(), report.LoadAvg(), o.rate, o.dur, o.faultAt, o.attemptTimeout, o.maxInflight, o.deadline, c.took.Round(time.Second))
+	fmt.Fprintln(w, report.Table([]string{"case", "fault", "client success", "p99 ms", "amplification", "errors", "verdict", "criterion / note"}, rows))
 }
 
 func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase) (*chaosRun, error) {
@@ -625,31 +665,35 @@ func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase)
 	}
 	cfg := st.config(o)
 	if c.limited && o.maxInflight > 0 {
-		cfg += fmt.Sprintf("limits:\n  max_inflight: %d\n", o.maxInflight)
+		cfg.Limits.MaxInflight = o.maxInflight
 	}
-	dt, err := startDetour(cfg, "east", true, extra...)
+	doc, err := configYAML(cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer dt.stop()
-	conn, err := dial(dt.addr)
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: doc, Region: "east", Metrics: true, Args: extra})
+	if err != nil {
+		return nil, err
+	}
+	defer dt.Stop()
+	conn, err := load.Dial(dt.Addr)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	client := detourv1.NewRouterClient(conn)
-	req := request("hello, how are you today?")
+	req := load.Request("hello, how are you today?")
 	if c.prompt != "" {
-		req = request(c.prompt)
+		req = load.Request(c.prompt)
 	}
-	var call callFunc
+	var call load.Call
 	if c.stream {
-		call = streamCall(client, req, o.deadline)
+		call = load.Stream(client, req, o.deadline)
 	} else {
-		call = unaryCall(client, req, o.deadline)
+		call = load.Unary(client, req, o.deadline)
 	}
 	// One call first: detour answers before the clock starts.
-	if err := unaryCall(client, req, o.deadline)(ctx); err != nil {
+	if err := load.Unary(client, req, o.deadline)(ctx); err != nil {
 		return nil, fmt.Errorf("first call: %w", err)
 	}
 	before, err := st.upstreamTotals()
@@ -677,12 +721,12 @@ func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase)
 		case c.inject != nil:
 			err = c.inject(loadCtx, st)
 		case c.sigterm:
-			err = dt.signal(syscall.SIGTERM)
+			err = dt.Signal(syscall.SIGTERM)
 		}
 		faultTime = time.Now()
 		injected <- err
 	}()
-	r.run = openLoop(loadCtx, o.rate, o.dur, 20000, rateAt, call)
+	r.run = load.OpenLoop(loadCtx, o.rate, o.dur, 20000, rateAt, call)
 	cancel()
 	st.bg.Wait()
 	if err := <-injected; err != nil {
@@ -691,24 +735,24 @@ func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase)
 	if !faultTime.IsZero() {
 		r.faultRel = faultTime.Sub(r.run.Began)
 	}
-	r.sum = summarize(r.run.Samples, r.run.Elapsed)
+	r.sum = load.Summarize(r.run.Samples, r.run.Elapsed)
 	r.sigtermAt = r.faultRel
-	r.baseP99 = summarize(window(r.run.Samples, 0, o.faultAt), 0).P99
-	r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.dur), 0)
+	r.baseP99 = load.Summarize(load.Window(r.run.Samples, 0, o.faultAt), 0).P99
+	r.afterSum = load.Summarize(load.Window(r.run.Samples, o.faultAt, o.dur), 0)
 	if c.rateAt != nil {
-		r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.faultAt+chaosBurstFor), 0)
-		r.recovery = summarize(window(r.run.Samples, o.dur-2*time.Second, o.dur), 0)
+		r.afterSum = load.Summarize(load.Window(r.run.Samples, o.faultAt, o.faultAt+chaosBurstFor), 0)
+		r.recovery = load.Summarize(load.Window(r.run.Samples, o.dur-2*time.Second, o.dur), 0)
 	}
 	if c.sigterm {
-		ok := dt.wait(15 * time.Second)
+		ok := dt.Wait(15 * time.Second)
 		switch {
 		case !ok:
 			r.detourOK, r.exitNote = false, "still running 15 s after SIGTERM"
-		case dt.err() != nil:
-			r.detourOK, r.exitNote = false, dt.err().Error()
+		case dt.Err() != nil:
+			r.detourOK, r.exitNote = false, dt.Err().Error()
 		}
 	} else {
-		r.detourOK = dt.alive()
+		r.detourOK = dt.Alive()
 	}
 	after, err := st.upstreamTotals()
 	if err != nil {
@@ -723,7 +767,7 @@ func chaosRunCase(ctx context.Context, st *chaosStack, o chaosOpts, c chaosCase)
 		up += d.Total
 	}
 	r.upTotal = up
-	if n := r.sum.N - r.sum.Codes[codeGenOverload]; n > 0 {
+	if n := r.sum.N - r.sum.Codes[load.CodeGenOverload]; n > 0 {
 		r.amp = float64(up) / float64(n)
 	}
 	return r, nil

@@ -11,12 +11,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	"github.com/detour-dev/detour/internal/devetcd"
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // The state-store cases break what detour keeps its config and its shared
@@ -25,7 +27,8 @@ import (
 // cache tier and fleet state is killed and started again. Both stores are
 // off the critical path by design, so the pass criteria are those of the
 // baseline (100% success, nothing retried) plus the store being used again
-// once it is back, waited for with a deadline.
+// once it is back, waited for with a deadline: the etcd edit's revision in
+// Admin.Status, detour's commands in the new Redis's INFO commandstats.
 
 const (
 	// chaosStoreDown is how long a store stays down, shortened when the
@@ -80,9 +83,9 @@ func (o chaosOpts) storeDown() time.Duration {
 // gets the load's context (done when the load ends) and the case's call, so
 // that it can keep detour busy while it waits for a recovery after the
 // load; it must bound that wait itself.
-func stateLoad(ctx context.Context, st *chaosStack, o chaosOpts, dt *detourProc, call func(detourv1.RouterClient) callFunc,
-	fault func(load context.Context, call callFunc) error) (*chaosRun, error) {
-	conn, err := dial(dt.addr)
+func stateLoad(ctx context.Context, st *chaosStack, o chaosOpts, dt *harness.Detour, call func(detourv1.RouterClient) load.Call,
+	fault func(loadCtx context.Context, call load.Call) error) (*chaosRun, error) {
+	conn, err := load.Dial(dt.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -108,15 +111,15 @@ func stateLoad(ctx context.Context, st *chaosStack, o chaosOpts, dt *detourProc,
 		faulted <- fault(loadCtx, fn)
 	}()
 	r := &chaosRun{detourOK: true}
-	r.run = openLoop(loadCtx, o.rate, o.dur, 20000, nil, fn)
+	r.run = load.OpenLoop(loadCtx, o.rate, o.dur, 20000, nil, fn)
 	cancel()
 	if err := <-faulted; err != nil {
 		return nil, fmt.Errorf("fault: %w", err)
 	}
-	r.sum = summarize(r.run.Samples, r.run.Elapsed)
-	r.baseP99 = summarize(window(r.run.Samples, 0, o.faultAt), 0).P99
-	r.afterSum = summarize(window(r.run.Samples, o.faultAt, o.dur), 0)
-	r.detourOK = dt.alive()
+	r.sum = load.Summarize(r.run.Samples, r.run.Elapsed)
+	r.baseP99 = load.Summarize(load.Window(r.run.Samples, 0, o.faultAt), 0).P99
+	r.afterSum = load.Summarize(load.Window(r.run.Samples, o.faultAt, o.dur), 0)
+	r.detourOK = dt.Alive()
 	after, err := st.upstreamTotals()
 	if err != nil {
 		return nil, err
@@ -128,7 +131,7 @@ func stateLoad(ctx context.Context, st *chaosStack, o chaosOpts, dt *detourProc,
 		r.upstream[n] = d
 		r.upTotal += d.Total
 	}
-	if n := r.sum.N - r.sum.Codes[codeGenOverload]; n > 0 {
+	if n := r.sum.N - r.sum.Codes[load.CodeGenOverload]; n > 0 {
 		r.amp = float64(r.upTotal) / float64(n)
 	}
 	return r, nil
@@ -138,7 +141,7 @@ func stateLoad(ctx context.Context, st *chaosStack, o chaosOpts, dt *detourProc,
 // (the fault is not on the path to a backend), detour up.
 func stateJudge(r *chaosRun) []string {
 	var why []string
-	if r.sum.successRate() < 1 {
+	if r.sum.SuccessRate() < 1 {
 		why = append(why, "success < 100%")
 	}
 	if r.amp > 1.01 {
@@ -150,39 +153,11 @@ func stateJudge(r *chaosRun) []string {
 	return why
 }
 
-// editConfig returns doc with edit applied, validated as detour will.
-func editConfig(doc string, edit func(*regions.Config) error) ([]byte, error) {
-	cfg, err := regions.Load([]byte(doc))
-	if err != nil {
-		return nil, err
-	}
-	if err := edit(cfg); err != nil {
-		return nil, err
-	}
-	out, err := yaml.Marshal(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := regions.Load(out); err != nil {
-		return nil, fmt.Errorf("edited config: %w", err)
-	}
-	return out, nil
-}
-
-// backendOf returns the named backend of cfg's regions.
-func backendOf(cfg *regions.Config, name string) (*regions.Backend, error) {
-	for i := range cfg.Regions {
-		for j := range cfg.Regions[i].Backends {
-			if b := &cfg.Regions[i].Backends[j]; b.Name == name {
-				return b, nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("no backend %s in the chaos config", name)
-}
-
 // logSeen records the JSON log lines of a detour child whose msg is one of
-// a few, with the time bench read them.
+// a few, with the time bench read them. The etcd case times two of detour's
+// log lines, "etcd connection lost" and "etcd connection back": what is
+// measured there is when detour tells its operator, which no Admin or
+// metric field says; the pass criterion reads Admin.Status.
 type logSeen struct {
 	mu    sync.Mutex
 	lines []seenLine
@@ -195,9 +170,9 @@ type seenLine struct {
 	revision int64
 }
 
-func watchLog(c *child, msgs ...string) *logSeen {
+func watchLog(c *harness.Child, msgs ...string) *logSeen {
 	w := &logSeen{ch: make(chan struct{})}
-	c.onLine(func(line string) bool {
+	c.OnLine(func(line string) bool {
 		var l struct {
 			Msg      string `json:"msg"`
 			Revision int64  `json:"revision"`
@@ -252,7 +227,7 @@ type etcdOutcome struct {
 	lost           time.Duration // stop -> "etcd connection lost" (-1: not seen)
 	reconnected    time.Duration // back -> "etcd connection back" (-1: not seen)
 	committed      time.Duration // back -> the edit committed in etcd
-	applied        time.Duration // back -> "config applied" at the edit's revision
+	applied        time.Duration // back -> Admin.Status showing the edit's revision
 	rev            int64
 	failure        string
 }
@@ -262,26 +237,26 @@ type etcdOutcome struct {
 // servers first, so open watches are cut as when a member dies), stays down
 // storeDown, and restarts with the same data on the same ports; then bench
 // applies a weight move as `detourctl config apply` does (validate, read
-// the mod revision, compare-and-swap) and waits for detour to log "config
-// applied" at that revision.
+// the mod revision, compare-and-swap) and waits for detour's Admin.Status to
+// show that revision applied (polled every 5 ms).
 func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etcdOutcome) (*chaosRun, error) {
 	*out = etcdOutcome{lost: -1, reconnected: -1}
 	if err := st.reset(ctx); err != nil {
 		return nil, err
 	}
-	etcd, err := devetcd.Start("")
+	etcdSrv, err := devetcd.Start("")
 	if err != nil {
 		return nil, err
 	}
-	defer etcd.Close()
-	cli, err := regions.EtcdConfig{Endpoints: etcd.Endpoints()}.Client()
+	defer etcdSrv.Close()
+	cli, err := etcd.Config{Endpoints: etcdSrv.Endpoints()}.Client()
 	if err != nil {
 		return nil, err
 	}
 	defer cli.Close()
-	store := regions.NewStore(cli, regions.Keys{})
-	doc := st.config(o)
-	if _, err := regions.Load([]byte(doc)); err != nil {
+	store := etcd.NewStore(cli, etcd.Keys{})
+	doc, err := configYAML(st.config(o))
+	if err != nil {
 		return nil, err
 	}
 	moved, err := editConfig(doc, func(c *regions.Config) error {
@@ -298,36 +273,28 @@ func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etc
 	if _, err := store.Put(ctx, []byte(doc), 0); err != nil {
 		return nil, err
 	}
-	dir, err := workDir()
+	dir, err := harness.WorkDir()
 	if err != nil {
 		return nil, err
 	}
 	lkg := filepath.Join(dir, fmt.Sprintf("chaos-lkg-%d.yaml", time.Now().UnixNano()))
-	var extra []string
-	if detourServeHas("metrics") {
-		addr, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		extra = append(extra, "--metrics", addr)
-	}
-	dt, err := startEtcdDetour(etcd.Endpoints()[0], lkg, "east", extra...)
+	dt, err := harness.StartDetour(harness.DetourOptions{Etcd: etcdSrv.Endpoints()[0], LKG: lkg, Region: "east", Metrics: true})
 	if err != nil {
 		return nil, err
 	}
-	defer dt.stop()
-	seen := watchLog(dt.child, "etcd connection lost", "etcd connection back", "config applied")
+	defer dt.Stop()
+	seen := watchLog(dt.Child, "etcd connection lost", "etcd connection back")
 
-	fault := func(_ context.Context, _ callFunc) error {
+	fault := func(_ context.Context, _ load.Call) error {
 		stopped := time.Now()
 		out.stopped = stopped
-		etcd.Stop()
+		etcdSrv.Stop()
 		select {
 		case <-time.After(o.storeDown()):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := etcd.Restart(); err != nil {
+		if err := etcdSrv.Restart(); err != nil {
 			return err
 		}
 		back := time.Now()
@@ -348,20 +315,20 @@ func chaosEtcdRestart(ctx context.Context, st *chaosStack, o chaosOpts, out *etc
 			return nil
 		}
 		out.committed = time.Since(back)
-		l, ok := seen.wait(ctx, stopped, deadline, func(l seenLine) bool { return l.msg == "config applied" && l.revision >= out.rev })
-		if !ok {
+		_, at, err := dt.WaitStatus(ctx, 5*time.Millisecond, deadline, func(st *detourv1.StatusResponse) bool { return st.GetConfigRevision() >= out.rev })
+		if err != nil {
 			out.failure = fmt.Sprintf("revision %d not applied by detour within %v of etcd's return", out.rev, chaosRecoverWithin)
 			return nil
 		}
-		out.applied = l.at.Sub(back)
+		out.applied = at.Sub(back)
 		// The reconnection is logged by another goroutine than the apply.
-		if l, ok := seen.wait(ctx, back, l.at.Add(time.Second), func(l seenLine) bool { return l.msg == "etcd connection back" }); ok {
+		if l, ok := seen.wait(ctx, back, at.Add(time.Second), func(l seenLine) bool { return l.msg == "etcd connection back" }); ok {
 			out.reconnected = l.at.Sub(back)
 		}
 		return nil
 	}
-	call := func(c detourv1.RouterClient) callFunc {
-		return unaryCall(c, request("hello, how are you today?"), o.deadline)
+	call := func(c detourv1.RouterClient) load.Call {
+		return load.Unary(c, load.Request("hello, how are you today?"), o.deadline)
 	}
 	r, err := stateLoad(ctx, st, o, dt, call, fault)
 	if err != nil {
@@ -385,10 +352,10 @@ func judgeEtcdRestart(_ chaosOpts, r *chaosRun, e *etcdOutcome) (string, string)
 		if d < 0 {
 			return "not logged"
 		}
-		return ms(d) + " ms"
+		return report.Ms(d) + " ms"
 	}
 	note := fmt.Sprintf("etcd down t=%.1f-%.1f s; detour logged the connection lost after %s; after etcd's return: connection back %s, edit committed %s ms, edit (revision %d) applied by detour %s ms (limit %v)",
-		e.stopAt.Seconds(), e.backAt.Seconds(), seenText(e.lost), seenText(e.reconnected), ms(e.committed), e.rev, ms(e.applied), chaosRecoverWithin)
+		e.stopAt.Seconds(), e.backAt.Seconds(), seenText(e.lost), seenText(e.reconnected), report.Ms(e.committed), e.rev, report.Ms(e.applied), chaosRecoverWithin)
 	return strings.Join(why, "; "), note
 }
 
@@ -399,7 +366,7 @@ type redisOutcome struct {
 	before         int64         // detour's Redis commands before the kill
 	used           time.Duration // back -> detour's first command on the new Redis
 	after, keys    int64         // on the new Redis at the end
-	outage         summary       // calls started while Redis was down, and 1 s after
+	outage         load.Summary  // calls started while Redis was down, and 1 s after
 	probes         int           // calls made after the load while waiting (each a new prompt: one upstream request)
 	probeFailed    int           // of those, failed
 	failure        string
@@ -410,8 +377,8 @@ type redisOutcome struct {
 // itself sends none of them (only INFO, and go-redis's HELLO and CLIENT).
 var redisDataCmds = []string{"get", "set", "evalsha", "eval"}
 
-func (r *ssRedis) dataCmds(ctx context.Context) (int64, error) {
-	cs, err := r.commandStats(ctx)
+func dataCmds(ctx context.Context, r *harness.Redis) (int64, error) {
+	cs, err := r.CommandStats(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -438,43 +405,42 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 	if err := st.reset(ctx); err != nil {
 		return nil, err
 	}
-	rd, err := ssStartRedis()
+	rd, err := harness.StartRedis()
 	if err != nil {
 		return nil, err
 	}
-	defer func() { rd.stop() }()
+	defer func() { rd.Stop() }()
 	qps := max(1000, 10*o.rate)
-	cfg, err := editConfig(st.config(o), func(c *regions.Config) error {
-		for i := range c.Regions {
-			for j := range c.Regions[i].Backends {
-				c.Regions[i].Backends[j].QPS = qps
-			}
+	cfg := st.config(o)
+	for i := range cfg.Regions {
+		for j := range cfg.Regions[i].Backends {
+			cfg.Regions[i].Backends[j].QPS = qps
 		}
-		return nil
-	})
+	}
+	doc, err := configYAML(cfg)
 	if err != nil {
 		return nil, err
 	}
-	dt, err := startDetour(string(cfg), "east", true, "--redis-addr="+rd.addr)
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: doc, Region: "east", Metrics: true, Args: []string{"--redis-addr=" + rd.Addr}})
 	if err != nil {
 		return nil, err
 	}
-	defer dt.stop()
+	defer dt.Stop()
 
-	fault := func(load context.Context, call callFunc) error {
+	fault := func(loadCtx context.Context, call load.Call) error {
 		var err error
-		if out.before, err = rd.dataCmds(ctx); err != nil {
+		if out.before, err = dataCmds(ctx, rd); err != nil {
 			return err
 		}
 		out.killed = time.Now()
-		rd.rdb.Close()
-		rd.kill()
+		rd.RDB.Close()
+		rd.Kill()
 		select {
 		case <-time.After(o.storeDown()):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		again, err := ssStartRedisOn(rd.addr)
+		again, err := harness.StartRedisOn(rd.Addr)
 		if err != nil {
 			return fmt.Errorf("redis-server again on the same port: %w", err)
 		}
@@ -485,7 +451,7 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			n, err := rd.dataCmds(ctx)
+			n, err := dataCmds(ctx, rd)
 			if err == nil && n > 0 {
 				out.used = time.Since(back)
 				break
@@ -494,7 +460,7 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 				out.failure = fmt.Sprintf("detour sent the restarted Redis nothing within %v", chaosRecoverWithin)
 				return nil
 			}
-			if load.Err() != nil {
+			if loadCtx.Err() != nil {
 				// The load is over: keep detour calling, or it has
 				// nothing to use Redis for.
 				out.probes++
@@ -512,7 +478,7 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 	}
 	zero := 0.0
 	var seq atomic.Uint64
-	call := func(c detourv1.RouterClient) callFunc {
+	call := func(c detourv1.RouterClient) load.Call {
 		return func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, o.deadline)
 			defer cancel()
@@ -529,16 +495,16 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 		return nil, err
 	}
 	out.killAt, out.backAt = out.killed.Sub(r.run.Began), out.back.Sub(r.run.Began)
-	if n := r.sum.N - r.sum.Codes[codeGenOverload] + out.probes; out.probes > 0 && n > 0 {
+	if n := r.sum.N - r.sum.Codes[load.CodeGenOverload] + out.probes; out.probes > 0 && n > 0 {
 		// The upstream totals include the probes' requests: count the
 		// probes as client calls too.
 		r.amp = float64(r.upTotal) / float64(n)
 	}
-	out.outage = summarize(window(r.run.Samples, out.killAt, out.backAt+time.Second), 0)
-	if out.after, err = rd.dataCmds(ctx); err != nil {
+	out.outage = load.Summarize(load.Window(r.run.Samples, out.killAt, out.backAt+time.Second), 0)
+	if out.after, err = dataCmds(ctx, rd); err != nil {
 		return nil, err
 	}
-	if out.keys, err = rd.rdb.DBSize(ctx).Result(); err != nil {
+	if out.keys, err = rd.RDB.DBSize(ctx).Result(); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -550,7 +516,7 @@ func chaosRedisKill(ctx context.Context, st *chaosStack, o chaosOpts, out *redis
 func judgeRedisKill(_ chaosOpts, r *chaosRun, rd *redisOutcome) (string, string) {
 	why := stateJudge(r)
 	if r.sum.P99 > chaosRedisP99 {
-		why = append(why, fmt.Sprintf("p99 %s ms > %s ms", ms(r.sum.P99), ms(chaosRedisP99)))
+		why = append(why, fmt.Sprintf("p99 %s ms > %s ms", report.Ms(r.sum.P99), report.Ms(chaosRedisP99)))
 	}
 	if rd.before == 0 {
 		why = append(why, "detour sent Redis no cache or limiter command before the kill: nothing was tested")
@@ -562,7 +528,7 @@ func judgeRedisKill(_ chaosOpts, r *chaosRun, rd *redisOutcome) (string, string)
 		why = append(why, fmt.Sprintf("%d calls after the load failed", rd.probeFailed))
 	}
 	note := fmt.Sprintf("Redis dead t=%.1f-%.1f s; calls from the kill to 1 s after the return: %d, %s OK, p99 %s ms, max %s ms (whole run max %s ms; limit p99 %s ms); detour's cache/limiter commands: %d before the kill, first one on the new Redis %s ms after its start (limit %v), %d by the end, %d keys",
-		rd.killAt.Seconds(), rd.backAt.Seconds(), rd.outage.N, pctText(rd.outage.successRate()), ms(rd.outage.P99), ms(rd.outage.Max), ms(r.sum.Max), ms(chaosRedisP99),
-		rd.before, ms(rd.used), chaosRecoverWithin, rd.after, rd.keys)
+		rd.killAt.Seconds(), rd.backAt.Seconds(), rd.outage.N, report.Percent(rd.outage.SuccessRate()), report.Ms(rd.outage.P99), report.Ms(rd.outage.Max), report.Ms(r.sum.Max), report.Ms(chaosRedisP99),
+		rd.before, report.Ms(rd.used), chaosRecoverWithin, rd.after, rd.keys)
 	return strings.Join(why, "; "), note
 }

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,13 +19,30 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	hops "github.com/detour-dev/detour/internal/hop"
 	"github.com/detour-dev/detour/internal/hostile"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("hostile", "hostile upstreams and configs (an endless cacheable stream, 200 MB bodies x 50, a routing loop): detour's peak RSS must stay under a bound in each", hostileScenario)
+	register("hostile", "hostile upstreams and configs (an endless cacheable stream, 200 MB bodies x 50, a routing loop): detour's peak RSS must stay under a bound in each", func() scenario { return &hostileScenario{} })
+}
+
+// hostileScenario runs each hostile case against a fresh detour child and
+// holds it to its bound on peak RSS and its own criteria.
+type hostileScenario struct {
+	o     hostileOpts
+	only  string
+	cases []hostileCase
+
+	// What run recorded, per case.
+	runs    []*hostileRun
+	took    time.Duration
+	verdict []string // per case: "" for pass, else why (judge)
 }
 
 // hostileOpts are the knobs every hostile case shares.
@@ -52,7 +68,8 @@ type hostileCase struct {
 	run               func(ctx context.Context, o hostileOpts) (*hostileRun, error)
 }
 
-// hostileRun is what one case measured.
+// hostileRun is what one case measured; fails are the problems the case
+// saw on its way (calls that ended otherwise than they must, detour gone).
 type hostileRun struct {
 	peakRSS int64 // VmHWM of the detour child
 	fails   []string
@@ -77,62 +94,93 @@ func hostileCases() []hostileCase {
 	}
 }
 
-func hostileScenario(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("hostile", flag.ContinueOnError)
-	o := hostileOpts{}
-	fs.DurationVar(&o.dur, "duration", 5*time.Second, "load per case")
-	fs.StringVar(&o.budget, "upstream-body-budget", "", "detour serve --upstream-body-budget (MiB) in every case; empty: detour's default")
-	only := fs.String("cases", "", "comma-separated case names to run (default all)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cases := hostileCases()
-	if *only != "" {
+func (h *hostileScenario) flags(fs *flag.FlagSet) {
+	fs.DurationVar(&h.o.dur, "duration", 5*time.Second, "load per case")
+	fs.StringVar(&h.o.budget, "upstream-body-budget", "", "detour serve --upstream-body-budget (MiB) in every case; empty: detour's default")
+	fs.StringVar(&h.only, "cases", "", "comma-separated case names to run (default all)")
+}
+
+func (h *hostileScenario) setup(context.Context) (func(), error) {
+	h.cases = hostileCases()
+	if h.only != "" {
 		want := map[string]bool{}
-		for _, n := range strings.Split(*only, ",") {
+		for _, n := range strings.Split(h.only, ",") {
 			want[strings.TrimSpace(n)] = true
 		}
 		var sel []hostileCase
-		for _, c := range cases {
+		for _, c := range h.cases {
 			if want[c.name] {
 				sel = append(sel, c)
 				delete(want, c.name)
 			}
 		}
 		if len(want) > 0 {
-			return fmt.Errorf("--cases: unknown %v", want)
+			return func() {}, fmt.Errorf("--cases: unknown %v", want)
 		}
-		cases = sel
+		h.cases = sel
 	}
-	var rows [][]string
-	failed := 0
+	return func() {}, nil
+}
+
+func (h *hostileScenario) run(ctx context.Context) error {
 	started := time.Now()
-	for _, c := range cases {
+	for _, c := range h.cases {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		fmt.Fprintf(stderr, "hostile: %s...\n", c.name)
-		r, err := c.run(ctx, o)
+		r, err := c.run(ctx, h.o)
 		if err != nil {
 			return fmt.Errorf("case %s: %w", c.name, err)
 		}
-		if r.peakRSS > c.boundMiB<<20 {
-			r.fail("peak RSS %s MiB > %d MiB", mib(r.peakRSS), c.boundMiB)
-		}
+		h.runs = append(h.runs, r)
 		v := "pass"
-		if len(r.fails) > 0 {
-			v, failed = "**FAIL**: "+strings.Join(r.fails, "; "), failed+1
+		if fails := hostileJudge(c, r); len(fails) > 0 {
+			v = "**FAIL**: " + strings.Join(fails, "; ")
 		}
-		rows = append(rows, []string{c.name, c.fault, c.load, mib(r.peakRSS), strconv.FormatInt(c.boundMiB, 10), v, r.note})
-		fmt.Fprintf(stderr, "hostile: %s: peak RSS %s MiB: %s\n", c.name, mib(r.peakRSS), v)
+		fmt.Fprintf(stderr, "hostile: %s: peak RSS %s MiB: %s\n", c.name, report.MiB(r.peakRSS), v)
 	}
-	fmt.Printf("### Hostile upstreams\n\n%s; load %s; %v of load per case, each against a fresh `detour serve` child with default flags (`--upstream-body-budget 32`, cache on with `max_entry_bytes` 1 MiB, `limits.max_hops` 4); hostile upstreams served by the bench process on loopback; peak RSS = the child's VmHWM over the case, start-up included; took %v.\n\n",
-		machine(), loadavg(), o.dur, time.Since(started).Round(time.Second))
-	fmt.Println(mdTable([]string{"case", "upstream / config", "load", "peak RSS MiB", "bound MiB", "verdict", "note"}, rows))
-	if failed > 0 {
-		return fmt.Errorf("%d of %d hostile cases failed", failed, len(cases))
-	}
+	h.took = time.Since(started)
 	return nil
+}
+
+// hostileJudge: the case's own problems, and its peak RSS within its bound.
+func hostileJudge(c hostileCase, r *hostileRun) []string {
+	fails := slices.Clone(r.fails)
+	if r.peakRSS > c.boundMiB<<20 {
+		fails = append(fails, fmt.Sprintf("peak RSS %s MiB > %d MiB", report.MiB(r.peakRSS), c.boundMiB))
+	}
+	return fails
+}
+
+func (h *hostileScenario) judge() ([]string, error) {
+	h.verdict = make([]string, len(h.cases))
+	failed := 0
+	for i, c := range h.cases {
+		if fails := hostileJudge(c, h.runs[i]); len(fails) > 0 {
+			h.verdict[i] = strings.Join(fails, "; ")
+			failed++
+		}
+	}
+	if failed > 0 {
+		return []string{fmt.Sprintf("%d of %d hostile cases failed", failed, len(h.cases))}, nil
+	}
+	return nil, nil
+}
+
+func (h *hostileScenario) report(w io.Writer) {
+	var rows [][]string
+	for i, c := range h.cases {
+		r := h.runs[i]
+		v := "pass"
+		if h.verdict[i] != "" {
+			v = "**FAIL**: " + h.verdict[i]
+		}
+		rows = append(rows, []string{c.name, c.fault, c.load, report.MiB(r.peakRSS), strconv.FormatInt(c.boundMiB, 10), v, r.note})
+	}
+	fmt.Fprintf(w, "### Hostile upstreams\n\n%s; load %s; %v of load per case, each against a fresh `detour serve` child with default flags (`--upstream-body-budget 32`, cache on with `max_entry_bytes` 1 MiB, `limits.max_hops` 4); hostile upstreams served by the bench process on loopback; peak RSS = the child's VmHWM over the case, start-up included; took %v.\n\n",
+		report.Machine(), report.LoadAvg(), h.o.dur, h.took.Round(time.Second))
+	fmt.Fprintln(w, report.Table([]string{"case", "upstream / config", "load", "peak RSS MiB", "bound MiB", "verdict", "note"}, rows))
 }
 
 // serveUpstream serves h on a loopback port in this process until stop.
@@ -149,7 +197,7 @@ func serveUpstream(h http.Handler) (base string, stop func(), err error) {
 
 // watchRSS samples the child's RSS every 100 ms until stop, which returns
 // the child's peak (VmHWM, which also covers the moments between samples).
-func watchRSS(d *detourProc) (stop func() int64) {
+func watchRSS(d *harness.Detour) (stop func() int64) {
 	done := make(chan struct{})
 	var peak int64
 	var wg sync.WaitGroup
@@ -157,7 +205,7 @@ func watchRSS(d *detourProc) (stop func() int64) {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if s := d.proc(); s.HWM > peak {
+			if s := d.Proc(); s.HWM > peak {
 				peak = s.HWM
 			}
 			select {
@@ -170,7 +218,7 @@ func watchRSS(d *detourProc) (stop func() int64) {
 	return func() int64 {
 		close(done)
 		wg.Wait()
-		if s := d.proc(); s.HWM > peak {
+		if s := d.Proc(); s.HWM > peak {
 			peak = s.HWM
 		}
 		return peak
@@ -186,13 +234,19 @@ func hostileEndless(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 		return nil, err
 	}
 	defer stop()
-	cfg := fmt.Sprintf("regions:\n  - name: h\n    backends:\n      - {name: endless, endpoint: %q}\nretry:\n  attempt_timeout: 10s\n", up)
-	dt, err := startDetour(cfg, "h", false, o.flags()...)
+	cfg, err := configYAML(&regions.Config{
+		Regions: []regions.Region{region("h", 0, regions.Backend{Name: "endless", Endpoint: up})},
+		Retry:   regions.RetryPolicy{AttemptTimeout: regions.Duration(10 * time.Second)},
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer dt.stop()
-	conn, err := dial(dt.addr)
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: cfg, Region: "h", Args: o.flags()})
+	if err != nil {
+		return nil, err
+	}
+	defer dt.Stop()
+	conn, err := load.Dial(dt.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -233,13 +287,13 @@ func hostileEndless(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 			r.fail("stream %d ended %v (%v), want only the client's own deadline", i, c, ends[i])
 		}
 		if got[i] < 10<<20 {
-			r.fail("stream %d relayed %s MiB, want >= 10 MiB: the hostile stream did not run", i, mib(got[i]))
+			r.fail("stream %d relayed %s MiB, want >= 10 MiB: the hostile stream did not run", i, report.MiB(got[i]))
 		}
 	}
-	if !dt.alive() {
+	if !dt.Alive() {
 		r.fail("detour died")
 	}
-	r.note = fmt.Sprintf("relayed %s MiB of content to the 4 callers in %v (%s MiB/s), none of it stored", mib(total), o.dur, mib(int64(float64(total)/o.dur.Seconds())))
+	r.note = fmt.Sprintf("relayed %s MiB of content to the 4 callers in %v (%s MiB/s), none of it stored", report.MiB(total), o.dur, report.MiB(int64(float64(total)/o.dur.Seconds())))
 	return r, nil
 }
 
@@ -255,23 +309,20 @@ func hostileBodies(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 		return nil, err
 	}
 	defer stop()
-	cfg := fmt.Sprintf(`regions:
-  - name: h
-    backends:
-      - {name: huge, endpoint: %q}
-retry:
-  max_attempts: 1
-  attempt_timeout: 10s
-breaker:
-  consecutive_busy: 1000000
-  min_requests: 1000000
-`, up)
-	dt, err := startDetour(cfg, "h", false, o.flags()...)
+	cfg, err := configYAML(&regions.Config{
+		Regions: []regions.Region{region("h", 0, regions.Backend{Name: "huge", Endpoint: up})},
+		Retry:   regions.RetryPolicy{MaxAttempts: 1, AttemptTimeout: regions.Duration(10 * time.Second)},
+		Breaker: regions.BreakerPolicy{ConsecutiveBusy: 1000000, MinRequests: 1000000},
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer dt.stop()
-	conn, err := dial(dt.addr)
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: cfg, Region: "h", Args: o.flags()})
+	if err != nil {
+		return nil, err
+	}
+	defer dt.Stop()
+	conn, err := load.Dial(dt.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -279,18 +330,18 @@ breaker:
 	client := detourv1.NewRouterClient(conn)
 	r := &hostileRun{}
 	peak := watchRSS(dt)
-	run := closedLoop(ctx, 50, o.dur, 0, unaryCall(client, request("a huge answer, please"), 30*time.Second))
+	run := load.ClosedLoop(ctx, 50, o.dur, 0, load.Unary(client, load.Request("a huge answer, please"), 30*time.Second))
 	r.peakRSS = peak()
-	sum := summarize(run.Samples, run.Elapsed)
+	sum := load.Summarize(run.Samples, run.Elapsed)
 	for c, k := range sum.Codes {
 		if c != codes.Unavailable {
-			r.fail("%d calls ended %s, want every call UNAVAILABLE", k, codeName(c))
+			r.fail("%d calls ended %s, want every call UNAVAILABLE", k, load.CodeName(c))
 		}
 	}
-	if !dt.alive() {
+	if !dt.Alive() {
 		r.fail("detour died")
 	}
-	r.note = fmt.Sprintf("%d calls, every one UNAVAILABLE (a failed attempt: body over the per-call cap or the process budget) at p99 %s ms; %d upstream requests", sum.N, ms(sum.P99), n.Started())
+	r.note = fmt.Sprintf("%d calls, every one UNAVAILABLE (a failed attempt: body over the per-call cap or the process budget) at p99 %s ms; %d upstream requests", sum.N, report.Ms(sum.P99), n.Started())
 	return r, nil
 }
 
@@ -315,47 +366,46 @@ func hostileLoop(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 		return nil, err
 	}
 	defer rel.stop()
-	cfg := fmt.Sprintf(`regions:
-  - name: loop
-    backends:
-      - {name: relay, kind: detour, endpoint: %q}
-  - name: good
-    priority: 1
-    backends:
-      - {name: good-1, endpoint: %q}
-retry:
-  attempt_timeout: 2s
-`, rel.addr, good)
+	cfg, err := configYAML(&regions.Config{
+		Regions: []regions.Region{
+			region("loop", 0, regions.Backend{Name: "relay", Kind: regions.KindDetour, Endpoint: rel.addr}),
+			region("good", 1, regions.Backend{Name: "good-1", Endpoint: good}),
+		},
+		Retry: regions.RetryPolicy{AttemptTimeout: regions.Duration(2 * time.Second)},
+	})
+	if err != nil {
+		return nil, err
+	}
 	// detour's address must be known before it starts: its client connects
 	// through the relay at once.
-	addr, err := freePort()
+	addr, err := harness.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	rel.target.Store(&addr)
-	dt, err := startDetour(cfg, "loop", true, append(o.flags(), "--listen", addr)...)
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: cfg, Region: "loop", Metrics: true, Args: append(o.flags(), "--listen", addr)})
 	if err != nil {
 		return nil, err
 	}
-	defer dt.stop()
-	conn, err := dial(dt.addr)
+	defer dt.Stop()
+	conn, err := load.Dial(dt.Addr)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	client := detourv1.NewRouterClient(conn)
 	peak := watchRSS(dt)
-	run := closedLoop(ctx, loopCallers, o.dur, 0, unaryCall(client, request("loop"), 10*time.Second))
+	run := load.ClosedLoop(ctx, loopCallers, o.dur, 0, load.Unary(client, load.Request("loop"), 10*time.Second))
 	r.peakRSS = peak()
-	sum := summarize(run.Samples, run.Elapsed)
-	if sum.successRate() < 1 {
-		r.fail("success %s (%s), want 100%%", pctText(sum.successRate()), sum.codesText())
+	sum := load.Summarize(run.Samples, run.Elapsed)
+	if sum.SuccessRate() < 1 {
+		r.fail("success %s (%s), want 100%%", report.Percent(sum.SuccessRate()), sum.CodesText())
 	}
-	calls, err := detourCalls(ctx, dt, `method="Complete"`)
+	calls, err := dt.MetricSum(ctx, "detour_calls_total", `method="Complete"`)
 	if err != nil {
 		return nil, err
 	}
-	refused, err := detourCalls(ctx, dt, `code="FailedPrecondition"`)
+	refused, err := dt.MetricSum(ctx, "detour_calls_total", `code="FailedPrecondition"`)
 	if err != nil {
 		return nil, err
 	}
@@ -373,39 +423,44 @@ retry:
 	case nested > limit:
 		r.fail("%.0f nested calls, want <= %.0f: %d per refusal at the hop limit (%.0f) and per caller (%d)", nested, limit, hops.DefaultMax+1, refused, loopCallers)
 	}
-	if !dt.alive() {
+	if !dt.Alive() {
 		r.fail("detour died")
 	}
 	r.note = fmt.Sprintf("%d client calls, success %s at p99 %s ms, %.2f detour calls each: %.0f nested calls, %.0f of them refused at the hop limit, which the relay backend's breaker counted until it opened (later calls go straight to the good region); with the backend at its own --listen address, detour serve refuses to start: %s",
-		sum.N, pctText(sum.successRate()), ms(sum.P99), perCall, nested, refused, r.note)
+		sum.N, report.Percent(sum.SuccessRate()), report.Ms(sum.P99), perCall, nested, refused, r.note)
 	return r, nil
 }
 
 // hostileSelfRefused starts detour serve with a kind: detour backend at its
 // own --listen address: it must exit at once, naming the loop.
 func hostileSelfRefused(r *hostileRun) error {
-	bin, _, err := buildBinaries()
+	bin, _, err := harness.Binaries()
 	if err != nil {
 		return err
 	}
-	addr, err := freePort()
+	addr, err := harness.FreePort()
 	if err != nil {
 		return err
 	}
-	dir, err := workDir()
+	dir, err := harness.WorkDir()
 	if err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf("regions:\n  - name: a\n    backends:\n      - {name: myself, kind: detour, endpoint: %q}\n", addr)
+	// Valid as a document: only serve, which knows its own address, can
+	// tell that it is a loop.
+	cfg, err := configYAML(&regions.Config{Regions: []regions.Region{region("a", 0, regions.Backend{Name: "myself", Kind: regions.KindDetour, Endpoint: addr})}})
+	if err != nil {
+		return err
+	}
 	path := dir + "/self-loop.yaml"
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return err
 	}
-	c, err := startChild("detour-self-loop", bin, []string{"serve", "--config", path, "--listen", addr, "--region", "a"},
+	c, err := harness.StartChild("detour-self-loop", bin, []string{"serve", "--config", path, "--listen", addr, "--region", "a"},
 		func(line string) bool { return strings.Contains(line, "detour serving") }, 10*time.Second)
 	switch {
 	case err == nil:
-		c.stop()
+		c.Stop()
 		r.fail("detour serve started with a backend at its own --listen address")
 		r.note = "it started"
 	case strings.Contains(err.Error(), "routing loop"):
@@ -506,34 +561,4 @@ func (rl *relay) stop() {
 	rl.open = nil
 	rl.mu.Unlock()
 	rl.wg.Wait()
-}
-
-// detourCalls sums the detour_calls_total series of detour's /metrics
-// that have label (e.g. `method="Complete"`).
-func detourCalls(ctx context.Context, d *detourProc, label string) (float64, error) {
-	if d.metrics == "" {
-		return 0, errors.New("detour has no --metrics")
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/metrics", nil)
-	resp, err := ctlClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "detour_calls_total{") || !strings.Contains(line, label) {
-			continue
-		}
-		if i := strings.LastIndexByte(line, ' '); i > 0 {
-			v, err := strconv.ParseFloat(line[i+1:], 64)
-			if err == nil {
-				sum += v
-			}
-		}
-	}
-	return sum, sc.Err()
 }

@@ -1,9 +1,9 @@
 // Command bench is detour's measurement harness. Each scenario starts what it
 // needs on loopback (fakellm and detour as child processes built from
-// cmd/fakellm and cmd/detour, so the process measured does not share the load
-// generator's Go runtime), drives load bounded in count and time with a Go
-// load generator on the real gRPC client, and prints a Markdown table on
-// stdout with a verdict per target.
+// cmd/fakellm and cmd/detour, detour as its production build, so the process
+// measured does not share the load generator's Go runtime), drives load
+// bounded in count and time with a Go load generator on the real gRPC client,
+// and prints a Markdown table on stdout with a verdict per target.
 //
 // Exit status: 0 every target and pass criterion met; 3 the scenario ran to
 // the end and missed one ("bench NAME: MISS: ..." on stderr, MISS in the
@@ -15,12 +15,18 @@
 //	go run ./bench <scenario> -h        # its flags
 //	go run ./bench hop | seq | busy | soak | chaos | propagation ...
 //
-// A scenario is a file that calls register from init. Helpers shared by
-// scenarios: startFake, startDetour (proc.go), closedLoop, openLoop,
-// summarize, mdTable (load.go). DETOUR_BENCH_BIN names a directory holding
-// prebuilt detour and fakellm binaries (CI); DETOUR_BENCH_KEEP=1 keeps the
-// child processes' logs and configs. Results and commands are recorded in
-// BENCHMARKS.md and RELIABILITY.md.
+// Every scenario has one shape (the scenario interface): flags, setup, run,
+// judge, report. A scenario is a file that registers itself from init; its
+// judge is a function of what run recorded, tested in the file's _test.go.
+// Shared code lives in internal packages: bench/internal/load (the load
+// generators, samples and their summaries), bench/internal/report (Markdown
+// and number formats) and bench/internal/harness (the child processes, and
+// detour's state read through Admin.Status and /metrics). Configs are
+// regions.Config values, validated and marshalled (configYAML).
+// DETOUR_BENCH_BIN names a directory holding prebuilt detour and fakellm
+// binaries (CI); DETOUR_BENCH_KEEP=1 keeps the child processes' logs and
+// configs. Results and commands are recorded in BENCHMARKS.md and
+// RELIABILITY.md.
 package main
 
 import (
@@ -28,28 +34,44 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/detour-dev/detour/bench/internal/harness"
 )
 
-type scenario struct {
+// command is a registered scenario, or a helper that bench runs as a child
+// of itself (a comparison server).
+type command struct {
 	name, summary string
-	run           func(ctx context.Context, args []string) error
+	scenario      func() scenario
+	helper        func(ctx context.Context, args []string) error
 }
 
-var scenarios = map[string]scenario{}
+var commands = map[string]command{}
 
 // stderr receives progress lines; stdout gets only the Markdown report.
-var stderr = os.Stderr
+var stderr io.Writer = os.Stderr
 
 // register adds a scenario; call it from init() in the scenario's file.
-func register(name, summary string, run func(context.Context, []string) error) {
-	if _, dup := scenarios[name]; dup {
-		panic("bench: scenario registered twice: " + name)
+func register(name, summary string, s func() scenario) {
+	add(command{name: name, summary: summary, scenario: s})
+}
+
+// registerHelper adds a helper command (not a benchmark: a server that a
+// scenario starts as a child of bench).
+func registerHelper(name, summary string, run func(context.Context, []string) error) {
+	add(command{name: name, summary: summary, helper: run})
+}
+
+func add(c command) {
+	if _, dup := commands[c.name]; dup {
+		panic("bench: command registered twice: " + c.name)
 	}
-	scenarios[name] = scenario{name: name, summary: summary, run: run}
+	commands[c.name] = c
 }
 
 // errMiss marks a scenario that ran to the end and missed a target or pass
@@ -70,13 +92,13 @@ const (
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: go run ./bench <scenario> [flags]\n\nscenarios:")
-	names := make([]string, 0, len(scenarios))
-	for n := range scenarios {
+	names := make([]string, 0, len(commands))
+	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(os.Stderr, "  %-12s %s\n", n, scenarios[n].summary)
+		fmt.Fprintf(os.Stderr, "  %-12s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(os.Stderr, "\nexit status: 0 every target met; 3 a target or pass criterion missed (MISS);\n1 the scenario could not run; 2 a bad command line")
 }
@@ -89,25 +111,30 @@ func main() {
 		}
 		return
 	}
-	s, ok := scenarios[os.Args[1]]
+	c, ok := commands[os.Args[1]]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q\n", os.Args[1])
 		usage()
 		os.Exit(exitUsage)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := s.run(ctx, os.Args[2:])
+	var err error
+	if c.helper != nil {
+		err = c.helper(ctx, os.Args[2:])
+	} else {
+		err = runScenario(ctx, c.name, c.scenario(), os.Args[2:], os.Stdout)
+	}
 	stop()
-	cleanup()
+	harness.Cleanup()
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
 	switch {
 	case errors.Is(err, errMiss):
-		fmt.Fprintf(os.Stderr, "bench %s: %v\n", s.name, err)
+		fmt.Fprintf(os.Stderr, "bench %s: %v\n", c.name, err)
 		os.Exit(exitMissed)
 	case err != nil:
-		fmt.Fprintf(os.Stderr, "bench %s: failed to run: %v\n", s.name, err)
+		fmt.Fprintf(os.Stderr, "bench %s: failed to run: %v\n", c.name, err)
 		os.Exit(exitFailed)
 	}
 }

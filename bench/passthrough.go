@@ -8,11 +8,13 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
 func init() {
-	register("passthrough", "(helper for hop) serve a bare grpc-go pass-through proxy of detour.v1.Router: --listen ADDR --upstream ADDR", passthroughMain)
+	registerHelper("passthrough", "(helper for hop) serve a bare grpc-go pass-through proxy of detour.v1.Router: --listen ADDR --upstream ADDR", passthroughMain)
 }
 
 // passthrough forwards detour.v1.Router calls to one upstream over one
@@ -58,7 +60,7 @@ func passthroughMain(ctx context.Context, args []string) error {
 	if *upstream == "" {
 		return errors.New("--upstream is required")
 	}
-	conn, err := dial(*upstream)
+	conn, err := load.Dial(*upstream)
 	if err != nil {
 		return err
 	}
@@ -69,13 +71,9 @@ func passthroughMain(ctx context.Context, args []string) error {
 	})
 }
 
-// startPassthrough runs this bench binary's passthrough scenario as a child
-// process in front of upstream.
-func startPassthrough(upstream string, extra ...string) (*child, string, error) {
-	return startSelf(append([]string{"passthrough", "--listen", "127.0.0.1:0", "--upstream", upstream}, extra...),
-		"passthrough listening on ", "", proxyEnv...)
+// startPassthrough runs this bench binary's passthrough helper as a child
+// process in front of upstream, with env added to its environment.
+func startPassthrough(upstream string, env []string, extra ...string) (*harness.Child, string, error) {
+	return harness.StartSelf(append([]string{"passthrough", "--listen", "127.0.0.1:0", "--upstream", upstream}, extra...),
+		"passthrough listening on ", "", env...)
 }
-
-// proxyEnv is added to the pass-through proxy's environment (hop
-// --proxy-env).
-var proxyEnv []string

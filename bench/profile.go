@@ -11,16 +11,19 @@ import (
 	"runtime/pprof"
 	"time"
 
-	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"google.golang.org/grpc"
+
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
 // profileDetour fetches a CPU profile of d (a `detour serve --metrics ADDR
 // --pprof` child) covering the next dur and writes it to path. It returns at
 // once; wait reports how the fetch ended. Run the load while it lasts.
-func profileDetour(ctx context.Context, d *detourProc, dur time.Duration, path string) (wait func() error) {
+func profileDetour(ctx context.Context, d *harness.Detour, dur time.Duration, path string) (wait func() error) {
 	done := make(chan error, 1)
-	go func() { done <- fetchProfile(ctx, d.metrics, dur, path) }()
+	go func() { done <- fetchProfile(ctx, d.Metrics, dur, path) }()
 	return func() error { return <-done }
 }
 
@@ -102,29 +105,29 @@ func serveBenchServer(ctx context.Context, listen, profile, banner string, regis
 // starts the comparison server with start(path+suffix) (a child that writes
 // its own CPU profile there until stopped) and runs the same loop through
 // the call compare makes for it. It reports both throughputs on stderr.
-func profilePair(ctx context.Context, scenario string, dt *detourProc, call callFunc, path, suffix string, conc int, dur time.Duration,
-	start func(profile string) (*child, string, error), compare func(detourv1.RouterClient) callFunc) error {
+func profilePair(ctx context.Context, scenario string, dt *harness.Detour, call load.Call, path, suffix string, conc int, dur time.Duration,
+	start func(profile string) (*harness.Child, string, error), compare func(detourv1.RouterClient) load.Call) error {
 	wait := profileDetour(ctx, dt, dur, path)
-	r := closedLoop(ctx, conc, dur, 0, call)
-	s := summarize(r.Samples, r.Elapsed)
+	r := load.ClosedLoop(ctx, conc, dur, 0, call)
+	s := load.Summarize(r.Samples, r.Elapsed)
 	if err := wait(); err != nil {
 		return fmt.Errorf("detour profile: %w", err)
 	}
-	fmt.Fprintf(stderr, "%s: profiled detour serve: %.0f calls/s (%s); CPU profile in %s (go tool pprof -top %s)\n", scenario, s.Throughput, s.codesText(), path, path)
+	fmt.Fprintf(stderr, "%s: profiled detour serve: %.0f calls/s (%s); CPU profile in %s (go tool pprof -top %s)\n", scenario, s.Throughput, s.CodesText(), path, path)
 
 	c, addr, err := start(path + suffix)
 	if err != nil {
 		return err
 	}
-	defer c.stop()
-	conn, err := dial(addr)
+	defer c.Stop()
+	conn, err := load.Dial(addr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	r = closedLoop(ctx, conc, dur, 0, compare(detourv1.NewRouterClient(conn)))
-	s = summarize(r.Samples, r.Elapsed)
-	c.stop() // writes its profile
-	fmt.Fprintf(stderr, "%s: profiled comparison server: %.0f calls/s (%s); CPU profile in %s%s\n", scenario, s.Throughput, s.codesText(), path, suffix)
+	r = load.ClosedLoop(ctx, conc, dur, 0, compare(detourv1.NewRouterClient(conn)))
+	s = load.Summarize(r.Samples, r.Elapsed)
+	c.Stop() // writes its profile
+	fmt.Fprintf(stderr, "%s: profiled comparison server: %.0f calls/s (%s); CPU profile in %s%s\n", scenario, s.Throughput, s.CodesText(), path, suffix)
 	return nil
 }

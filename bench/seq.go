@@ -1,218 +1,168 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"slices"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
+	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("seq", "added latency of one call at a time: HTTP client -> fakellm vs gRPC client -> detour -> fakellm HTTP", seq)
+	register("seq", "added latency of one call at a time: HTTP client -> fakellm vs gRPC client -> detour -> fakellm HTTP", func() scenario { return &seq{} })
 }
 
-func seq(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("seq", flag.ContinueOnError)
-	calls := fs.Int("calls", 10000, "measured calls per path")
-	block := fs.Int("block", 500, "calls per path before switching to the other (interleaving evens out drift)")
-	warm := fs.Int("warmup", 1000, "unmeasured calls per path first")
-	bound := fs.Duration("target", 150*time.Microsecond, "target for the added p50")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	fk, err := startFake(fakellm.Config{Name: "seq", Region: "local"}, true)
-	if err != nil {
-		return err
-	}
-	defer fk.stop()
-	dt, err := startDetour(seqConfig(fk.openaiEndpoint()), "local", true)
-	if err != nil {
-		return err
-	}
-	defer dt.stop()
+// seq measures the latency detour adds to one call at a time: the same
+// calls straight to fakellm over HTTP and through detour, interleaved in
+// blocks, with gRPC straight to fakellm as a reference.
+type seq struct {
+	calls, block, warm int
+	bound              time.Duration
 
-	conn, err := dial(dt.addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	routed := unaryCall(detourv1.NewRouterClient(conn), request("hello, how are you today?"), 5*time.Second)
-	direct := directHTTP(fk.http, "hello, how are you today?", 5*time.Second)
-	gconn, err := dial(fk.grpc)
-	if err != nil {
-		return err
-	}
-	defer gconn.Close()
-	directGRPC := unaryCall(detourv1.NewRouterClient(gconn), request("hello, how are you today?"), 5*time.Second)
+	paths []seqPath
 
-	paths := []struct {
-		name string
-		fn   callFunc
-	}{{"direct (HTTP client -> fakellm)", direct}, {"routed (gRPC client -> detour -> fakellm HTTP)", routed},
-		{"reference: gRPC client -> fakellm gRPC", directGRPC}}
-	for _, p := range paths {
-		for range *warm {
+	// What run recorded, per path.
+	res     [][]load.Sample
+	elapsed []time.Duration
+	foreign float64
+}
+
+type seqPath struct {
+	name string
+	fn   load.Call
+}
+
+func (s *seq) flags(fs *flag.FlagSet) {
+	fs.IntVar(&s.calls, "calls", 10000, "measured calls per path")
+	fs.IntVar(&s.block, "block", 500, "calls per path before switching to the other (interleaving evens out drift)")
+	fs.IntVar(&s.warm, "warmup", 1000, "unmeasured calls per path first")
+	fs.DurationVar(&s.bound, "target", 150*time.Microsecond, "target for the added p50")
+}
+
+func (s *seq) setup(ctx context.Context) (func(), error) {
+	var st stack
+	fk, err := harness.StartFake(fakellm.Config{Name: "seq", Region: "local"}, true)
+	if err != nil {
+		return st.stop, err
+	}
+	st.add(fk.Stop)
+	doc, err := configYAML(seqConfig(fk.OpenAIEndpoint()))
+	if err != nil {
+		return st.stop, err
+	}
+	dt, err := harness.StartDetour(harness.DetourOptions{Config: doc, Region: "local", Metrics: true})
+	if err != nil {
+		return st.stop, err
+	}
+	st.add(dt.Stop)
+	conn, err := st.dial(dt.Addr)
+	if err != nil {
+		return st.stop, err
+	}
+	gconn, err := st.dial(fk.GRPC)
+	if err != nil {
+		return st.stop, err
+	}
+	s.paths = []seqPath{
+		{"direct (HTTP client -> fakellm)", load.DirectHTTP(fk.HTTP, "hello, how are you today?", 5*time.Second)},
+		{"routed (gRPC client -> detour -> fakellm HTTP)", load.Unary(detourv1.NewRouterClient(conn), load.Request("hello, how are you today?"), 5*time.Second)},
+		{"reference: gRPC client -> fakellm gRPC", load.Unary(detourv1.NewRouterClient(gconn), load.Request("hello, how are you today?"), 5*time.Second)},
+	}
+	return st.stop, nil
+}
+
+func (s *seq) run(ctx context.Context) error {
+	for _, p := range s.paths {
+		for range s.warm {
 			if err := p.fn(ctx); err != nil {
 				return fmt.Errorf("%s warm-up: %w", p.name, err)
 			}
 		}
 	}
-	mark := markCPU()
-	res := make([][]sample, len(paths))
-	elapsed := make([]time.Duration, len(paths))
-	for done := 0; done < *calls && ctx.Err() == nil; done += *block {
-		n := min(*block, *calls-done)
-		for i, p := range paths {
-			r := closedLoop(ctx, 1, time.Hour, n, p.fn)
-			res[i] = append(res[i], r.Samples...)
-			elapsed[i] += r.Elapsed
+	mark := harness.MarkCPU()
+	s.res = make([][]load.Sample, len(s.paths))
+	s.elapsed = make([]time.Duration, len(s.paths))
+	for done := 0; done < s.calls && ctx.Err() == nil; done += s.block {
+		n := min(s.block, s.calls-done)
+		for i, p := range s.paths {
+			r := load.ClosedLoop(ctx, 1, time.Hour, n, p.fn)
+			s.res[i] = append(s.res[i], r.Samples...)
+			s.elapsed[i] += r.Elapsed
 		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	foreign := mark.foreignCPU()
-	sums := []summary{summarize(res[0], elapsed[0]), summarize(res[1], elapsed[1])}
-	mean := func(ss []sample) time.Duration {
+	s.foreign = mark.ForeignCPU()
+	return nil
+}
+
+func (s *seq) sums() []load.Summary {
+	sums := make([]load.Summary, len(s.res))
+	for i := range s.res {
+		sums[i] = load.Summarize(s.res[i], s.elapsed[i])
+	}
+	return sums
+}
+
+func (s *seq) judge() ([]string, error) {
+	sums := s.sums()
+	return seqJudge(sums[0], sums[1], s.bound), nil
+}
+
+// seqJudge: every call on both paths succeeded, and detour added at most
+// bound to the p50.
+func seqJudge(direct, routed load.Summary, bound time.Duration) []string {
+	if direct.OK != direct.N || routed.OK != routed.N {
+		return []string{fmt.Sprintf("calls failed: direct %s, routed %s", direct.CodesText(), routed.CodesText())}
+	}
+	if added := routed.P50 - direct.P50; added > bound {
+		return []string{fmt.Sprintf("added p50 %s ms over the %s ms target", report.Ms(added), report.Ms(bound))}
+	}
+	return nil
+}
+
+func (s *seq) report(w io.Writer) {
+	sums := s.sums()
+	mean := func(ss []load.Sample) time.Duration {
 		var t time.Duration
 		for _, s := range ss {
 			t += s.Lat
 		}
 		return t / time.Duration(max(len(ss), 1))
 	}
-	fmt.Printf("### Sequential added latency\n\n%s; load %s; other processes used %.2f cores on average during the run; fakellm HTTP with zero latency; one call at a time, %d calls per path in blocks of %d, interleaved, after %d warm-up calls each.\n\n",
-		machine(), loadavg(), foreign, *calls, *block, *warm)
-	sums = append(sums, summarize(res[2], elapsed[2]))
+	fmt.Fprintf(w, "### Sequential added latency\n\n%s; load %s; other processes used %.2f cores on average during the run; fakellm HTTP with zero latency; one call at a time, %d calls per path in blocks of %d, interleaved, after %d warm-up calls each.\n\n",
+		report.Machine(), report.LoadAvg(), s.foreign, s.calls, s.block, s.warm)
 	var rows [][]string
-	for i, p := range paths[:2] {
-		s := sums[i]
-		rows = append(rows, []string{p.name, ms(s.P50), ms(pctOf(res[i], 0.90)), ms(s.P99), ms(s.P999), ms(mean(res[i])), s.codesText()})
+	for i, p := range s.paths[:2] {
+		sm := sums[i]
+		rows = append(rows, []string{p.name, report.Ms(sm.P50), report.Ms(load.PctOf(s.res[i], 0.90)), report.Ms(sm.P99), report.Ms(sm.P999), report.Ms(mean(s.res[i])), sm.CodesText()})
 	}
-	add := func(a, b time.Duration) string { return ms(b - a) }
+	add := func(a, b time.Duration) string { return report.Ms(b - a) }
 	rows = append(rows, []string{"**added by detour**",
-		add(sums[0].P50, sums[1].P50), add(pctOf(res[0], 0.9), pctOf(res[1], 0.9)), add(sums[0].P99, sums[1].P99),
-		add(sums[0].P999, sums[1].P999), add(mean(res[0]), mean(res[1])), ""})
-	rows = append(rows, []string{paths[2].name + " (no detour: the cost of gRPC alone)", ms(sums[2].P50), ms(pctOf(res[2], 0.90)), ms(sums[2].P99), ms(sums[2].P999), ms(mean(res[2])), sums[2].codesText()})
-	fmt.Println(mdTable([]string{"path", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "mean ms", "errors"}, rows))
+		add(sums[0].P50, sums[1].P50), add(load.PctOf(s.res[0], 0.9), load.PctOf(s.res[1], 0.9)), add(sums[0].P99, sums[1].P99),
+		add(sums[0].P999, sums[1].P999), add(mean(s.res[0]), mean(s.res[1])), ""})
+	rows = append(rows, []string{s.paths[2].name + " (no detour: the cost of gRPC alone)", report.Ms(sums[2].P50), report.Ms(load.PctOf(s.res[2], 0.90)), report.Ms(sums[2].P99), report.Ms(sums[2].P999), report.Ms(mean(s.res[2])), sums[2].CodesText()})
+	fmt.Fprintln(w, report.Table([]string{"path", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "mean ms", "errors"}, rows))
 	added50, added99 := sums[1].P50-sums[0].P50, sums[1].P99-sums[0].P99
-	v50, v99 := verdict(added50 <= *bound), verdict(added99 <= *bound)
-	fmt.Printf("Target: added p50 <= %s ms: %s (%s ms); added p99 <= %s ms: %s (%s ms).\n\n", ms(*bound), v50, ms(added50), ms(*bound), v99, ms(added99))
-	if sums[0].OK != sums[0].N || sums[1].OK != sums[1].N {
-		return missed("calls failed: direct %s, routed %s", sums[0].codesText(), sums[1].codesText())
-	}
-	if added50 > *bound {
-		return missed("added p50 %s ms over the %s ms target", ms(added50), ms(*bound))
-	}
-	return nil
+	fmt.Fprintf(w, "Target: added p50 <= %s ms: %s (%s ms); added p99 <= %s ms: %s (%s ms).\n\n",
+		report.Ms(s.bound), report.Verdict(added50 <= s.bound), report.Ms(added50), report.Ms(s.bound), report.Verdict(added99 <= s.bound), report.Ms(added99))
 }
 
-func verdict(ok bool) string {
-	if ok {
-		return "pass"
+// seqConfig routes to one openai backend with non-binding limits, a
+// fallback, and the cache off.
+func seqConfig(endpoint string) *regions.Config {
+	return &regions.Config{
+		Regions:   []regions.Region{region("local", 0, regions.Backend{Name: "fake-http", Endpoint: endpoint, QPS: 1000000, MaxConcurrency: 100000})},
+		Fallbacks: []regions.Backend{{Name: "fallback-http", Endpoint: endpoint}},
+		Limits:    regions.LimitPolicy{TenantQPS: 1000000},
+		Cache:     regions.CachePolicy{Disabled: true},
 	}
-	return "MISS"
-}
-
-func pctOf(ss []sample, q float64) time.Duration {
-	lat := make([]time.Duration, 0, len(ss))
-	for _, x := range ss {
-		lat = append(lat, x.Lat)
-	}
-	slices.Sort(lat)
-	return pct(lat, q)
-}
-
-// directHTTP calls fakellm's OpenAI API as a plain Go client would: one
-// keep-alive http.Client, JSON encode, POST, JSON decode.
-func directHTTP(addr, prompt string, timeout time.Duration) callFunc {
-	url := "http://" + addr + "/v1/chat/completions"
-	tr := &http.Transport{MaxIdleConnsPerHost: 64, ForceAttemptHTTP2: true}
-	client := &http.Client{Transport: tr}
-	type msg struct {
-		Role    string `json:"role"`
-		Content string `json:"content"`
-	}
-	type chatReq struct {
-		Model    string `json:"model"`
-		Messages []msg  `json:"messages"`
-	}
-	type chatResp struct {
-		ID      string `json:"id"`
-		Choices []struct {
-			Message      msg    `json:"message"`
-			FinishReason string `json:"finish_reason"`
-		} `json:"choices"`
-	}
-	return func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		body, err := json.Marshal(chatReq{Model: "deepseek-chat", Messages: []msg{{Role: "user", Content: prompt}}})
-		if err != nil {
-			return err
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return status.Error(codes.Unavailable, err.Error())
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return status.Error(codes.Unavailable, err.Error())
-		}
-		if resp.StatusCode != http.StatusOK {
-			return status.Error(httpCode(resp.StatusCode), resp.Status)
-		}
-		var cr chatResp
-		if err := json.Unmarshal(b, &cr); err != nil || len(cr.Choices) == 0 {
-			return status.Errorf(codes.Internal, "bad answer: %v", err)
-		}
-		return nil
-	}
-}
-
-// httpCode maps an HTTP status to the gRPC code detour would use.
-func httpCode(s int) codes.Code {
-	switch s {
-	case 429:
-		return codes.ResourceExhausted
-	case 503, 529, 502, 504:
-		return codes.Unavailable
-	case 400, 422:
-		return codes.InvalidArgument
-	}
-	return codes.Unknown
-}
-
-func seqConfig(endpoint string) string {
-	return fmt.Sprintf(`regions:
-  - name: local
-    backends:
-      - name: fake-http
-        endpoint: %[1]s
-        qps: 1000000
-        max_concurrency: 100000
-fallbacks:
-  - name: fallback-http
-    endpoint: %[1]s
-limits:
-  tenant_qps: 1000000
-cache:
-  disabled: true
-`, endpoint)
 }

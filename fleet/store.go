@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -79,8 +80,10 @@ type TLS struct {
 	ServerName string `yaml:"server_name,omitempty" json:"server_name,omitempty"`
 }
 
-func (c Config) timeout() time.Duration { return orDefault(c.Timeout, DefaultTimeout) }
-func (c Config) backoff() time.Duration { return orDefault(c.Backoff, DefaultBackoff) }
+// A zero or negative Timeout or Backoff takes the default (Validate refuses
+// negatives, but Open does not call it).
+func (c Config) timeout() time.Duration { return cmp.Or(max(c.Timeout, 0), DefaultTimeout) }
+func (c Config) backoff() time.Duration { return cmp.Or(max(c.Backoff, 0), DefaultBackoff) }
 func (c Config) prefix() string {
 	if c.KeyPrefix == "" {
 		return DefaultKeyPrefix
@@ -92,13 +95,6 @@ func (c Config) replicas() int {
 		return 1
 	}
 	return c.Replicas
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
 }
 
 // Store is the fleet's shared Redis, guarded so that a Redis that is down,

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/breaker"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -310,7 +311,7 @@ func TestDetourPassesEverything(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			ctx := WithTenant(t.Context(), "team-a")
+			ctx := auth.WithTenant(t.Context(), "team-a")
 			req := fullRequest()
 			resp, err := d.Complete(ctx, req)
 			if err != nil {

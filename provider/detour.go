@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/hop"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -134,7 +135,7 @@ func (d *Detour) request(ctx context.Context, req *detourv1.CompleteRequest) *de
 	if !d.sendTenant {
 		return req
 	}
-	t := TenantFrom(ctx)
+	t := auth.TenantFrom(ctx)
 	if t == "" || t == req.GetUser() {
 		return req
 	}

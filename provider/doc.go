@@ -40,7 +40,7 @@
 // (reasoning, tool calls and their streamed pieces, logprobs, cache-hit and
 // reasoning usage); extra_body's members are added to the JSON body as
 // written (CheckExtraBody). A detour backend gets the request as it is.
-// Both clients send the caller's tenant (WithTenant) upstream when the
+// Both clients send the caller's tenant (auth.WithTenant) upstream when the
 // backend's send_tenant_as says so, and fail a JSON-mode answer whose
 // content is blank with ErrBlankJSON.
 //

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
+	"github.com/detour-dev/detour/auth"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -78,7 +79,7 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer o.Close()
-			ctx := WithTenant(context.Background(), "team-a")
+			ctx := auth.WithTenant(context.Background(), "team-a")
 
 			var got []proto.Message
 			if tt.stream {

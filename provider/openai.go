@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/detour-dev/detour/auth"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
@@ -228,7 +229,7 @@ func (o *OpenAI) Stream(ctx context.Context, req *detourv1.CompleteRequest) (Chu
 // post sends req and returns a 2xx response, or the error status as an
 // *HTTPError.
 func (o *OpenAI) post(ctx context.Context, req *detourv1.CompleteRequest, stream bool) (*http.Response, error) {
-	body, err := encodeChatRequest(req, stream, o.tenantAs, TenantFrom(ctx))
+	body, err := encodeChatRequest(req, stream, o.tenantAs, auth.TenantFrom(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: encoding request: %w", o.name, err)
 	}

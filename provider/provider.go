@@ -105,17 +105,3 @@ func isNoProgress(p Progress) bool {
 
 func (noProgress) KeepAlive() {}
 func (noProgress) Answering() {}
-
-type tenantKey struct{}
-
-// WithTenant returns ctx carrying the caller's tenant, which a backend with
-// send_tenant_as passes upstream.
-func WithTenant(ctx context.Context, tenant string) context.Context {
-	return context.WithValue(ctx, tenantKey{}, tenant)
-}
-
-// TenantFrom returns the tenant carried by ctx, or "".
-func TenantFrom(ctx context.Context) string {
-	t, _ := ctx.Value(tenantKey{}).(string)
-	return t
-}

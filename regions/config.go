@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/detour-dev/detour/cache"
 )
 
 // Backend kinds.
@@ -54,8 +52,8 @@ type Config struct {
 	// Admins may call the Admin service when authentication is on.
 	Admins []Principal `yaml:"admins,omitempty" json:"admins,omitempty"`
 	// Cache is the answer cache policy; the zero value caches deterministic
-	// requests for 5 minutes (see package cache).
-	Cache cache.Config `yaml:"cache,omitempty" json:"cache,omitempty"`
+	// requests for 5 minutes (see CachePolicy).
+	Cache CachePolicy `yaml:"cache,omitempty" json:"cache,omitempty"`
 }
 
 // Principal names who a caller is: an mTLS identity or a bearer token. Tokens
@@ -263,6 +261,57 @@ type CapacityPolicy struct {
 	// keeps 50% of the calls at a region whose backends answer half of them
 	// busy; a larger value keeps more at home at the cost of more retries.
 	SpillFactor float64 `yaml:"spill_factor,omitempty" json:"spill_factor,omitempty"`
+}
+
+// CachePolicy is the answer cache's section of the document. The zero value
+// caches deterministic requests (temperature 0) for 5 minutes, keeps them an
+// hour longer for stale-if-error, in at most 64 MiB of memory, and in Redis
+// too when the fleet has one. Package cache applies it: its cache.Config has
+// the same fields, so the router converts one to the other
+// (cache.Config(p)), and its constants hold the defaults named here.
+type CachePolicy struct {
+	// Disabled turns the cache off: nothing is looked up, stored or
+	// coalesced.
+	Disabled bool `yaml:"disabled,omitempty" json:"disabled,omitempty"`
+	// TTL is how long a stored answer is fresh. Zero means 5m.
+	TTL time.Duration `yaml:"ttl,omitempty" json:"ttl,omitempty"`
+	// MaxTTL caps the ttl hint of a request. Zero means 24h.
+	MaxTTL time.Duration `yaml:"max_ttl,omitempty" json:"max_ttl,omitempty"`
+	// StaleWindow is how long past its TTL an answer is kept, to be served
+	// (marked STALE_CACHE) only when every backend and fallback failed. Zero
+	// means 1h; a negative value means no stale answers.
+	StaleWindow time.Duration `yaml:"stale_window,omitempty" json:"stale_window,omitempty"`
+	// Deterministic says the backends answer deterministically when a
+	// request sets no temperature (e.g. self-hosted models with greedy
+	// decoding), so such requests are cached too. False caches only requests
+	// that set temperature 0, and those with the force_cache hint.
+	Deterministic bool `yaml:"deterministic,omitempty" json:"deterministic,omitempty"`
+	// Scope says whose answers a request may get: "tenant" keys every
+	// answer on the caller's tenant (the authenticated identity), so no
+	// tenant reads another's; "shared" shares answers between tenants (the
+	// answer depends on the prompt, not on who sent it). Empty means tenant
+	// when authentication is on and shared when it is off (then the tenant
+	// is only what a caller claims).
+	Scope string `yaml:"scope,omitempty" json:"scope,omitempty"`
+	// PerUser makes the request's user field part of the key too (with the
+	// tenant: one tenant's end-user ids never reach another's answers), so
+	// that answers are never shared between end users within the scope.
+	PerUser bool `yaml:"per_user,omitempty" json:"per_user,omitempty"`
+	// MaxBytes bounds the memory of the local tier (encoded answers and
+	// keys). Zero means 64 MiB; a negative value means no local tier.
+	MaxBytes int64 `yaml:"max_bytes,omitempty" json:"max_bytes,omitempty"`
+	// MaxEntryBytes is the largest answer (encoded) that is cached. Zero
+	// means 1 MiB.
+	MaxEntryBytes int `yaml:"max_entry_bytes,omitempty" json:"max_entry_bytes,omitempty"`
+	// LocalOnly keeps answers out of Redis even when the fleet has one.
+	LocalOnly bool `yaml:"local_only,omitempty" json:"local_only,omitempty"`
+	// RedisTimeout bounds one read or write of the Redis tier. Zero means
+	// 20ms.
+	RedisTimeout time.Duration `yaml:"redis_timeout,omitempty" json:"redis_timeout,omitempty"`
+	// CoalesceTimeout bounds the one upstream call made for identical
+	// concurrent requests; it is cancelled sooner when every caller waiting
+	// for it has gone. Zero means 2m.
+	CoalesceTimeout time.Duration `yaml:"coalesce_timeout,omitempty" json:"coalesce_timeout,omitempty"`
 }
 
 // LimitPolicy bounds requests.
@@ -483,11 +532,7 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxHops < 0 || c.Limits.MaxHops > 100 {
 		v.add("limits.max_hops: %d must be in 0..100", c.Limits.MaxHops)
 	}
-	if err := c.Cache.Validate(); err != nil {
-		for _, line := range strings.Split(err.Error(), "\n") {
-			v.add("%s", line)
-		}
-	}
+	v.cache(c.Cache)
 	principals := map[string]string{}
 	names := map[string]string{} // tenants and admins share one namespace
 	for i, t := range c.Tenants {
@@ -583,6 +628,29 @@ func (v *validator) capacity(where string, c CapacityPolicy) {
 	}
 	if !inRange(c.SpillFactor, 0, 100) {
 		v.add("%s.spill_factor: %g must be in 0..100", where, c.SpillFactor)
+	}
+}
+
+func (v *validator) cache(c CachePolicy) {
+	for _, f := range []struct {
+		name     string
+		negative bool
+	}{
+		{"ttl", c.TTL < 0},
+		{"max_ttl", c.MaxTTL < 0},
+		{"max_entry_bytes", c.MaxEntryBytes < 0},
+		{"redis_timeout", c.RedisTimeout < 0},
+		{"coalesce_timeout", c.CoalesceTimeout < 0},
+	} {
+		if f.negative {
+			v.add("cache.%s must be >= 0", f.name)
+		}
+	}
+	if c.TTL > 0 && c.MaxTTL > 0 && c.TTL > c.MaxTTL {
+		v.add("cache.ttl %v exceeds cache.max_ttl %v", c.TTL, c.MaxTTL)
+	}
+	if c.Scope != "" && c.Scope != "tenant" && c.Scope != "shared" {
+		v.add("cache.scope %q must be %q or %q", c.Scope, "tenant", "shared")
 	}
 }
 

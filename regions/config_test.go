@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"gopkg.in/yaml.v3"
 )
 
 func TestLoadFull(t *testing.T) {
@@ -100,6 +101,22 @@ limits:
 				"breaker.busy_ratio: 1.5 must be in 0..1",
 				"limits.max_inflight: -1 must be >= 0",
 			},
+		},
+		{
+			name: "cache",
+			doc:  "regions:\n  - name: a\n    backends:\n      - name: x\n        endpoint: http://h/v1\ncache:\n  ttl: 2h\n  max_ttl: 1h\n  max_entry_bytes: -1\n  redis_timeout: -1ms\n  coalesce_timeout: -1s\n  stale_window: -1s\n  max_bytes: -1\n  scope: everyone\n",
+			want: []string{
+				"cache.max_entry_bytes must be >= 0",
+				"cache.redis_timeout must be >= 0",
+				"cache.coalesce_timeout must be >= 0",
+				"cache.ttl 2h0m0s exceeds cache.max_ttl 1h0m0s",
+				`cache.scope "everyone" must be "tenant" or "shared"`,
+			},
+		},
+		{
+			name: "negative cache ttls",
+			doc:  "regions:\n  - name: a\n    backends:\n      - name: x\n        endpoint: http://h/v1\ncache:\n  ttl: -1s\n  max_ttl: -1s\n",
+			want: []string{"cache.ttl must be >= 0", "cache.max_ttl must be >= 0"},
 		},
 		{
 			name: "all drained",
@@ -198,5 +215,54 @@ func TestKeysOnlyFromKeyPlaces(t *testing.T) {
 	t.Setenv(KeyEnvAllowVar, "OTHER, LEGACY_DEEPSEEK_KEY")
 	if _, err := (&Backend{Name: "b", APIKeyEnv: "LEGACY_DEEPSEEK_KEY"}).APIKey(); err != nil {
 		t.Errorf("an allowed name: %v", err)
+	}
+}
+
+// TestCachePolicyDocument holds the cache section to the README's names and
+// zero values: every field decodes from its YAML name, and a Config written
+// back reads the same.
+func TestCachePolicyDocument(t *testing.T) {
+	doc := `regions:
+  - name: a
+    backends:
+      - name: x
+        endpoint: http://h/v1
+cache:
+  disabled: true
+  ttl: 5m
+  max_ttl: 24h
+  stale_window: 1h
+  deterministic: true
+  scope: shared
+  per_user: true
+  max_bytes: 67108864
+  max_entry_bytes: 1048576
+  local_only: true
+  redis_timeout: 20ms
+  coalesce_timeout: 2m
+`
+	c, err := Load([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := CachePolicy{Disabled: true, TTL: 5 * time.Minute, MaxTTL: 24 * time.Hour, StaleWindow: time.Hour,
+		Deterministic: true, Scope: "shared", PerUser: true, MaxBytes: 64 << 20, MaxEntryBytes: 1 << 20, LocalOnly: true,
+		RedisTimeout: 20 * time.Millisecond, CoalesceTimeout: 2 * time.Minute}
+	if diff := cmp.Diff(c.Cache, want); diff != "" {
+		t.Errorf("cache section (-got +want):\n%s", diff)
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Load(out)
+	if err != nil {
+		t.Fatalf("the marshalled document does not load: %v\n%s", err, out)
+	}
+	if diff := cmp.Diff(again.Cache, want); diff != "" {
+		t.Errorf("cache section after a round trip (-got +want):\n%s", diff)
+	}
+	if got, err := yaml.Marshal(&Config{}); err != nil || strings.Contains(string(got), "cache") {
+		t.Errorf("a zero cache section is written as %q (%v), want it left out", got, err)
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/detour-dev/detour/cache"
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/regions"
 )
 
@@ -22,14 +22,14 @@ func BenchmarkComplete(b *testing.B) {
 		Regions:   []regions.Region{{Name: "home", Backends: []regions.Backend{{Name: "home-1", Endpoint: ep, QPS: 1e6, MaxConcurrency: 100000}}}},
 		Fallbacks: []regions.Backend{{Name: "fb-1", Endpoint: ep}},
 		Limits:    regions.LimitPolicy{TenantQPS: 1e6},
-		Cache:     cache.Config{Disabled: true},
+		Cache:     regions.CachePolicy{Disabled: true},
 	}
 	r, err := New(&regions.Snapshot{Config: cfg}, Options{Region: "home", NewProvider: fx.newProvider, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	ctx := WithTenant(context.Background(), "bench")
+	ctx := auth.WithTenant(context.Background(), "bench")
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/breaker"
 	"github.com/detour-dev/detour/capacity"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -34,7 +35,7 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 	}
 	r.budget.request()
 	c := &call{ctx: ctx, r: r, t: t, stats: stats, model: req.GetModel(), prefer: r.opts.Region,
-		tenant: TenantFrom(ctx), fallback: !req.GetRouting().GetNoFallback()}
+		tenant: auth.TenantFrom(ctx), fallback: !req.GetRouting().GetNoFallback()}
 	if p := req.GetRouting().GetPreferRegion(); p != "" {
 		c.prefer = p
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/breaker"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
@@ -52,7 +53,7 @@ func TestCoalescedCallersAreChargedTheirOwnQuota(t *testing.T) {
 	}
 	r := newTestRouter(t, fx, cfg)
 	// poor spends its one call.
-	if _, err := r.Complete(WithTenant(context.Background(), "poor"), detReq("warm up")); err != nil {
+	if _, err := r.Complete(auth.WithTenant(context.Background(), "poor"), detReq("warm up")); err != nil {
 		t.Fatal(err)
 	}
 	g := newGate()
@@ -67,13 +68,13 @@ func TestCoalescedCallersAreChargedTheirOwnQuota(t *testing.T) {
 	var mu sync.Mutex
 	// rich starts the shared call; poor then asks the same.
 	wg.Go(func() {
-		_, err := r.Complete(WithTenant(context.Background(), "rich"), detReq("same"))
+		_, err := r.Complete(auth.WithTenant(context.Background(), "rich"), detReq("same"))
 		mu.Lock()
 		results["rich"] = err
 		mu.Unlock()
 	})
 	waitFor(t, func() bool { return g.arrived.Load() == 1 }, "rich's call to reach the backend")
-	_, err := r.Complete(WithTenant(context.Background(), "poor"), detReq("same"))
+	_, err := r.Complete(auth.WithTenant(context.Background(), "poor"), detReq("same"))
 	mu.Lock()
 	results["poor"] = err
 	mu.Unlock()

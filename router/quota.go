@@ -2,29 +2,14 @@ package router
 
 import (
 	"cmp"
-	"context"
 	"math"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
-	"github.com/detour-dev/detour/provider"
 	"github.com/detour-dev/detour/regions"
 )
-
-// WithTenant returns ctx carrying the caller's tenant, whose quota the call
-// is charged to; a backend with send_tenant_as passes it upstream (the
-// tenant lives in package provider's context key, so that both read one
-// value).
-func WithTenant(ctx context.Context, tenant string) context.Context {
-	return provider.WithTenant(ctx, tenant)
-}
-
-// TenantFrom returns the tenant carried by ctx, or "".
-func TenantFrom(ctx context.Context) string {
-	return provider.TenantFrom(ctx)
-}
 
 // maxUnknownTenants bounds the quotas kept for tenants the config does not
 // list; beyond it they share one quota.

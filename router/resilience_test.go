@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/breaker"
 	"github.com/detour-dev/detour/internal/testkit"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -266,7 +267,7 @@ func TestTenantQuota(t *testing.T) {
 	cfg.Tenants = []regions.Tenant{{Principal: regions.Principal{Name: "small"}, QPS: 2, Burst: 2}}
 	cfg.Limits.TenantQPS = 100
 	r := newClockedRouter(t, fx, cfg, clk)
-	small := WithTenant(context.Background(), "small")
+	small := auth.WithTenant(context.Background(), "small")
 	var codes []Code
 	for range 3 {
 		_, err := r.Complete(small, req())
@@ -284,7 +285,7 @@ func TestTenantQuota(t *testing.T) {
 		t.Errorf("codes of 3 calls at a 2-call burst (-got +want):\n%s", diff)
 	}
 	// Another tenant has its own quota.
-	if _, err := r.Complete(WithTenant(context.Background(), "big"), req()); err != nil {
+	if _, err := r.Complete(auth.WithTenant(context.Background(), "big"), req()); err != nil {
 		t.Errorf("another tenant refused: %v", err)
 	}
 	clk.Advance(500 * time.Millisecond)

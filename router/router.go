@@ -13,6 +13,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/breaker"
 	"github.com/detour-dev/detour/cache"
 	"github.com/detour-dev/detour/capacity"
@@ -284,7 +285,7 @@ func (r *Router) admit(ctx context.Context, t *table, req *detourv1.CompleteRequ
 	if !t.serves(req.GetModel()) {
 		return &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", excerpt.Clip(req.GetModel(), excerpt.Max))}
 	}
-	tenant := TenantFrom(ctx)
+	tenant := auth.TenantFrom(ctx)
 	if ok, wait, label := t.quotas.allow(tenant); !ok {
 		r.opts.Metrics.QuotaRejected(label)
 		return &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", excerpt.Clip(tenant, excerpt.Max)), RetryAfter: wait}
@@ -294,7 +295,7 @@ func (r *Router) admit(ctx context.Context, t *table, req *detourv1.CompleteRequ
 
 // caller is who the call comes from, as the cache scopes answers.
 func (r *Router) caller(ctx context.Context) cache.Caller {
-	return cache.Caller{Tenant: TenantFrom(ctx), Authenticated: r.opts.AuthenticatedTenants}
+	return cache.Caller{Tenant: auth.TenantFrom(ctx), Authenticated: r.opts.AuthenticatedTenants}
 }
 
 // Stream answers req as chunks passed to send, with the same path as

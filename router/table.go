@@ -141,7 +141,7 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 	if old != nil && old.snap.Config.Cache == cfg.Cache {
 		t.cache = old.cache // keep the entries
 	} else {
-		t.cache = cache.New(cfg.Cache, r.opts.Fleet, cache.WithClock(r.now), cache.WithLogger(r.log))
+		t.cache = cache.New(cache.Config(cfg.Cache), r.opts.Fleet, cache.WithClock(r.now), cache.WithLogger(r.log))
 	}
 	add := func(bc regions.Backend, region string, fallback bool) (*backend, error) {
 		bp := cfg.Breaker

@@ -19,20 +19,21 @@ import (
 	"github.com/detour-dev/detour/internal/excerpt"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 	"github.com/detour-dev/detour/router"
 )
 
-// ConfigSource is the live config store behind an Admin; *regions.Watcher
+// ConfigSource is the live config store behind an Admin; *etcd.Watcher
 // implements it.
 type ConfigSource interface {
 	// LastRejection returns the last document refused, or nil.
-	LastRejection() *regions.Rejection
+	LastRejection() *etcd.Rejection
 	// SetDrained drains or undrains backend on every replica and returns once
 	// this instance applied it.
 	SetDrained(ctx context.Context, backend string, drained bool, note string) error
 }
 
-var _ ConfigSource = (*regions.Watcher)(nil)
+var _ ConfigSource = (*etcd.Watcher)(nil)
 
 // AdminOptions configure an Admin. The zero value serves an instance whose
 // config comes from a file.
@@ -258,8 +259,8 @@ var adminCodes = []struct {
 	{router.ErrUnknownBackend, codes.NotFound},
 	{errLastUsable, codes.FailedPrecondition},
 	{regions.ErrInvalid, codes.FailedPrecondition},
-	{regions.ErrDrainedByDocument, codes.FailedPrecondition},
-	{regions.ErrNotConnected, codes.Unavailable},
+	{etcd.ErrDrainedByDocument, codes.FailedPrecondition},
+	{etcd.ErrNotConnected, codes.Unavailable},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }

@@ -21,6 +21,7 @@ import (
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 	"github.com/detour-dev/detour/router"
 )
 
@@ -40,12 +41,12 @@ var _ router.Provider = idle{}
 // fakeSource is a ConfigSource with function fields.
 type fakeSource struct {
 	mu         sync.Mutex
-	rejection  *regions.Rejection
+	rejection  *etcd.Rejection
 	setDrained func(backend string, drained bool) error
 	notes      []string
 }
 
-func (f *fakeSource) LastRejection() *regions.Rejection { return f.rejection }
+func (f *fakeSource) LastRejection() *etcd.Rejection { return f.rejection }
 
 func (f *fakeSource) SetDrained(_ context.Context, backend string, drained bool, note string) error {
 	f.mu.Lock()
@@ -115,7 +116,7 @@ func ctxT(t *testing.T) context.Context {
 func TestAdminStatus(t *testing.T) {
 	// A backend that has served nothing: the initial limit, in slow start.
 	fresh := &detourv1.Capacity{Limit: 256, State: "slow-start"}
-	src := &fakeSource{rejection: &regions.Rejection{Revision: 13, At: appliedAt.Add(time.Minute), Reasons: []string{"r1", "r2"}}}
+	src := &fakeSource{rejection: &etcd.Rejection{Revision: 13, At: appliedAt.Add(time.Minute), Reasons: []string{"r1", "r2"}}}
 	c, _ := startAdmin(t, src)
 	got, err := c.Status(ctxT(t), &detourv1.StatusRequest{})
 	if err != nil {
@@ -193,9 +194,9 @@ func TestAdminDrainThroughConfigSource(t *testing.T) {
 		want codes.Code
 	}{
 		{name: "applied", err: nil, want: codes.OK},
-		{name: "rejected", err: &regions.RejectedError{Rejection: &regions.Rejection{Reasons: []string{"x"}}}, want: codes.FailedPrecondition},
-		{name: "drained by the document", err: regions.ErrDrainedByDocument, want: codes.FailedPrecondition},
-		{name: "not connected", err: regions.ErrNotConnected, want: codes.Unavailable},
+		{name: "rejected", err: &etcd.RejectedError{Rejection: &etcd.Rejection{Reasons: []string{"x"}}}, want: codes.FailedPrecondition},
+		{name: "drained by the document", err: etcd.ErrDrainedByDocument, want: codes.FailedPrecondition},
+		{name: "not connected", err: etcd.ErrNotConnected, want: codes.Unavailable},
 		{name: "etcd down", err: errors.New("etcd put /detour/drain/eu-a: context deadline exceeded (10.0.0.1:2379)"), want: codes.Unavailable},
 		{name: "slow apply", err: context.DeadlineExceeded, want: codes.DeadlineExceeded},
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/testkit"
 	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -373,19 +374,19 @@ func TestAdmissionShedIsFree(t *testing.T) {
 	// Every tenant gets one call and practically no refill.
 	fx := startAdmit(t, regions.LimitPolicy{MaxInflight: 1, TenantQPS: 0.001}, Options{})
 	ctx := ctxT(t)
-	held := fx.hold(t, metadata.AppendToOutgoingContext(ctx, TenantKey, "a"), "Complete")
+	held := fx.hold(t, metadata.AppendToOutgoingContext(ctx, auth.TenantKey, "a"), "Complete")
 	for range 5 {
-		wantShed(t, fx.call(ctx, "Complete", TenantKey, "b"), 1)
+		wantShed(t, fx.call(ctx, "Complete", auth.TenantKey, "b"), 1)
 	}
 	fx.openGate()
 	if err := <-held; err != nil {
 		t.Fatalf("held call: %v", err)
 	}
 	fx.waitInflight(t, 0)
-	if err := fx.call(ctx, "Complete", TenantKey, "b"); err != nil {
+	if err := fx.call(ctx, "Complete", auth.TenantKey, "b"); err != nil {
 		t.Errorf("tenant b's first admitted call: %v (refused calls spent its quota?)", err)
 	}
-	if err := fx.call(ctx, "Complete", TenantKey, "b"); status.Code(err) != codes.ResourceExhausted || strings.Contains(status.Convert(err).Message(), "in-flight") {
+	if err := fx.call(ctx, "Complete", auth.TenantKey, "b"); status.Code(err) != codes.ResourceExhausted || strings.Contains(status.Convert(err).Message(), "in-flight") {
 		t.Errorf("tenant b's second admitted call = %v, want its quota to refuse it", err)
 	}
 }

@@ -25,10 +25,9 @@ import (
 	"github.com/detour-dev/detour/router"
 )
 
-// Metadata keys read from callers.
+// Metadata keys read from callers (and auth.TenantKey, the caller's tenant
+// while authentication is off).
 const (
-	// TenantKey names the caller's tenant while authentication is off.
-	TenantKey = "x-detour-tenant"
 	// RequestIDKey carries the caller's request id, which the call's log
 	// line shows; detour makes one when it is absent. With
 	// Options.ReturnRequestID the response header carries it back.
@@ -68,14 +67,15 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 		grpc.SetHeader(ctx, metadata.MD{RequestIDKey: []string{c.reqID}})
 	}
 	var v []*errdetails.BadRequest_FieldViolation
-	if t, ok := auth.TenantFrom(ctx); ok {
+	authenticated := false
+	if c.tenant = auth.TenantFrom(ctx); c.tenant != "" {
 		// The authentication interceptor resolved (and checked) it.
-		c.tenant = t
-	} else if c.tenant = first(ctx, TenantKey); c.tenant == "" {
-		c.tenant = "default"
-	} else if !validTenant(c.tenant) {
-		v = append(v, &errdetails.BadRequest_FieldViolation{Field: TenantKey,
-			Description: "tenant must be 1-64 characters of letters, digits, '.', '_' or '-'"})
+		authenticated = true
+	} else if c.tenant = first(ctx, auth.TenantKey); c.tenant == "" {
+		c.tenant = auth.DefaultTenant
+	} else if !auth.ValidTenant(c.tenant) {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: auth.TenantKey,
+			Description: "tenant must be " + auth.TenantRule})
 		c.tenant = "invalid"
 	}
 	lim := s.limits()
@@ -101,7 +101,11 @@ func (s *Server) begin(ctx context.Context, method string, req *detourv1.Complet
 		c.err = hop.Refusal(hops, lim.maxHops).Err()
 		return c
 	}
-	c.ctx = router.WithStats(router.WithTenant(hop.With(ctx, hops), c.tenant), &c.stats)
+	ctx = hop.With(ctx, hops)
+	if !authenticated {
+		ctx = auth.WithTenant(ctx, c.tenant)
+	}
+	c.ctx = router.WithStats(ctx, &c.stats)
 	return c
 }
 
@@ -268,18 +272,6 @@ func first(ctx context.Context, key string) string {
 		return strings.TrimSpace(v[0])
 	}
 	return ""
-}
-
-func validTenant(t string) bool {
-	if len(t) == 0 || len(t) > 64 {
-		return false
-	}
-	for _, r := range t {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // newRequestID returns 16 random hex digits.

@@ -6,9 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/auth"
+	"github.com/detour-dev/detour/internal/hostile"
 	"github.com/detour-dev/detour/internal/testkit"
 	"github.com/detour-dev/detour/regions"
 )
@@ -58,6 +64,53 @@ func TestRequestID(t *testing.T) {
 		}
 		if n := strings.Count(logs.String(), `"request_id":"`); n != 2 {
 			t.Errorf("%d call lines with a request id, want 2: %s", n, logs.String())
+		}
+	}
+}
+
+// TestTenantFromMetadata: without the authentication interceptors the
+// server names the tenant from x-detour-tenant by auth's one rule
+// (auth.ValidTenant), "default" when the caller names none.
+func TestTenantFromMetadata(t *testing.T) {
+	cfg := &regions.Config{Regions: []regions.Region{{Name: "a", Backends: []regions.Backend{{Name: "a-1", Endpoint: upstream(t, hostile.Answer(goodAnswer))}}}}}
+	fx := startHostile(t, cfg, "a")
+	for _, tt := range []struct {
+		tenant, logged string
+		want           codes.Code
+	}{
+		{"", "default", codes.OK},
+		{"team-a.eu_1", "team-a.eu_1", codes.OK},
+		{".a", "", codes.InvalidArgument},
+		{"-a", "", codes.InvalidArgument},
+		{"a b", "", codes.InvalidArgument},
+		{strings.Repeat("a", auth.MaxTenantLen+1), "", codes.InvalidArgument},
+	} {
+		ctx := callCtx(t)
+		if tt.tenant != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, auth.TenantKey, tt.tenant)
+		}
+		_, err := fx.client.Complete(ctx, deterministic("tenant "+tt.tenant))
+		st := status.Convert(err)
+		if st.Code() != tt.want {
+			t.Errorf("%s %q: %v (%s), want %v", auth.TenantKey, tt.tenant, st.Code(), st.Message(), tt.want)
+			continue
+		}
+		if tt.want == codes.OK {
+			if want := `"tenant":"` + tt.logged + `"`; !strings.Contains(fx.logs.String(), want) {
+				t.Errorf("%s %q: the call log lacks %s:\n%s", auth.TenantKey, tt.tenant, want, fx.logs.String())
+			}
+			continue
+		}
+		var fields []string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fields = append(fields, v.GetField()+": "+v.GetDescription())
+				}
+			}
+		}
+		if diff := cmp.Diff(fields, []string{auth.TenantKey + ": tenant must be " + auth.TenantRule}); diff != "" {
+			t.Errorf("%s %q: field violations (-got +want):\n%s", auth.TenantKey, tt.tenant, diff)
 		}
 	}
 }

@@ -33,7 +33,7 @@
   mkdir -p "$bin"
   say "build bench, detour, fakellm"
   go build -o "$bin/bench" ./bench
-  go build -o "$bin/" ./cmd/detour ./cmd/fakellm
+  go build -tags nodemo -o "$bin/" ./cmd/detour ./cmd/fakellm   # detour's production build
   export DETOUR_BENCH_BIN=$bin
 
   fail=0

@@ -52,8 +52,8 @@
   say "promtool"
   bash .ci/checks/promtool.sh
 
-  say "static detour binary"
-  CGO_ENABLED=0 go build -trimpath -o "$work/detour" ./cmd/detour
+  say "static detour binary (the production build: -tags nodemo leaves out demo and dev)"
+  CGO_ENABLED=0 go build -trimpath -tags nodemo -o "$work/detour" ./cmd/detour
 
   say "container image (OCI layout and docker tarball, no daemon)"
   go -C deploy run ./image -binary "$work/detour" -oci "$work/oci" -tar "$work/detour.tar"

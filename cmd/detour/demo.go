@@ -1,3 +1,5 @@
+//go:build !nodemo
+
 package main
 
 import (
@@ -24,6 +26,22 @@ type Demo struct {
 
 	// ready, when set, receives the router's address once serving.
 	ready func(addr net.Addr)
+}
+
+// demoUsage is the demo and dev lines of detour's usage.
+const demoUsage = `  demo    start a local stack: three simulated regions (one busy), a fallback,
+          and the router on 127.0.0.1:50051
+  dev     dev etcd: an etcd for local use on 127.0.0.1:2379, for
+          'serve --etcd-endpoints' and detourctl
+`
+
+// runDemo is `detour demo`.
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	d, err := parseDemo(args, stderr)
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx, stdout)
 }
 
 func parseDemo(args []string, stderr io.Writer) (*Demo, error) {

@@ -1,3 +1,5 @@
+//go:build !nodemo
+
 package main
 
 import (
@@ -10,6 +12,7 @@ import (
 
 	"github.com/detour-dev/detour/internal/devetcd"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // startDemoEtcd starts an embedded etcd in a temp dir (on a free loopback
@@ -22,7 +25,7 @@ func startDemoEtcd(ctx context.Context, cfg *regions.Config) (*devetcd.Server, L
 		return nil, LiveOptions{}, fmt.Errorf("demo etcd: %w", err)
 	}
 	live := LiveOptions{
-		Etcd:          regions.EtcdConfig{Endpoints: srv.Endpoints()},
+		Etcd:          etcd.Config{Endpoints: srv.Endpoints()},
 		LastKnownGood: filepath.Join(srv.Dir(), "lkg.yaml"),
 	}
 	var doc bytes.Buffer
@@ -42,12 +45,12 @@ func startDemoEtcd(ctx context.Context, cfg *regions.Config) (*devetcd.Server, L
 }
 
 // putDoc writes doc as the config document, which must not exist yet.
-func putDoc(ctx context.Context, ec regions.EtcdConfig, doc []byte) error {
+func putDoc(ctx context.Context, ec etcd.Config, doc []byte) error {
 	cli, err := ec.Client()
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	_, err = regions.NewStore(cli, ec.Keys()).Put(ctx, doc, 0)
+	_, err = etcd.NewStore(cli, ec.Keys()).Put(ctx, doc, 0)
 	return err
 }

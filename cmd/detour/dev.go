@@ -1,3 +1,5 @@
+//go:build !nodemo
+
 package main
 
 import (
@@ -25,6 +27,15 @@ type DevEtcd struct {
 
 	// ready, when set, receives the client endpoint once serving (tests).
 	ready func(endpoint string)
+}
+
+// runDev is `detour dev etcd`.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	d, err := parseDev(args, stderr)
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx, stdout)
 }
 
 func parseDev(args []string, stderr io.Writer) (*DevEtcd, error) {

@@ -1,3 +1,5 @@
+//go:build !nodemo
+
 package main
 
 import (
@@ -10,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // TestDevEtcd runs `detour dev etcd` on a free loopback port: the endpoint
@@ -53,7 +55,7 @@ func TestDevEtcd(t *testing.T) {
 			t.Errorf("banner lacks %q:\n%s", want, out.String())
 		}
 	}
-	if err := putDoc(callCtx(t), regions.EtcdConfig{Endpoints: []string{ep}}, []byte("regions: []\n")); err != nil {
+	if err := putDoc(callCtx(t), etcd.Config{Endpoints: []string{ep}}, []byte("regions: []\n")); err != nil {
 		t.Fatalf("put a document: %v", err)
 	}
 	dir := regexp.MustCompile(`data        (\S+) \(removed on exit\)`).FindStringSubmatch(out.String())

@@ -18,6 +18,7 @@ import (
 
 	"github.com/detour-dev/detour/metrics"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 	"github.com/detour-dev/detour/router"
 	"github.com/detour-dev/detour/server"
 )
@@ -28,8 +29,8 @@ import (
 type LiveOptions struct {
 	// Etcd, when it has endpoints, is where the config is read and watched;
 	// it replaces Main.ConfigPath.
-	Etcd regions.EtcdConfig
-	// LastKnownGood is the last-known-good file (see regions.Watcher).
+	Etcd etcd.Config
+	// LastKnownGood is the last-known-good file (see etcd.Watcher).
 	// Empty means none: a start while etcd is down then waits for etcd.
 	LastKnownGood string
 	// ReadTimeout bounds a full read of etcd; at start, after it the
@@ -56,7 +57,7 @@ func (o *LiveOptions) register(fs *flag.FlagSet) {
 		o.Etcd.Endpoints = splitList(s)
 		return nil
 	})
-	fs.StringVar(&o.Etcd.Prefix, "etcd-prefix", regions.DefaultPrefix, "root of detour's keys in etcd: PREFIX/config, PREFIX/drain/BACKEND")
+	fs.StringVar(&o.Etcd.Prefix, "etcd-prefix", etcd.DefaultPrefix, "root of detour's keys in etcd: PREFIX/config, PREFIX/drain/BACKEND")
 	fs.StringVar(&o.Etcd.CAFile, "etcd-cacert", "", "CA bundle that verifies etcd's certificate (turns TLS on)")
 	fs.StringVar(&o.Etcd.CertFile, "etcd-cert", "", "client certificate for etcd (mTLS)")
 	fs.StringVar(&o.Etcd.KeyFile, "etcd-key", "", "client key for etcd (mTLS)")
@@ -81,16 +82,16 @@ func (o *LiveOptions) register(fs *flag.FlagSet) {
 // check lists the problems with the config source flags.
 func (o *LiveOptions) check(configPath string) []string {
 	var p []string
-	etcd := len(o.Etcd.Endpoints) > 0
+	fromEtcd := len(o.Etcd.Endpoints) > 0
 	switch {
-	case etcd && configPath != "":
+	case fromEtcd && configPath != "":
 		p = append(p, "--config and --etcd-endpoints are alternatives; give one")
-	case !etcd && configPath == "":
+	case !fromEtcd && configPath == "":
 		p = append(p, "--config FILE or --etcd-endpoints is required")
-	case !etcd && o.LastKnownGood != "":
+	case !fromEtcd && o.LastKnownGood != "":
 		p = append(p, "--lkg needs --etcd-endpoints")
 	}
-	if etcd {
+	if fromEtcd {
 		var ve *regions.ValidationError
 		if err := o.Etcd.Check(); errors.As(err, &ve) {
 			for _, r := range ve.Reasons {
@@ -118,7 +119,7 @@ func splitList(s string) []string {
 // feeds: a file or an inline config applied once, or an etcd Watcher.
 type liveConfig struct {
 	rt      *router.Router
-	watcher *regions.Watcher // nil without etcd
+	watcher *etcd.Watcher // nil without etcd
 
 	mu  sync.Mutex
 	srv *server.Server // set once serving, for the config health status
@@ -156,7 +157,7 @@ func (m *Main) openConfig(ctx context.Context, log *slog.Logger) (*liveConfig, e
 	if m.Live.LastKnownGood == "" {
 		log.Warn("no --lkg file: a start while etcd is down will wait for etcd")
 	}
-	w, err := regions.NewWatcher(regions.WatcherConfig{
+	w, err := etcd.NewWatcher(etcd.WatcherConfig{
 		Etcd:          m.Live.Etcd,
 		LastKnownGood: m.Live.LastKnownGood,
 		ReadTimeout:   m.Live.ReadTimeout,
@@ -203,7 +204,7 @@ func (m *Main) openConfig(ctx context.Context, log *slog.Logger) (*liveConfig, e
 }
 
 func isLastKnownGood(s *regions.Snapshot) bool {
-	return strings.HasPrefix(s.Source, regions.SourceLastKnownGood)
+	return strings.HasPrefix(s.Source, etcd.SourceLastKnownGood)
 }
 
 // serving records the server, whose health then reports whether the config

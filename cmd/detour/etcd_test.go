@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // startEtcd runs a real etcd member in the test process on loopback.
@@ -35,20 +35,20 @@ func startEtcd(t *testing.T) *devetcd.Server {
 }
 
 // etcdStore is a Store on srv under the default prefix.
-func etcdStore(t *testing.T, srv *devetcd.Server) *regions.Store {
+func etcdStore(t *testing.T, srv *devetcd.Server) *etcd.Store {
 	t.Helper()
-	cli, err := regions.EtcdConfig{Endpoints: srv.Endpoints()}.Client()
+	cli, err := etcd.Config{Endpoints: srv.Endpoints()}.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	return regions.NewStore(cli, regions.Keys{})
+	return etcd.NewStore(cli, etcd.Keys{})
 }
 
 // apply writes cfg (or a raw document) with a compare-and-swap on the
 // current revision, as `detourctl config apply` does, and returns the new
 // revision.
-func apply(t *testing.T, s *regions.Store, doc any) int64 {
+func apply(t *testing.T, s *etcd.Store, doc any) int64 {
 	t.Helper()
 	b, ok := doc.([]byte)
 	if !ok {
@@ -172,7 +172,7 @@ func TestEtcdApplyChangesRouting(t *testing.T) {
 	e := startEtcd(t)
 	s := etcdStore(t, e)
 	rev := apply(t, s, &regions.Config{Regions: []regions.Region{region("a", 0, openaiBackend("a-1", a))}})
-	in := startLive(t, LiveOptions{Etcd: regions.EtcdConfig{Endpoints: e.Endpoints()}}, "a")
+	in := startLive(t, LiveOptions{Etcd: etcd.Config{Endpoints: e.Endpoints()}}, "a")
 
 	st := in.status(t)
 	if st.GetConfigSource() != "etcd:/detour/config" || st.GetConfigRevision() != rev || st.GetLastRejection() != nil {
@@ -223,7 +223,7 @@ func TestEtcdOutage(t *testing.T) {
 	e := startEtcd(t)
 	s := etcdStore(t, e)
 	apply(t, s, &regions.Config{Regions: []regions.Region{region("a", 0, openaiBackend("a-1", a))}})
-	in := startLive(t, LiveOptions{Etcd: regions.EtcdConfig{Endpoints: e.Endpoints()}, LastKnownGood: filepath.Join(t.TempDir(), "lkg.yaml")}, "a")
+	in := startLive(t, LiveOptions{Etcd: etcd.Config{Endpoints: e.Endpoints()}, LastKnownGood: filepath.Join(t.TempDir(), "lkg.yaml")}, "a")
 
 	var calls, failed atomic.Int64
 	var lastErr atomic.Value
@@ -286,7 +286,7 @@ func TestEtcdDownServesLastKnownGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := LiveOptions{
-		Etcd:          regions.EtcdConfig{Endpoints: e.Endpoints()},
+		Etcd:          etcd.Config{Endpoints: e.Endpoints()},
 		LastKnownGood: filepath.Join(t.TempDir(), "lkg.yaml"),
 		ReadTimeout:   300 * time.Millisecond,
 		AdminListen:   "127.0.0.1:0",
@@ -337,7 +337,7 @@ func TestEtcdDrainLetsInflightCallsFinish(t *testing.T) {
 	e := startEtcd(t)
 	s := etcdStore(t, e)
 	apply(t, s, &regions.Config{Regions: []regions.Region{region("a", 0, openaiBackend("a-1", slow)), region("b", 1, openaiBackend("b-1", other))}})
-	in := startLive(t, LiveOptions{Etcd: regions.EtcdConfig{Endpoints: e.Endpoints()}}, "a")
+	in := startLive(t, LiveOptions{Etcd: etcd.Config{Endpoints: e.Endpoints()}}, "a")
 
 	const n = 3
 	type result struct {
@@ -428,41 +428,3 @@ func TestEtcdServeFlags(t *testing.T) {
 type errWriter struct{ n int }
 
 func (w *errWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
-
-// TestDemoDrainThroughEtcd follows the demo's banner: draining eu-west's
-// backends through the embedded etcd moves every call to other regions.
-func TestDemoDrainThroughEtcd(t *testing.T) {
-	addr, banner := startDemo(t, 0)
-	m := regexp.MustCompile(`go run ./cmd/detourctl --endpoints (\S+) drain eu-west-a\n`).FindStringSubmatch(banner)
-	if m == nil {
-		t.Fatalf("banner lacks the detourctl drain line:\n%s", banner)
-	}
-	cli, err := regions.EtcdConfig{Endpoints: []string{m[1]}}.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	s := regions.NewStore(cli, regions.Keys{})
-	var rev int64
-	for _, b := range []string{"eu-west-a", "eu-west-b"} {
-		if rev, err = s.SetDrained(callCtx(t), b, true, "test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	in := &instance{router: detourv1.NewRouterClient(conn), admin: detourv1.NewAdminClient(conn)}
-	in.waitRevision(t, rev)
-	for i := range 10 {
-		resp, err := in.router.Complete(callCtx(t), userReq(fmt.Sprint("drained ", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r := resp.GetServedBy().GetRegion(); r == "eu-west" {
-			t.Fatalf("call %d served by eu-west after it was drained", i)
-		}
-	}
-}

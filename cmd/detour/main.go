@@ -1,6 +1,13 @@
 // Command detour is the detour daemon: `detour serve` routes detour.v1.Router
 // calls over the backends of a config file; `detour demo` starts a complete
-// local stack (three simulated regions, one of them busy, and a fallback).
+// local stack (three simulated regions, one of them busy, and a fallback),
+// and `detour dev etcd` an etcd for local use.
+//
+// The production build leaves demo and dev out (go build -tags nodemo, as
+// the image, the Dockerfile and CI build it): they link an embedded etcd
+// server (raft, bbolt) and the simulated backends, which serve never uses.
+// demo.go, demo_etcd.go and dev.go are built without the tag, nodemo.go
+// with it.
 package main
 
 import (
@@ -37,11 +44,7 @@ const usage = `usage: detour <command> [flags]
 
 commands:
   serve   route detour.v1.Router calls over the backends of a config file
-  demo    start a local stack: three simulated regions (one busy), a fallback,
-          and the router on 127.0.0.1:50051
-  dev     dev etcd: an etcd for local use on 127.0.0.1:2379, for
-          'serve --etcd-endpoints' and detourctl
-
+` + demoUsage + `
 Run 'detour <command> -h' for the flags of a command.
 `
 
@@ -58,17 +61,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return m.Run(ctx)
 	case "demo":
-		d, err := parseDemo(args[1:], stderr)
-		if err != nil {
-			return err
-		}
-		return d.Run(ctx, stdout)
+		return runDemo(ctx, args[1:], stdout, stderr)
 	case "dev":
-		d, err := parseDev(args[1:], stderr)
-		if err != nil {
-			return err
-		}
-		return d.Run(ctx, stdout)
+		return runDev(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

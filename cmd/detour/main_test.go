@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -488,82 +487,6 @@ func TestServeFlags(t *testing.T) {
 	var ve *regions.ValidationError
 	if !errors.As(err, &ve) || len(ve.Reasons) != 2 {
 		t.Errorf("bad config: err = %v, want a ValidationError with 2 reasons", err)
-	}
-}
-
-// startDemo runs the demo in process on a free port until the test ends and
-// returns its router address and banner.
-func startDemo(t *testing.T, busyRate float64) (net.Addr, string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan net.Addr, 1)
-	d := &Demo{Listen: "127.0.0.1:0", BusyRate: busyRate, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ready: func(a net.Addr) { addrc <- a }}
-	var banner bytes.Buffer
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, &banner) }()
-	var addr net.Addr
-	select {
-	case addr = <-addrc:
-	case err := <-done:
-		cancel()
-		t.Fatalf("demo did not start: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("demo Run: %v", err)
-		}
-	})
-	return addr, banner.String()
-}
-
-func TestDemoAnswers(t *testing.T) {
-	addr, bannerText := startDemo(t, 0.5)
-	if !strings.Contains(bannerText, "grpcurl -plaintext") || !strings.Contains(bannerText, addr.String()) {
-		t.Errorf("banner lacks a ready grpcurl line for %s:\n%s", addr, bannerText)
-	}
-	c := dial(t, addr.String())
-	regionsSeen := map[string]int{}
-	for i := range 20 {
-		resp, err := c.Complete(callCtx(t), userReq(fmt.Sprint("demo ", i)))
-		if err != nil {
-			t.Fatalf("demo call %d: %v", i, err)
-		}
-		regionsSeen[resp.GetServedBy().GetRegion()]++
-	}
-	if regionsSeen["eu-west"] == 0 || regionsSeen["eu-west"] == 20 {
-		t.Errorf("regions served: %v; want the half-busy eu-west to serve some calls and be routed around for others", regionsSeen)
-	}
-}
-
-// TestDemoBannerMakesEuWestBusy follows the banner's curl lines: posting
-// busy_rate 1 to each makes the whole eu-west region busy, so no call is
-// served there any more.
-func TestDemoBannerMakesEuWestBusy(t *testing.T) {
-	addr, bannerText := startDemo(t, 0)
-	urls := regexp.MustCompile(`curl -s -X POST -d '\{"busy_rate":1\}' (http://\S+/control)   # (eu-west-[ab])\n`).FindAllStringSubmatch(bannerText, -1)
-	if len(urls) != 2 || urls[0][2] != "eu-west-a" || urls[1][2] != "eu-west-b" {
-		t.Fatalf("banner lacks a curl line for each of eu-west-a and eu-west-b:\n%s", bannerText)
-	}
-	for _, u := range urls {
-		resp, err := http.Post(u[1], "application/json", strings.NewReader(`{"busy_rate":1}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST %s: %s", u[1], resp.Status)
-		}
-	}
-	c := dial(t, addr.String())
-	for i := range 10 {
-		resp, err := c.Complete(callCtx(t), userReq(fmt.Sprint("busy eu-west ", i)))
-		if err != nil {
-			t.Fatalf("call %d: %v", i, err)
-		}
-		if r := resp.GetServedBy().GetRegion(); r == "eu-west" {
-			t.Fatalf("call %d served by eu-west, which the banner's curl lines made fully busy", i)
-		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // validation is the outcome of validating a document, as -o json prints it.
@@ -191,7 +192,7 @@ func configApply(ctx context.Context, g *globals, args []string, stdout, stderr 
 		out.Revision, out.Unchanged = cur.ModRevision, true
 	} else {
 		rev, err := st.Put(ctx, doc, base)
-		var ce *regions.ConflictError
+		var ce *etcd.ConflictError
 		if errors.As(err, &ce) {
 			return fmt.Errorf("conflict: %w\nnothing was written; run 'detourctl config get' to see the current document, merge your edit, and apply again", err)
 		}

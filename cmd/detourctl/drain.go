@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // drainResult is the outcome of drain and undrain, as -o json prints it.
@@ -79,7 +80,7 @@ func setDrained(ctx context.Context, g *globals, args []string, stdout, stderr i
 
 // checkDrain refuses an unknown backend and a drain that every replica
 // would reject (no usable primary left).
-func checkDrain(d *regions.Document, keys regions.Keys, backend string, drained bool) error {
+func checkDrain(d *etcd.Document, keys etcd.Keys, backend string, drained bool) error {
 	if d.Doc == nil {
 		return fmt.Errorf("no config document at %s; nothing to %s", keys.Config(), map[bool]string{true: "drain", false: "undrain"}[drained])
 	}

@@ -11,12 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 )
 
 // globals are the flags every command takes.
 type globals struct {
-	etcd    regions.EtcdConfig
+	etcd    etcd.Config
 	admin   adminConn // for the commands that call detour.v1.Admin
 	timeout time.Duration
 	output  string
@@ -29,7 +29,7 @@ func newGlobals() *globals {
 	if env := os.Getenv("DETOUR_ETCD_ENDPOINTS"); env != "" {
 		g.etcd.Endpoints = splitList(env)
 	}
-	g.etcd.Prefix = regions.DefaultPrefix
+	g.etcd.Prefix = etcd.DefaultPrefix
 	g.etcd.Password = os.Getenv("DETOUR_ETCD_PASSWORD")
 	return g
 }
@@ -79,7 +79,7 @@ func (g *globals) json() bool { return g.output == "json" }
 
 // store connects to etcd, once some endpoint is seen to accept
 // connections (reachEtcd).
-func (g *globals) store(ctx context.Context) (*regions.Store, func(), error) {
+func (g *globals) store(ctx context.Context) (*etcd.Store, func(), error) {
 	if err := reachEtcd(ctx, g.etcd.Endpoints, g.timeout); err != nil {
 		return nil, nil, err
 	}
@@ -87,7 +87,7 @@ func (g *globals) store(ctx context.Context) (*regions.Store, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return regions.NewStore(cli, g.etcd.Keys()), func() { cli.Close() }, nil
+	return etcd.NewStore(cli, g.etcd.Keys()), func() { cli.Close() }, nil
 }
 
 func (g *globals) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -22,6 +22,7 @@ import (
 	"github.com/detour-dev/detour/internal/devetcd"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/regions/etcd"
 	"github.com/detour-dev/detour/router"
 	"github.com/detour-dev/detour/server"
 )
@@ -191,7 +192,7 @@ func TestConfigApplyGetAndConflicts(t *testing.T) {
 		switch {
 		case err == nil:
 			won++
-		case errors.Is(err, regions.ErrConflict) && strings.Contains(err.Error(), "conflict: /detour/config changed concurrently"):
+		case errors.Is(err, etcd.ErrConflict) && strings.Contains(err.Error(), "conflict: /detour/config changed concurrently"):
 			conflicts++
 		default:
 			t.Errorf("concurrent apply: %v", err)
@@ -210,7 +211,7 @@ func TestConfigApplyGetAndConflicts(t *testing.T) {
 	}
 	// An edit based on a stale revision is a conflict too.
 	_, _, err = ctl(t, ep, "config", "apply", "-f", first, "--expect-revision", fmt.Sprint(a.Revision))
-	if !errors.Is(err, regions.ErrConflict) {
+	if !errors.Is(err, etcd.ErrConflict) {
 		t.Errorf("stale --expect-revision: err = %v, want a conflict", err)
 	}
 }

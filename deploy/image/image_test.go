@@ -40,11 +40,11 @@ func detourBinary(t *testing.T) string {
 			return
 		}
 		builtPath = filepath.Join(dir, "detour")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", builtPath, "./cmd/detour")
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", "nodemo", "-o", builtPath, "./cmd/detour")
 		cmd.Dir = filepath.Join("..", "..")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = errors.New("go build ./cmd/detour: " + err.Error() + "\n" + string(out))
+			buildErr = errors.New("go build -tags nodemo ./cmd/detour: " + err.Error() + "\n" + string(out))
 		}
 	})
 	if buildErr != nil {

@@ -5,7 +5,7 @@
 // runs as 65532:65532 with entrypoint ["/detour", "serve"] and exposes 50051
 // (gRPC), 9090 (metrics) and 50052 (admin).
 //
-//	CGO_ENABLED=0 go build -trimpath -o /tmp/detour ./cmd/detour
+//	CGO_ENABLED=0 go build -trimpath -tags nodemo -o /tmp/detour ./cmd/detour
 //	go -C deploy run ./image -binary /tmp/detour -oci /tmp/detour-oci [-tar /tmp/detour.tar]
 //
 // The OCI layout directory can be pushed with `crane push --image-refs` /
@@ -94,7 +94,7 @@ func main() {
 func parseFlags(args []string) (Options, error) {
 	o := Options{}
 	fs := flag.NewFlagSet("image", flag.ContinueOnError)
-	fs.StringVar(&o.Binary, "binary", "", "statically linked detour binary (CGO_ENABLED=0 go build ./cmd/detour)")
+	fs.StringVar(&o.Binary, "binary", "", "statically linked detour binary (CGO_ENABLED=0 go build -tags nodemo ./cmd/detour)")
 	fs.StringVar(&o.CACerts, "ca", "/etc/ssl/certs/ca-certificates.crt", "CA bundle (PEM) to ship in the image")
 	fs.StringVar(&o.OCIDir, "oci", "", "write an OCI image layout to this new directory")
 	fs.StringVar(&o.Tarball, "tar", "", "write a `docker load` tarball to this file")

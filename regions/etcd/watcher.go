@@ -1,11 +1,10 @@
-package regions
+package etcd
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -13,13 +12,16 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
+
+	"github.com/detour-dev/detour/internal/backoff"
+	"github.com/detour-dev/detour/regions"
 )
 
 // WatcherConfig configures a Watcher. Apply and either Client or
 // Etcd.Endpoints are required.
 type WatcherConfig struct {
 	// Etcd says how to reach etcd and where the keys are.
-	Etcd EtcdConfig
+	Etcd Config
 	// Client, when set, is used instead of a client made from Etcd (whose
 	// Prefix still applies). The Watcher does not close it.
 	Client *clientv3.Client
@@ -27,7 +29,7 @@ type WatcherConfig struct {
 	// detour. It is called from one goroutine at a time and never
 	// concurrently with itself. An error rejects the document like a
 	// validation failure: the previous snapshot keeps serving.
-	Apply func(*Snapshot) error
+	Apply func(*regions.Snapshot) error
 	// LastKnownGood is the path of the last-known-good file, written after
 	// every document applied from etcd and served at start when etcd cannot
 	// be read. Empty means no file.
@@ -58,14 +60,14 @@ type Rejection struct {
 }
 
 // RejectedError is returned by WaitApplied when the state at the revision
-// waited for was rejected. It wraps ErrInvalid.
+// waited for was rejected. It wraps regions.ErrInvalid.
 type RejectedError struct{ Rejection *Rejection }
 
 func (e *RejectedError) Error() string {
 	return fmt.Sprintf("config at revision %d rejected: %s", e.Rejection.Revision, strings.Join(e.Rejection.Reasons, "; "))
 }
 
-func (e *RejectedError) Unwrap() error { return ErrInvalid }
+func (e *RejectedError) Unwrap() error { return regions.ErrInvalid }
 
 // ErrNotConnected is returned by Watcher.SetDrained before the Watcher has
 // an etcd client (etcd needs authentication and has been unreachable).
@@ -78,8 +80,8 @@ var ErrDrainedByDocument = errors.New("backend is drained by the config document
 
 // Watcher keeps a router in step with the config in etcd. It reads the keys
 // (see Keys) in full, validates the document as a whole with the drain keys
-// merged in, hands a good one to Apply as a new Snapshot, and then follows
-// every change through an etcd watch:
+// merged in, hands a good one to Apply as a new regions.Snapshot, and then
+// follows every change through an etcd watch:
 //
 //   - a bad document is rejected with every reason, logged, and kept as the
 //     last Rejection, while the last good snapshot keeps serving;
@@ -92,8 +94,8 @@ var ErrDrainedByDocument = errors.New("backend is drained by the config document
 //
 // A Watcher is safe for concurrent use. Close stops it and waits.
 //
-//	w, err := regions.NewWatcher(regions.WatcherConfig{
-//		Etcd:          regions.EtcdConfig{Endpoints: []string{"etcd-0.etcd:2379"}},
+//	w, err := etcd.NewWatcher(etcd.WatcherConfig{
+//		Etcd:          etcd.Config{Endpoints: []string{"etcd-0.etcd:2379"}},
 //		LastKnownGood: "/var/lib/detour/last-known-good.yaml",
 //		Apply:         rt.Apply, // the first call may build the router instead
 //	})
@@ -113,7 +115,7 @@ type Watcher struct {
 	mu         sync.Mutex
 	cli        *clientv3.Client
 	ownClient  bool
-	applied    *Snapshot
+	applied    *regions.Snapshot
 	processed  int64 // etcd revision of the latest state handled
 	appliedRev int64 // etcd revision of the applied state (0: none from etcd)
 	rejection  *Rejection
@@ -125,7 +127,7 @@ type Watcher struct {
 // first snapshot is applied.
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if cfg.Apply == nil {
-		return nil, errors.New("regions: WatcherConfig.Apply is required")
+		return nil, errors.New("etcd: WatcherConfig.Apply is required")
 	}
 	if cfg.Client == nil {
 		if err := cfg.Etcd.Check(); err != nil {
@@ -164,7 +166,7 @@ func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 func (w *Watcher) Keys() Keys { return w.keys }
 
 // Applied returns the snapshot applied last, or nil before the first.
-func (w *Watcher) Applied() *Snapshot {
+func (w *Watcher) Applied() *regions.Snapshot {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.applied
@@ -216,7 +218,7 @@ func (w *Watcher) WaitApplied(ctx context.Context, rev int64) error {
 // SetDrained drains (drained true) or undrains backend on every replica by
 // writing or deleting its drain key, then waits until this Watcher applied
 // the change or ctx ends. A drain that would leave the document invalid
-// (every primary drained) is refused with a *ValidationError, without a
+// (every primary drained) is refused with a *regions.ValidationError, without a
 // write.
 func (w *Watcher) SetDrained(ctx context.Context, backend string, drained bool, note string) error {
 	w.mu.Lock()
@@ -245,7 +247,7 @@ func (w *Watcher) SetDrained(ctx context.Context, backend string, drained bool, 
 	return nil
 }
 
-func isDrained(cfg *Config, name string) bool {
+func isDrained(cfg *regions.Config, name string) bool {
 	for _, r := range cfg.Regions {
 		for _, b := range r.Backends {
 			if b.Name == name {
@@ -269,13 +271,18 @@ type keyState struct {
 }
 
 func (w *Watcher) run(ctx context.Context) {
-	bo := backoff{min: 50 * time.Millisecond, max: 5 * time.Second}
+	bo := backoff.Exponential{Base: 50 * time.Millisecond, Max: 5 * time.Second}
+	retries := 0 // since the watch last made progress
+	pause := func() {
+		sleep(ctx, bo.Equal(retries))
+		retries++
+	}
 	var st *keyState
 	for ctx.Err() == nil {
 		cli, err := w.client(ctx)
 		if err != nil {
 			w.unreachable(err)
-			sleep(ctx, bo.next())
+			pause()
 			continue
 		}
 		if st == nil {
@@ -284,7 +291,7 @@ func (w *Watcher) run(ctx context.Context) {
 					return
 				}
 				w.unreachable(err)
-				sleep(ctx, bo.next())
+				pause()
 				continue
 			}
 			w.evaluate(st)
@@ -292,10 +299,10 @@ func (w *Watcher) run(ctx context.Context) {
 		progressed, compacted := w.follow(ctx, cli, st)
 		st = nil // read in full again
 		if progressed {
-			bo.reset()
+			retries = 0
 		}
 		if !compacted {
-			sleep(ctx, bo.next())
+			pause()
 		}
 	}
 }
@@ -438,23 +445,23 @@ func drainedNames(st *keyState) []string {
 }
 
 // build turns st into a snapshot, or the reasons it is not valid.
-func (w *Watcher) build(st *keyState) (*Snapshot, []string) {
+func (w *Watcher) build(st *keyState) (*regions.Snapshot, []string) {
 	if st.doc == nil {
 		return nil, []string{fmt.Sprintf("no config document at %s", w.keys.Config())}
 	}
-	cfg, err := Parse(st.doc)
+	cfg, err := regions.Parse(st.doc)
 	if cfg != nil { // also when it did not decode: report every reason
 		cfg = withDrained(cfg, drainedNames(st))
-		err = JoinReasons(err, cfg.Validate())
+		err = regions.JoinReasons(err, cfg.Validate())
 	}
 	if err != nil {
-		var ve *ValidationError
+		var ve *regions.ValidationError
 		if errors.As(err, &ve) {
 			return nil, ve.Reasons
 		}
 		return nil, []string{err.Error()}
 	}
-	return &Snapshot{Config: cfg, Revision: st.rev, Source: "etcd:" + w.keys.Config(), AppliedAt: time.Now()}, nil
+	return &regions.Snapshot{Config: cfg, Revision: st.rev, Source: "etcd:" + w.keys.Config(), AppliedAt: time.Now()}, nil
 }
 
 func (w *Watcher) reject(rev int64, reasons []string) {
@@ -557,23 +564,6 @@ func (w *Watcher) monitor(ctx context.Context, cli *clientv3.Client) {
 		}
 	}
 }
-
-// backoff is a capped exponential backoff with full jitter.
-type backoff struct {
-	min, max time.Duration
-	n        int
-}
-
-func (b *backoff) next() time.Duration {
-	d := b.min << min(b.n, 16)
-	if d > b.max || d <= 0 {
-		d = b.max
-	}
-	b.n++
-	return d/2 + rand.N(d/2+1)
-}
-
-func (b *backoff) reset() { b.n = 0 }
 
 // sleep waits d or until ctx ends.
 func sleep(ctx context.Context, d time.Duration) {

@@ -1,4 +1,4 @@
-package regions
+package etcd
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/detour-dev/detour/regions"
 )
 
 // Key layout in etcd, under a prefix (default "/detour"):
@@ -59,9 +61,9 @@ func (k Keys) DrainDir() string { return k.root() + drainDir }
 // Drain is the drain key of backend ("/detour/drain/eu-west-a").
 func (k Keys) Drain(backend string) string { return k.DrainDir() + backend }
 
-// EtcdConfig says how to reach etcd and where detour's keys are. Only
+// Config says how to reach etcd and where detour's keys are. Only
 // Endpoints is required.
-type EtcdConfig struct {
+type Config struct {
 	// Endpoints are etcd client URLs or host:port pairs
 	// ("https://etcd-0.etcd:2379").
 	Endpoints []string
@@ -84,9 +86,9 @@ type EtcdConfig struct {
 }
 
 // Keys returns the key layout of c.Prefix.
-func (c EtcdConfig) Keys() Keys { return Keys{Prefix: c.Prefix} }
+func (c Config) Keys() Keys { return Keys{Prefix: c.Prefix} }
 
-func (c EtcdConfig) tlsOn() bool {
+func (c Config) tlsOn() bool {
 	if c.TLS || c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" {
 		return true
 	}
@@ -98,36 +100,41 @@ func (c EtcdConfig) tlsOn() bool {
 	return false
 }
 
-// Check reports every problem with c, as a *ValidationError, or nil.
-func (c EtcdConfig) Check() error {
-	var v validator
+// Check reports every problem with c, as a *regions.ValidationError, or
+// nil.
+func (c Config) Check() error {
+	var reasons []string
+	add := func(format string, args ...any) { reasons = append(reasons, fmt.Sprintf(format, args...)) }
 	if len(c.Endpoints) == 0 {
-		v.add("etcd: at least one endpoint is required")
+		add("etcd: at least one endpoint is required")
 	}
 	for _, e := range c.Endpoints {
 		if strings.TrimSpace(e) == "" {
-			v.add("etcd: empty endpoint")
+			add("etcd: empty endpoint")
 		}
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		v.add("etcd: a client certificate needs both a cert file and a key file")
+		add("etcd: a client certificate needs both a cert file and a key file")
 	}
 	if (c.Username == "") != (c.Password == "") {
-		v.add("etcd: username and password go together")
+		add("etcd: username and password go together")
 	}
 	if c.Prefix != "" && !strings.HasPrefix(c.Prefix, "/") {
-		v.add("etcd: prefix %q must start with /", c.Prefix)
+		add("etcd: prefix %q must start with /", c.Prefix)
 	}
 	if c.DialTimeout < 0 {
-		v.add("etcd: dial timeout must be >= 0")
+		add("etcd: dial timeout must be >= 0")
 	}
-	return v.err()
+	if len(reasons) == 0 {
+		return nil
+	}
+	return &regions.ValidationError{Reasons: reasons}
 }
 
 // Client returns an etcd client for c. It does not wait for etcd unless
 // Username is set: authentication needs etcd, and fails after DialTimeout
 // when etcd is unreachable. The caller closes the client.
-func (c EtcdConfig) Client() (*clientv3.Client, error) {
+func (c Config) Client() (*clientv3.Client, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
@@ -302,7 +309,7 @@ func checkBackendName(name string) error {
 
 // withDrained returns cfg with drained: true set on the named backends
 // (primaries and fallbacks). cfg is not modified.
-func withDrained(cfg *Config, drained []string) *Config {
+func withDrained(cfg *regions.Config, drained []string) *regions.Config {
 	if len(drained) == 0 {
 		return cfg
 	}
@@ -315,7 +322,7 @@ func withDrained(cfg *Config, drained []string) *Config {
 	return &c
 }
 
-func markDrained(bs []Backend, drained []string) []Backend {
+func markDrained(bs []regions.Backend, drained []string) []regions.Backend {
 	bs = slices.Clone(bs)
 	for i := range bs {
 		if slices.Contains(drained, bs[i].Name) {

@@ -1,4 +1,4 @@
-package regions
+package etcd
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/detour-dev/detour/internal/devetcd"
 	"github.com/detour-dev/detour/internal/testkit"
+	"github.com/detour-dev/detour/regions"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -31,7 +32,7 @@ func startEtcd(t *testing.T) *devetcd.Server {
 
 func etcdClient(t *testing.T, srv *devetcd.Server) *clientv3.Client {
 	t.Helper()
-	cli, err := EtcdConfig{Endpoints: srv.Endpoints()}.Client()
+	cli, err := Config{Endpoints: srv.Endpoints()}.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +61,11 @@ func doc(backends ...string) string {
 // recorder is the Apply callback of a test Watcher.
 type recorder struct {
 	mu    sync.Mutex
-	snaps []*Snapshot
+	snaps []*regions.Snapshot
 	fail  error
 }
 
-func (r *recorder) apply(s *Snapshot) error {
+func (r *recorder) apply(s *regions.Snapshot) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail != nil {
@@ -74,7 +75,7 @@ func (r *recorder) apply(s *Snapshot) error {
 	return nil
 }
 
-func (r *recorder) last() *Snapshot {
+func (r *recorder) last() *regions.Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.snaps) == 0 {
@@ -83,7 +84,7 @@ func (r *recorder) last() *Snapshot {
 	return r.snaps[len(r.snaps)-1]
 }
 
-func backendNames(c *Config) []string {
+func backendNames(c *regions.Config) []string {
 	var out []string
 	for _, r := range c.Regions {
 		for _, b := range r.Backends {
@@ -285,7 +286,7 @@ func TestWatcherFollowsEtcd(t *testing.T) {
 			continue
 		}
 		var re *RejectedError
-		if !errors.As(err, &re) || !errors.Is(err, ErrInvalid) {
+		if !errors.As(err, &re) || !errors.Is(err, regions.ErrInvalid) {
 			t.Fatalf("%s: WaitApplied = %v, want a *RejectedError", st.name, err)
 		}
 		if diff := cmp.Diff(re.Rejection.Reasons, st.wantReasons); diff != "" {
@@ -309,7 +310,7 @@ func TestWatcherRejectsWhatApplyRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{}
-	w, err := NewWatcher(WatcherConfig{Client: cli, Etcd: EtcdConfig{Prefix: "/other"}, Apply: rec.apply, Logger: quiet()})
+	w, err := NewWatcher(WatcherConfig{Client: cli, Etcd: Config{Prefix: "/other"}, Apply: rec.apply, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +330,7 @@ func TestWatcherRejectsWhatApplyRefuses(t *testing.T) {
 	}
 	// A drain that would leave no usable backend is refused before any write.
 	err = w.SetDrained(ctx, "a", true, "")
-	var ve *ValidationError
+	var ve *regions.ValidationError
 	if !errors.As(err, &ve) {
 		t.Errorf("draining the only backend: err = %v, want a *ValidationError", err)
 	}
@@ -385,17 +386,17 @@ func TestWatcherStartsFromLastKnownGoodWhenEtcdIsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	lkg := filepath.Join(t.TempDir(), "lkg.yaml")
-	cfg, err := Load([]byte(doc("from-file")))
+	cfg, err := regions.Load([]byte(doc("from-file")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteLastKnownGood(lkg, &Snapshot{Config: cfg, Revision: 7, Source: "etcd:/detour/config", AppliedAt: time.Now()}); err != nil {
+	if err := WriteLastKnownGood(lkg, &regions.Snapshot{Config: cfg, Revision: 7, Source: "etcd:/detour/config", AppliedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	srv.Stop()
 	rec := &recorder{}
 	var logs testkit.Buffer
-	w, err := NewWatcher(WatcherConfig{Etcd: EtcdConfig{Endpoints: srv.Endpoints()}, Apply: rec.apply,
+	w, err := NewWatcher(WatcherConfig{Etcd: Config{Endpoints: srv.Endpoints()}, Apply: rec.apply,
 		LastKnownGood: lkg, ReadTimeout: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -436,7 +437,7 @@ func TestWatcherStartsFromLastKnownGoodWhenEtcdIsDown(t *testing.T) {
 
 func TestLastKnownGoodRoundTrip(t *testing.T) {
 	t.Setenv("DETOUR_KEY_TEST", "sk-test")
-	cfg, err := LoadFile("testdata/full.yaml")
+	cfg, err := regions.LoadFile("../testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +445,7 @@ func TestLastKnownGoodRoundTrip(t *testing.T) {
 	p := filepath.Join(dir, "lkg.yaml")
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for rev := range int64(3) { // overwrite in place
-		if err := WriteLastKnownGood(p, &Snapshot{Config: cfg, Revision: 40 + rev, Source: "etcd:/detour/config", AppliedAt: at}); err != nil {
+		if err := WriteLastKnownGood(p, &regions.Snapshot{Config: cfg, Revision: 40 + rev, Source: "etcd:/detour/config", AppliedAt: at}); err != nil {
 			t.Fatal(err)
 		}
 	}

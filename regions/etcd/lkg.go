@@ -1,4 +1,4 @@
-package regions
+package etcd
 
 import (
 	"bufio"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/detour-dev/detour/regions"
 )
 
 // The last-known-good file is the last document a replica applied, drain
@@ -31,7 +33,7 @@ const SourceLastKnownGood = "last-known-good:"
 // WriteLastKnownGood writes snap's config to path atomically: a reader (or a
 // crash) sees the old file or the new one, never a part. It is written to a
 // temp file in the same directory, synced, and renamed over path.
-func WriteLastKnownGood(path string, snap *Snapshot) error {
+func WriteLastKnownGood(path string, snap *regions.Snapshot) error {
 	var buf bytes.Buffer
 	buf.WriteString(lkgHeader)
 	fmt.Fprintf(&buf, "# source: %s\n# revision: %d\n# applied_at: %s\n", snap.Source, snap.Revision, snap.AppliedAt.UTC().Format(time.RFC3339Nano))
@@ -73,16 +75,16 @@ func WriteLastKnownGood(path string, snap *Snapshot) error {
 // ReadLastKnownGood reads and validates the last-known-good file at path. The
 // snapshot's Source is SourceLastKnownGood+path and its Revision the one the
 // file was written at; AppliedAt is now.
-func ReadLastKnownGood(path string) (*Snapshot, error) {
+func ReadLastKnownGood(path string) (*regions.Snapshot, error) {
 	doc, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("last-known-good: %w", err)
 	}
-	cfg, err := Load(doc)
+	cfg, err := regions.Load(doc)
 	if err != nil {
 		return nil, fmt.Errorf("last-known-good %s: %w", path, err)
 	}
-	snap := &Snapshot{Config: cfg, Source: SourceLastKnownGood + path, AppliedAt: time.Now()}
+	snap := &regions.Snapshot{Config: cfg, Source: SourceLastKnownGood + path, AppliedAt: time.Now()}
 	sc := bufio.NewScanner(bytes.NewReader(doc))
 	for sc.Scan() {
 		line := sc.Text()

@@ -1,4 +1,4 @@
-package regions
+package etcd
 
 import (
 	"context"
@@ -91,7 +91,7 @@ func TestWatcherOverTLSWithAuth(t *testing.T) {
 	}
 	defer srv.Close()
 	ctx := testCtx(t)
-	tlsOnly := EtcdConfig{Endpoints: srv.Endpoints(), CAFile: p.ca, CertFile: p.clientCert, KeyFile: p.clientKey}
+	tlsOnly := Config{Endpoints: srv.Endpoints(), CAFile: p.ca, CertFile: p.clientCert, KeyFile: p.clientKey}
 	admin, err := tlsOnly.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +134,7 @@ func TestWatcherOverTLSWithAuth(t *testing.T) {
 	noCert.CertFile, noCert.KeyFile = "", ""
 	wrongPass := full
 	wrongPass.Password = "guess"
-	for name, ec := range map[string]EtcdConfig{"no client cert": noCert, "wrong password": wrongPass} {
+	for name, ec := range map[string]Config{"no client cert": noCert, "wrong password": wrongPass} {
 		ec.DialTimeout = time.Second
 		cli, err := ec.Client()
 		if err == nil {

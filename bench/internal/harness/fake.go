@@ -1,0 +1,99 @@
+package harness
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/detour-dev/detour/internal/fakellm"
+)
+
+// Fake is a cmd/fakellm child process.
+type Fake struct {
+	*Child
+	// Name is the backend's name; HTTP and GRPC its listeners' host:port
+	// (GRPC empty without one).
+	Name, HTTP, GRPC string
+}
+
+// StartFake starts cmd/fakellm on loopback ports with cfg, serving HTTP and,
+// if withGRPC, gRPC.
+func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
+	_, bin, err := Binaries()
+	if err != nil {
+		return nil, err
+	}
+	st := cfg.Settings
+	args := []string{"-http", "127.0.0.1:0",
+		"-name", cfg.Name, "-region", cfg.Region,
+		"-latency", st.Latency.String(), "-jitter", st.Jitter.String(),
+		"-busy-rate", Ftoa(st.BusyRate), "-qps", Ftoa(st.QPS), "-burst", strconv.Itoa(st.Burst),
+		"-capacity", Ftoa(st.Capacity), "-max-concurrency", strconv.Itoa(st.MaxConcurrency),
+		"-hang-rate", Ftoa(st.HangRate), "-tokens-per-sec", Ftoa(st.TokensPerSec),
+		"-garbage-rate", Ftoa(st.GarbageRate), "-cut-rate", Ftoa(st.CutRate)}
+	if withGRPC {
+		args = append(args, "-grpc", "127.0.0.1:0")
+	}
+	f := &Fake{Name: cfg.Name}
+	var mu sync.Mutex
+	ready := func(line string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if a, ok := strings.CutPrefix(line, "fakellm: http listening on "); ok {
+			f.HTTP = a
+		}
+		if a, ok := strings.CutPrefix(line, "fakellm: grpc listening on "); ok {
+			f.GRPC = a
+		}
+		return f.HTTP != "" && (!withGRPC || f.GRPC != "")
+	}
+	c, err := StartChild("fakellm-"+cfg.Name, bin, args, ready, 20*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	f.Child = c
+	return f, nil
+}
+
+// Ftoa formats v as the shortest decimal that reads back the same.
+func Ftoa(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+
+var ctlClient = &http.Client{Timeout: 5 * time.Second}
+
+// Stats reads fakellm's GET /stats: the requests it answered, by outcome.
+func (f *Fake) Stats() (fakellm.Stats, error) {
+	var st fakellm.Stats
+	resp, err := ctlClient.Get("http://" + f.HTTP + "/stats")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%s /stats: %s", f.Name, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// Control POSTs a /control patch such as {"busy_rate": 0.5}.
+func (f *Fake) Control(patch map[string]any) error {
+	b, _ := json.Marshal(patch)
+	resp, err := ctlClient.Post("http://"+f.HTTP+"/control", "application/json", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s /control %s: %s %s", f.Name, b, resp.Status, body)
+	}
+	return nil
+}
+
+// OpenAIEndpoint is the base URL of f for an openai-kind backend.
+func (f *Fake) OpenAIEndpoint() string { return "http://" + f.HTTP + "/v1" }
