@@ -31,7 +31,7 @@ const keyVersion = "detour.cache.v3\x00"
 //   - model;
 //   - each message, in order: role, content, name, reasoning_content,
 //     tool_call_id and its tool calls (id, type, function name and
-//     arguments);
+//     arguments), and whether it is a prefix to continue;
 //   - temperature and top_p, each as "unset" or its value (-0 is 0);
 //   - max_tokens and max_completion_tokens;
 //   - the stop sequences as a set (sorted, without duplicates);
@@ -66,6 +66,9 @@ func KeyOf(req *detourv1.CompleteRequest, tenant string, perUser bool) Key {
 		b = appendString(b, 'r', strings.ToLower(strings.TrimSpace(m.GetRole())))
 		b = appendString(b, 'c', strings.TrimSpace(m.GetContent()))
 		b = appendString(b, 'n', strings.TrimSpace(m.GetName()))
+		if m.GetPrefix() {
+			b = append(b, 'X')
+		}
 		if m.GetReasoningContent() != "" || m.GetToolCallId() != "" || len(m.GetToolCalls()) > 0 {
 			b = appendString(b, 'R', strings.TrimSpace(m.GetReasoningContent()))
 			b = appendString(b, 'i', m.GetToolCallId())

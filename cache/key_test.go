@@ -128,6 +128,9 @@ var keyChanges = []struct {
 		tc.Function.Arguments = `{"city":"Lyon"}`
 		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", ToolCalls: []*detourv1.ToolCall{tc}})
 	}},
+	{"prefix", "prefix", func(r *detourv1.CompleteRequest) {
+		r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", Content: "The answer is", Prefix: true})
+	}},
 	{"tool_call_id", "tool_call_id", func(r *detourv1.CompleteRequest) {
 		r.Messages = append(r.Messages, &detourv1.Message{Role: "tool", Content: "22C", ToolCallId: "call_1"})
 	}},

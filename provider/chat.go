@@ -53,6 +53,9 @@ type chatMessage struct {
 	ReasoningContent string         `json:"reasoning_content,omitempty"`
 	ToolCalls        []chatToolCall `json:"tool_calls,omitempty"`
 	ToolCallID       string         `json:"tool_call_id,omitempty"`
+	// Prefix marks the last, assistant, turn as the start of the answer
+	// (DeepSeek's prefix completion).
+	Prefix bool `json:"prefix,omitempty"`
 }
 
 type chatToolCall struct {
@@ -157,7 +160,7 @@ func newChatRequest(req *detourv1.CompleteRequest, stream bool, tenantAs, tenant
 	}
 	for i, m := range req.GetMessages() {
 		cm := chatMessage{Role: m.GetRole(), Content: &m.Content, Name: m.GetName(),
-			ReasoningContent: m.GetReasoningContent(), ToolCallID: m.GetToolCallId()}
+			ReasoningContent: m.GetReasoningContent(), ToolCallID: m.GetToolCallId(), Prefix: m.GetPrefix()}
 		if len(m.GetToolCalls()) > 0 {
 			cm.ToolCalls = make([]chatToolCall, len(m.GetToolCalls()))
 			for j, tc := range m.GetToolCalls() {

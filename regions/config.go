@@ -54,6 +54,9 @@ type Config struct {
 	// Cache is the answer cache policy; the zero value caches deterministic
 	// requests for 5 minutes (see CachePolicy).
 	Cache CachePolicy `yaml:"cache,omitempty" json:"cache,omitempty"`
+	// Streams is how streams start (first-token bound, hedged starts) and
+	// survive breaks (continuation); see StreamPolicy.
+	Streams StreamPolicy `yaml:"streams,omitempty" json:"streams,omitempty"`
 }
 
 // Principal names who a caller is: an mTLS identity or a bearer token. Tokens
@@ -123,6 +126,18 @@ type Backend struct {
 	// Zero means Timeout: keep-alives then never make a call wait longer
 	// than an upstream that says nothing.
 	QueueTimeout Duration `yaml:"queue_timeout,omitempty" json:"queue_timeout,omitempty"`
+	// FirstTokenTimeout bounds a stream attempt's wait for its first token
+	// (content, reasoning or a tool call), keep-alives not counted, apart
+	// from the gap between tokens (Timeout) and the call's deadline. Past it
+	// the attempt counts as busy and the call moves on. Zero means
+	// streams.first_token_timeout (zero there: no bound of its own).
+	FirstTokenTimeout Duration `yaml:"first_token_timeout,omitempty" json:"first_token_timeout,omitempty"`
+	// PrefixCompletion says the backend continues an answer from an
+	// assistant prefix (DeepSeek's prefix completion, on its /beta
+	// endpoint): a broken stream is then continued on it with the text so
+	// far as that prefix. Otherwise the text so far goes as an assistant
+	// turn followed by streams.continue_prompt.
+	PrefixCompletion bool `yaml:"prefix_completion,omitempty" json:"prefix_completion,omitempty"`
 	// ExhaustedFor is how long the backend stays out of rotation, on every
 	// replica, after it said its account cannot pay (HTTP 402 "Insufficient
 	// Balance"). Zero means 5m.
@@ -533,6 +548,7 @@ func (c *Config) Validate() error {
 		v.add("limits.max_hops: %d must be in 0..100", c.Limits.MaxHops)
 	}
 	v.cache(c.Cache)
+	v.streams(c.Streams)
 	principals := map[string]string{}
 	names := map[string]string{} // tenants and admins share one namespace
 	for i, t := range c.Tenants {
@@ -698,6 +714,9 @@ func (v *validator) backend(where string, b Backend, seen map[string]string) {
 	}
 	if b.QueueTimeout < 0 {
 		v.add("%s: queue_timeout must be >= 0", where)
+	}
+	if b.FirstTokenTimeout < 0 {
+		v.add("%s: first_token_timeout must be >= 0", where)
 	}
 	if b.ExhaustedFor < 0 {
 		v.add("%s: exhausted_for must be >= 0", where)

@@ -20,9 +20,12 @@ func TestLoadFull(t *testing.T) {
 	}
 	b := c.Regions[0].Backends[0]
 	got := []any{len(c.Regions), b.Timeout.D(), b.Breaker.ConsecutiveBusy, c.Retry.BackoffBase.D(), c.Limits.DefaultDeadline.D(), c.Limits.MaxInflight, c.Regions[1].Backends[0].Kind,
-		b.QueueTimeout.D(), b.ExhaustedCooldown(), b.SendTenantAs, c.Regions[1].Backends[0].ExhaustedCooldown()}
+		b.QueueTimeout.D(), b.ExhaustedCooldown(), b.SendTenantAs, c.Regions[1].Backends[0].ExhaustedCooldown(),
+		b.FirstTokenTimeout.D(), b.PrefixCompletion, c.Streams}
 	want := []any{2, 20 * time.Second, 3, 10 * time.Millisecond, time.Minute, 512, KindDetour,
-		5 * time.Minute, 10 * time.Minute, TenantAsUserID, DefaultExhaustedFor}
+		5 * time.Minute, 10 * time.Minute, TenantAsUserID, DefaultExhaustedFor,
+		2 * time.Minute, true, StreamPolicy{FirstTokenTimeout: Duration(30 * time.Second), HedgeAfter: Duration(2 * time.Second),
+			Continuation: true, ContinuePrompt: "Continue.", MaxContinuations: 3}}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("decoded fields (-got +want):\n%s", diff)
 	}
@@ -42,7 +45,7 @@ func TestValidateListsEveryReason(t *testing.T) {
 		{name: "empty", doc: "", want: []string{"document is empty"}},
 		{name: "no regions", doc: "fallbacks: []\n", want: []string{"regions: at least one region is required"}},
 		{name: "unknown field", doc: "regions: []\nretires: {}\n", want: []string{
-			"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, tenants (line 2)",
+			"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, streams, tenants (line 2)",
 			"regions: at least one region is required",
 		}},
 		{name: "bad duration", doc: "regions: []\nretry:\n  backoff_base: soon\n", want: []string{
@@ -72,6 +75,7 @@ func TestValidateListsEveryReason(t *testing.T) {
       - name: z
         endpoint: http://h/v1
         queue_timeout: -1s
+        first_token_timeout: -1s
         exhausted_for: -1m
         send_tenant_as: tenant
 retry:
@@ -81,6 +85,10 @@ breaker:
   busy_ratio: 1.5
 limits:
   max_inflight: -1
+streams:
+  first_token_timeout: -1s
+  hedge_after: -1s
+  max_continuations: 11
 `,
 			want: []string{
 				`regions[0].backends[0] (x): endpoint "ftp://nowhere" must be an http:// or https:// URL`,
@@ -94,12 +102,16 @@ limits:
 				"regions[2].backends[0] (y): api_key_env DETOUR_KEY_MISSING is not set",
 				"regions[2].backends[0] (y): api_key_file /nonexistent/key: not a place a backend key may come from: api_key_file must be inside /var/run/secrets, /run/secrets, /etc/detour/keys (DETOUR_KEY_DIRS); see README, \"Secrets\"",
 				"regions[2].backends[1] (z): queue_timeout must be >= 0",
+				"regions[2].backends[1] (z): first_token_timeout must be >= 0",
 				"regions[2].backends[1] (z): exhausted_for must be >= 0",
 				`regions[2].backends[1] (z): send_tenant_as "tenant" must be "user", "user_id" or empty`,
 				"retry.max_attempts: 11 must be in 0..10",
 				"retry.budget_ratio: 2 must be in 0..1",
 				"breaker.busy_ratio: 1.5 must be in 0..1",
 				"limits.max_inflight: -1 must be >= 0",
+				"streams.first_token_timeout must be >= 0",
+				"streams.hedge_after must be >= 0",
+				"streams.max_continuations: 11 must be in 0..10",
 			},
 		},
 		{

@@ -76,6 +76,15 @@ func validate(req *detourv1.CompleteRequest, maxBytes int) []*errdetails.BadRequ
 	if d := req.GetCache().GetTtl(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
 		bad("cache.ttl", "ttl must be a non-negative duration")
 	}
+	if d := req.GetRouting().GetFirstTokenTimeout(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
+		bad("routing.first_token_timeout", "first_token_timeout must be a non-negative duration")
+	}
+	if d := req.GetRouting().GetHedgeAfter(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
+		bad("routing.hedge_after", "hedge_after must be a non-negative duration")
+	}
+	if c := req.GetRouting().GetContinuation(); detourv1.Continuation_name[int32(c)] == "" {
+		bad("routing.continuation", "unknown continuation %d", c)
+	}
 	if maxBytes > 0 {
 		if n := proto.Size(req); n > maxBytes {
 			bad("messages", "request is %d bytes, over the limit of %d bytes", n, maxBytes)

@@ -44,6 +44,9 @@ func validateChat(req *detourv1.CompleteRequest, bad func(field, format string, 
 				bad(tat+".function.name", "%s", problem)
 			}
 		}
+		if m.GetPrefix() && (role != "assistant" || i != len(req.GetMessages())-1) {
+			bad(at+".prefix", "only the last message, an assistant one, can be a prefix to continue")
+		}
 		switch {
 		case role == "tool" && m.GetToolCallId() == "":
 			bad(at+".tool_call_id", "a tool message needs the tool_call_id of the call it answers")

@@ -3,9 +3,11 @@ package server
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
@@ -54,6 +56,17 @@ func TestValidateChat(t *testing.T) {
 			r.ResponseFormat = &detourv1.ResponseFormat{Type: "json_schema", JsonSchema: &detourv1.JsonSchema{
 				Name: "verdict", Schema: `{"type":"object"}`, Strict: proto.Bool(true)}}
 		}},
+		{name: "a prefix to continue", change: func(r *detourv1.CompleteRequest) {
+			r.Messages = append(r.Messages, &detourv1.Message{Role: "assistant", Content: "The answer is", Prefix: true})
+		}},
+		{name: "prefix not on the last message, and on a user one", change: func(r *detourv1.CompleteRequest) {
+			r.Messages[0].Prefix = true
+			r.Messages[1].Prefix = true
+		}, want: []string{"messages[0].prefix", "messages[1].prefix"}},
+		{name: "routing hints for streams", change: func(r *detourv1.CompleteRequest) {
+			r.Routing = &detourv1.RoutingHints{FirstTokenTimeout: durationpb.New(-time.Second), HedgeAfter: durationpb.New(-time.Second),
+				Continuation: detourv1.Continuation(7)}
+		}, want: []string{"routing.first_token_timeout", "routing.hedge_after", "routing.continuation"}},
 		{name: "tool message without tool_call_id", change: func(r *detourv1.CompleteRequest) { r.Messages[2].ToolCallId = "" },
 			want: []string{"messages[2].tool_call_id"}},
 		{name: "tool_call_id of no earlier call", change: func(r *detourv1.CompleteRequest) { r.Messages[2].ToolCallId = "call_9" },

@@ -22,6 +22,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Continuation is a caller's choice about continuing a broken stream.
+type Continuation int32
+
+const (
+	// CONTINUATION_UNSPECIFIED: as streams.continuation says (off unless set).
+	Continuation_CONTINUATION_UNSPECIFIED Continuation = 0
+	// CONTINUATION_ON: continue a broken stream on another backend.
+	Continuation_CONTINUATION_ON Continuation = 1
+	// CONTINUATION_OFF: never; a broken stream ends the call.
+	Continuation_CONTINUATION_OFF Continuation = 2
+)
+
+// Enum value maps for Continuation.
+var (
+	Continuation_name = map[int32]string{
+		0: "CONTINUATION_UNSPECIFIED",
+		1: "CONTINUATION_ON",
+		2: "CONTINUATION_OFF",
+	}
+	Continuation_value = map[string]int32{
+		"CONTINUATION_UNSPECIFIED": 0,
+		"CONTINUATION_ON":          1,
+		"CONTINUATION_OFF":         2,
+	}
+)
+
+func (x Continuation) Enum() *Continuation {
+	p := new(Continuation)
+	*p = x
+	return p
+}
+
+func (x Continuation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Continuation) Descriptor() protoreflect.EnumDescriptor {
+	return file_detour_v1_router_proto_enumTypes[0].Descriptor()
+}
+
+func (Continuation) Type() protoreflect.EnumType {
+	return &file_detour_v1_router_proto_enumTypes[0]
+}
+
+func (x Continuation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Continuation.Descriptor instead.
+func (Continuation) EnumDescriptor() ([]byte, []int) {
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{0}
+}
+
 // Source says where an answer came from.
 type Source int32
 
@@ -67,11 +120,11 @@ func (x Source) String() string {
 }
 
 func (Source) Descriptor() protoreflect.EnumDescriptor {
-	return file_detour_v1_router_proto_enumTypes[0].Descriptor()
+	return file_detour_v1_router_proto_enumTypes[1].Descriptor()
 }
 
 func (Source) Type() protoreflect.EnumType {
-	return &file_detour_v1_router_proto_enumTypes[0]
+	return &file_detour_v1_router_proto_enumTypes[1]
 }
 
 func (x Source) Number() protoreflect.EnumNumber {
@@ -80,7 +133,7 @@ func (x Source) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Source.Descriptor instead.
 func (Source) EnumDescriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{0}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{1}
 }
 
 // ProviderKind is the protocol spoken to a backend.
@@ -119,11 +172,11 @@ func (x ProviderKind) String() string {
 }
 
 func (ProviderKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_detour_v1_router_proto_enumTypes[1].Descriptor()
+	return file_detour_v1_router_proto_enumTypes[2].Descriptor()
 }
 
 func (ProviderKind) Type() protoreflect.EnumType {
-	return &file_detour_v1_router_proto_enumTypes[1]
+	return &file_detour_v1_router_proto_enumTypes[2]
 }
 
 func (x ProviderKind) Number() protoreflect.EnumNumber {
@@ -132,7 +185,7 @@ func (x ProviderKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProviderKind.Descriptor instead.
 func (ProviderKind) EnumDescriptor() ([]byte, []int) {
-	return file_detour_v1_router_proto_rawDescGZIP(), []int{1}
+	return file_detour_v1_router_proto_rawDescGZIP(), []int{2}
 }
 
 // Message is one turn of the conversation.
@@ -154,7 +207,11 @@ type Message struct {
 	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	// tool_call_id is required on a "tool" turn: the id of the tool call of an
 	// earlier assistant turn that this turn answers.
-	ToolCallId    string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	ToolCallId string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	// prefix marks the last turn, an assistant one, as the start of the
+	// answer for the model to continue (DeepSeek's prefix completion, a beta
+	// feature: the backend's endpoint must be DeepSeek's /beta one).
+	Prefix        bool `protobuf:"varint,7,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -229,6 +286,13 @@ func (x *Message) GetToolCallId() string {
 		return x.ToolCallId
 	}
 	return ""
+}
+
+func (x *Message) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
 }
 
 // ToolCall is one call of a tool that the model asked for.
@@ -1064,7 +1128,21 @@ type RoutingHints struct {
 	// prefer_region is tried first instead of the router's own region.
 	PreferRegion string `protobuf:"bytes,1,opt,name=prefer_region,json=preferRegion,proto3" json:"prefer_region,omitempty"`
 	// no_fallback forbids answering from a fallback provider.
-	NoFallback    bool `protobuf:"varint,2,opt,name=no_fallback,json=noFallback,proto3" json:"no_fallback,omitempty"`
+	NoFallback bool `protobuf:"varint,2,opt,name=no_fallback,json=noFallback,proto3" json:"no_fallback,omitempty"`
+	// first_token_timeout bounds the wait for a stream's first token (content,
+	// reasoning or a tool call; keep-alives are not tokens) on each attempt;
+	// past it the attempt counts as busy and the call moves on. It can only
+	// shorten the backend's first_token_timeout. Zero: the backend's.
+	FirstTokenTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=first_token_timeout,json=firstTokenTimeout,proto3" json:"first_token_timeout,omitempty"`
+	// hedge_after starts a stream on a second backend when the first has sent
+	// no token this long; the first to send one wins, the other is cancelled.
+	// Zero: streams.hedge_after.
+	HedgeAfter *durationpb.Duration `protobuf:"bytes,4,opt,name=hedge_after,json=hedgeAfter,proto3" json:"hedge_after,omitempty"`
+	// no_hedge turns hedged starts off for this call.
+	NoHedge bool `protobuf:"varint,5,opt,name=no_hedge,json=noHedge,proto3" json:"no_hedge,omitempty"`
+	// continuation says whether a stream that breaks after it started is
+	// continued on another backend.
+	Continuation  Continuation `protobuf:"varint,6,opt,name=continuation,proto3,enum=detour.v1.Continuation" json:"continuation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1111,6 +1189,34 @@ func (x *RoutingHints) GetNoFallback() bool {
 		return x.NoFallback
 	}
 	return false
+}
+
+func (x *RoutingHints) GetFirstTokenTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.FirstTokenTimeout
+	}
+	return nil
+}
+
+func (x *RoutingHints) GetHedgeAfter() *durationpb.Duration {
+	if x != nil {
+		return x.HedgeAfter
+	}
+	return nil
+}
+
+func (x *RoutingHints) GetNoHedge() bool {
+	if x != nil {
+		return x.NoHedge
+	}
+	return false
+}
+
+func (x *RoutingHints) GetContinuation() Continuation {
+	if x != nil {
+		return x.Continuation
+	}
+	return Continuation_CONTINUATION_UNSPECIFIED
 }
 
 // CacheHints let a caller opt in or out of cached answers for one request.
@@ -1690,7 +1796,10 @@ type CompleteChunk struct {
 	// tool_call_deltas are the next pieces of the tool calls.
 	ToolCallDeltas []*ToolCallDelta `protobuf:"bytes,11,rep,name=tool_call_deltas,json=toolCallDeltas,proto3" json:"tool_call_deltas,omitempty"`
 	// logprobs of this chunk's content tokens.
-	Logprobs      *Logprobs `protobuf:"bytes,12,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	Logprobs *Logprobs `protobuf:"bytes,12,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// continued is set on the chunks after a splice: the stream broke and
+	// another backend (served_by) continues the same answer.
+	Continued     bool `protobuf:"varint,13,opt,name=continued,proto3" json:"continued,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1809,11 +1918,18 @@ func (x *CompleteChunk) GetLogprobs() *Logprobs {
 	return nil
 }
 
+func (x *CompleteChunk) GetContinued() bool {
+	if x != nil {
+		return x.Continued
+	}
+	return false
+}
+
 var File_detour_v1_router_proto protoreflect.FileDescriptor
 
 const file_detour_v1_router_proto_rawDesc = "" +
 	"\n" +
-	"\x16detour/v1/router.proto\x12\tdetour.v1\x1a\x1egoogle/protobuf/duration.proto\"\xce\x01\n" +
+	"\x16detour/v1/router.proto\x12\tdetour.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe6\x01\n" +
 	"\aMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x12\n" +
@@ -1822,7 +1938,8 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\n" +
 	"tool_calls\x18\x05 \x03(\v2\x13.detour.v1.ToolCallR\ttoolCalls\x12 \n" +
 	"\ftool_call_id\x18\x06 \x01(\tR\n" +
-	"toolCallId\"c\n" +
+	"toolCallId\x12\x16\n" +
+	"\x06prefix\x18\a \x01(\bR\x06prefix\"c\n" +
 	"\bToolCall\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x123\n" +
@@ -1897,11 +2014,16 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\x12_frequency_penaltyB\x13\n" +
 	"\x11_presence_penaltyB\a\n" +
 	"\x05_seedB\x0f\n" +
-	"\r_top_logprobs\"T\n" +
+	"\r_top_logprobs\"\xb3\x02\n" +
 	"\fRoutingHints\x12#\n" +
 	"\rprefer_region\x18\x01 \x01(\tR\fpreferRegion\x12\x1f\n" +
 	"\vno_fallback\x18\x02 \x01(\bR\n" +
-	"noFallback\"\xad\x01\n" +
+	"noFallback\x12I\n" +
+	"\x13first_token_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11firstTokenTimeout\x12:\n" +
+	"\vhedge_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"hedgeAfter\x12\x19\n" +
+	"\bno_hedge\x18\x05 \x01(\bR\anoHedge\x12;\n" +
+	"\fcontinuation\x18\x06 \x01(\x0e2\x17.detour.v1.ContinuationR\fcontinuation\"\xad\x01\n" +
 	"\n" +
 	"CacheHints\x12\x19\n" +
 	"\bno_cache\x18\x01 \x01(\bR\anoCache\x12\x1f\n" +
@@ -1950,7 +2072,7 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	" \x01(\tR\x10reasoningContent\x122\n" +
 	"\n" +
 	"tool_calls\x18\v \x03(\v2\x13.detour.v1.ToolCallR\ttoolCalls\x12/\n" +
-	"\blogprobs\x18\f \x01(\v2\x13.detour.v1.LogprobsR\blogprobs\"\xdc\x03\n" +
+	"\blogprobs\x18\f \x01(\v2\x13.detour.v1.LogprobsR\blogprobs\"\xfa\x03\n" +
 	"\rCompleteChunk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
@@ -1964,7 +2086,12 @@ const file_detour_v1_router_proto_rawDesc = "" +
 	"\x0freasoning_delta\x18\n" +
 	" \x01(\tR\x0ereasoningDelta\x12B\n" +
 	"\x10tool_call_deltas\x18\v \x03(\v2\x18.detour.v1.ToolCallDeltaR\x0etoolCallDeltas\x12/\n" +
-	"\blogprobs\x18\f \x01(\v2\x13.detour.v1.LogprobsR\blogprobs*p\n" +
+	"\blogprobs\x18\f \x01(\v2\x13.detour.v1.LogprobsR\blogprobs\x12\x1c\n" +
+	"\tcontinued\x18\r \x01(\bR\tcontinued*W\n" +
+	"\fContinuation\x12\x1c\n" +
+	"\x18CONTINUATION_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fCONTINUATION_ON\x10\x01\x12\x14\n" +
+	"\x10CONTINUATION_OFF\x10\x02*p\n" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSOURCE_LIVE\x10\x01\x12\x10\n" +
@@ -1991,72 +2118,76 @@ func file_detour_v1_router_proto_rawDescGZIP() []byte {
 	return file_detour_v1_router_proto_rawDescData
 }
 
-var file_detour_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_detour_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_detour_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_detour_v1_router_proto_goTypes = []any{
-	(Source)(0),                 // 0: detour.v1.Source
-	(ProviderKind)(0),           // 1: detour.v1.ProviderKind
-	(*Message)(nil),             // 2: detour.v1.Message
-	(*ToolCall)(nil),            // 3: detour.v1.ToolCall
-	(*FunctionCall)(nil),        // 4: detour.v1.FunctionCall
-	(*ToolCallDelta)(nil),       // 5: detour.v1.ToolCallDelta
-	(*Tool)(nil),                // 6: detour.v1.Tool
-	(*FunctionDefinition)(nil),  // 7: detour.v1.FunctionDefinition
-	(*ToolChoice)(nil),          // 8: detour.v1.ToolChoice
-	(*ResponseFormat)(nil),      // 9: detour.v1.ResponseFormat
-	(*JsonSchema)(nil),          // 10: detour.v1.JsonSchema
-	(*Thinking)(nil),            // 11: detour.v1.Thinking
-	(*CompleteRequest)(nil),     // 12: detour.v1.CompleteRequest
-	(*RoutingHints)(nil),        // 13: detour.v1.RoutingHints
-	(*CacheHints)(nil),          // 14: detour.v1.CacheHints
-	(*ServedBy)(nil),            // 15: detour.v1.ServedBy
-	(*Usage)(nil),               // 16: detour.v1.Usage
-	(*Logprobs)(nil),            // 17: detour.v1.Logprobs
-	(*TokenLogprob)(nil),        // 18: detour.v1.TokenLogprob
-	(*TopLogprob)(nil),          // 19: detour.v1.TopLogprob
-	(*CompleteResponse)(nil),    // 20: detour.v1.CompleteResponse
-	(*CompleteChunk)(nil),       // 21: detour.v1.CompleteChunk
-	(*durationpb.Duration)(nil), // 22: google.protobuf.Duration
+	(Continuation)(0),           // 0: detour.v1.Continuation
+	(Source)(0),                 // 1: detour.v1.Source
+	(ProviderKind)(0),           // 2: detour.v1.ProviderKind
+	(*Message)(nil),             // 3: detour.v1.Message
+	(*ToolCall)(nil),            // 4: detour.v1.ToolCall
+	(*FunctionCall)(nil),        // 5: detour.v1.FunctionCall
+	(*ToolCallDelta)(nil),       // 6: detour.v1.ToolCallDelta
+	(*Tool)(nil),                // 7: detour.v1.Tool
+	(*FunctionDefinition)(nil),  // 8: detour.v1.FunctionDefinition
+	(*ToolChoice)(nil),          // 9: detour.v1.ToolChoice
+	(*ResponseFormat)(nil),      // 10: detour.v1.ResponseFormat
+	(*JsonSchema)(nil),          // 11: detour.v1.JsonSchema
+	(*Thinking)(nil),            // 12: detour.v1.Thinking
+	(*CompleteRequest)(nil),     // 13: detour.v1.CompleteRequest
+	(*RoutingHints)(nil),        // 14: detour.v1.RoutingHints
+	(*CacheHints)(nil),          // 15: detour.v1.CacheHints
+	(*ServedBy)(nil),            // 16: detour.v1.ServedBy
+	(*Usage)(nil),               // 17: detour.v1.Usage
+	(*Logprobs)(nil),            // 18: detour.v1.Logprobs
+	(*TokenLogprob)(nil),        // 19: detour.v1.TokenLogprob
+	(*TopLogprob)(nil),          // 20: detour.v1.TopLogprob
+	(*CompleteResponse)(nil),    // 21: detour.v1.CompleteResponse
+	(*CompleteChunk)(nil),       // 22: detour.v1.CompleteChunk
+	(*durationpb.Duration)(nil), // 23: google.protobuf.Duration
 }
 var file_detour_v1_router_proto_depIdxs = []int32{
-	3,  // 0: detour.v1.Message.tool_calls:type_name -> detour.v1.ToolCall
-	4,  // 1: detour.v1.ToolCall.function:type_name -> detour.v1.FunctionCall
-	4,  // 2: detour.v1.ToolCallDelta.function:type_name -> detour.v1.FunctionCall
-	7,  // 3: detour.v1.Tool.function:type_name -> detour.v1.FunctionDefinition
-	10, // 4: detour.v1.ResponseFormat.json_schema:type_name -> detour.v1.JsonSchema
-	2,  // 5: detour.v1.CompleteRequest.messages:type_name -> detour.v1.Message
-	13, // 6: detour.v1.CompleteRequest.routing:type_name -> detour.v1.RoutingHints
-	14, // 7: detour.v1.CompleteRequest.cache:type_name -> detour.v1.CacheHints
-	6,  // 8: detour.v1.CompleteRequest.tools:type_name -> detour.v1.Tool
-	8,  // 9: detour.v1.CompleteRequest.tool_choice:type_name -> detour.v1.ToolChoice
-	9,  // 10: detour.v1.CompleteRequest.response_format:type_name -> detour.v1.ResponseFormat
-	11, // 11: detour.v1.CompleteRequest.thinking:type_name -> detour.v1.Thinking
-	22, // 12: detour.v1.CacheHints.max_stale:type_name -> google.protobuf.Duration
-	22, // 13: detour.v1.CacheHints.ttl:type_name -> google.protobuf.Duration
-	1,  // 14: detour.v1.ServedBy.kind:type_name -> detour.v1.ProviderKind
-	18, // 15: detour.v1.Logprobs.content:type_name -> detour.v1.TokenLogprob
-	19, // 16: detour.v1.TokenLogprob.top_logprobs:type_name -> detour.v1.TopLogprob
-	16, // 17: detour.v1.CompleteResponse.usage:type_name -> detour.v1.Usage
-	15, // 18: detour.v1.CompleteResponse.served_by:type_name -> detour.v1.ServedBy
-	0,  // 19: detour.v1.CompleteResponse.source:type_name -> detour.v1.Source
-	22, // 20: detour.v1.CompleteResponse.age:type_name -> google.protobuf.Duration
-	3,  // 21: detour.v1.CompleteResponse.tool_calls:type_name -> detour.v1.ToolCall
-	17, // 22: detour.v1.CompleteResponse.logprobs:type_name -> detour.v1.Logprobs
-	16, // 23: detour.v1.CompleteChunk.usage:type_name -> detour.v1.Usage
-	15, // 24: detour.v1.CompleteChunk.served_by:type_name -> detour.v1.ServedBy
-	0,  // 25: detour.v1.CompleteChunk.source:type_name -> detour.v1.Source
-	22, // 26: detour.v1.CompleteChunk.age:type_name -> google.protobuf.Duration
-	5,  // 27: detour.v1.CompleteChunk.tool_call_deltas:type_name -> detour.v1.ToolCallDelta
-	17, // 28: detour.v1.CompleteChunk.logprobs:type_name -> detour.v1.Logprobs
-	12, // 29: detour.v1.Router.Complete:input_type -> detour.v1.CompleteRequest
-	12, // 30: detour.v1.Router.StreamComplete:input_type -> detour.v1.CompleteRequest
-	20, // 31: detour.v1.Router.Complete:output_type -> detour.v1.CompleteResponse
-	21, // 32: detour.v1.Router.StreamComplete:output_type -> detour.v1.CompleteChunk
-	31, // [31:33] is the sub-list for method output_type
-	29, // [29:31] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	4,  // 0: detour.v1.Message.tool_calls:type_name -> detour.v1.ToolCall
+	5,  // 1: detour.v1.ToolCall.function:type_name -> detour.v1.FunctionCall
+	5,  // 2: detour.v1.ToolCallDelta.function:type_name -> detour.v1.FunctionCall
+	8,  // 3: detour.v1.Tool.function:type_name -> detour.v1.FunctionDefinition
+	11, // 4: detour.v1.ResponseFormat.json_schema:type_name -> detour.v1.JsonSchema
+	3,  // 5: detour.v1.CompleteRequest.messages:type_name -> detour.v1.Message
+	14, // 6: detour.v1.CompleteRequest.routing:type_name -> detour.v1.RoutingHints
+	15, // 7: detour.v1.CompleteRequest.cache:type_name -> detour.v1.CacheHints
+	7,  // 8: detour.v1.CompleteRequest.tools:type_name -> detour.v1.Tool
+	9,  // 9: detour.v1.CompleteRequest.tool_choice:type_name -> detour.v1.ToolChoice
+	10, // 10: detour.v1.CompleteRequest.response_format:type_name -> detour.v1.ResponseFormat
+	12, // 11: detour.v1.CompleteRequest.thinking:type_name -> detour.v1.Thinking
+	23, // 12: detour.v1.RoutingHints.first_token_timeout:type_name -> google.protobuf.Duration
+	23, // 13: detour.v1.RoutingHints.hedge_after:type_name -> google.protobuf.Duration
+	0,  // 14: detour.v1.RoutingHints.continuation:type_name -> detour.v1.Continuation
+	23, // 15: detour.v1.CacheHints.max_stale:type_name -> google.protobuf.Duration
+	23, // 16: detour.v1.CacheHints.ttl:type_name -> google.protobuf.Duration
+	2,  // 17: detour.v1.ServedBy.kind:type_name -> detour.v1.ProviderKind
+	19, // 18: detour.v1.Logprobs.content:type_name -> detour.v1.TokenLogprob
+	20, // 19: detour.v1.TokenLogprob.top_logprobs:type_name -> detour.v1.TopLogprob
+	17, // 20: detour.v1.CompleteResponse.usage:type_name -> detour.v1.Usage
+	16, // 21: detour.v1.CompleteResponse.served_by:type_name -> detour.v1.ServedBy
+	1,  // 22: detour.v1.CompleteResponse.source:type_name -> detour.v1.Source
+	23, // 23: detour.v1.CompleteResponse.age:type_name -> google.protobuf.Duration
+	4,  // 24: detour.v1.CompleteResponse.tool_calls:type_name -> detour.v1.ToolCall
+	18, // 25: detour.v1.CompleteResponse.logprobs:type_name -> detour.v1.Logprobs
+	17, // 26: detour.v1.CompleteChunk.usage:type_name -> detour.v1.Usage
+	16, // 27: detour.v1.CompleteChunk.served_by:type_name -> detour.v1.ServedBy
+	1,  // 28: detour.v1.CompleteChunk.source:type_name -> detour.v1.Source
+	23, // 29: detour.v1.CompleteChunk.age:type_name -> google.protobuf.Duration
+	6,  // 30: detour.v1.CompleteChunk.tool_call_deltas:type_name -> detour.v1.ToolCallDelta
+	18, // 31: detour.v1.CompleteChunk.logprobs:type_name -> detour.v1.Logprobs
+	13, // 32: detour.v1.Router.Complete:input_type -> detour.v1.CompleteRequest
+	13, // 33: detour.v1.Router.StreamComplete:input_type -> detour.v1.CompleteRequest
+	21, // 34: detour.v1.Router.Complete:output_type -> detour.v1.CompleteResponse
+	22, // 35: detour.v1.Router.StreamComplete:output_type -> detour.v1.CompleteChunk
+	34, // [34:36] is the sub-list for method output_type
+	32, // [32:34] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_router_proto_init() }
@@ -2077,7 +2208,7 @@ func file_detour_v1_router_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_router_proto_rawDesc), len(file_detour_v1_router_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,

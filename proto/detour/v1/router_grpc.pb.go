@@ -34,7 +34,10 @@ type RouterClient interface {
 	// Complete answers a chat completion in one response.
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error)
 	// StreamComplete answers a chat completion as a stream of chunks. detour may
-	// fail over to another backend until the first chunk is sent.
+	// fail over to another backend until the first chunk is sent; with
+	// continuation on (streams.continuation, or RoutingHints.continuation) a
+	// stream that breaks later is continued on another backend and spliced
+	// on, its chunks marked continued.
 	StreamComplete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CompleteChunk], error)
 }
 
@@ -86,7 +89,10 @@ type RouterServer interface {
 	// Complete answers a chat completion in one response.
 	Complete(context.Context, *CompleteRequest) (*CompleteResponse, error)
 	// StreamComplete answers a chat completion as a stream of chunks. detour may
-	// fail over to another backend until the first chunk is sent.
+	// fail over to another backend until the first chunk is sent; with
+	// continuation on (streams.continuation, or RoutingHints.continuation) a
+	// stream that breaks later is continued on another backend and spliced
+	// on, its chunks marked continued.
 	StreamComplete(*CompleteRequest, grpc.ServerStreamingServer[CompleteChunk]) error
 	mustEmbedUnimplementedRouterServer()
 }
