@@ -200,12 +200,14 @@ func (c *Cache) Put(p Plan, resp *detourv1.CompleteResponse) {
 
 // PutStream stores the chunks of a completed stream as the answer to p's
 // request, on the same conditions as Put (every chunk must be live, a chunk
-// must carry a finish reason and one some content). A Hit replays them as
-// they came; Hit.Response joins them.
+// must carry a finish reason and one some content, none may be continued).
+// A Hit replays them as they came; Hit.Response joins them.
 func (c *Cache) PutStream(p Plan, chunks []*detourv1.CompleteChunk) {
 	finished, content := false, false
 	for _, ch := range chunks {
-		if !storable(ch.GetSource()) {
+		if !storable(ch.GetSource()) || ch.GetContinued() {
+			// A continued stream is two backends' answers spliced: served,
+			// never stored.
 			return
 		}
 		finished = finished || ch.GetFinishReason() != ""

@@ -5,6 +5,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,8 +13,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// productMetricsFile is where detour registers its metrics.
-const productMetricsFile = "../metrics/metrics.go"
+// productMetricsFile is where detour registers its metrics: every non-test
+// Go file of the metrics package.
+const productMetricsFile = "../metrics/*.go"
 
 // TestCatalogueMatchesProduct reads the metric definitions in detour's source
 // (prometheus.NewCounterVec(prometheus.CounterOpts{Name: ...}, []string{...})
@@ -21,18 +23,36 @@ const productMetricsFile = "../metrics/metrics.go"
 // are checked against, so that renaming a metric or a label breaks this test
 // rather than a panel or an alert in production.
 func TestCatalogueMatchesProduct(t *testing.T) {
-	src, err := os.ReadFile(productMetricsFile)
-	if os.IsNotExist(err) {
-		t.Skipf("%s does not exist", productMetricsFile)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := parser.ParseFile(token.NewFileSet(), productMetricsFile, src, 0)
-	if err != nil {
-		t.Fatal(err)
+	files, err := filepath.Glob(productMetricsFile)
+	if err != nil || len(files) == 0 {
+		t.Skipf("%s: no files (%v)", productMetricsFile, err)
 	}
 	got := map[string][]string{}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), name, src, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		collectMetrics(f, got)
+	}
+	if len(got) == 0 {
+		t.Fatalf("found no detour_ metric in %s: has the way metrics are defined changed?", productMetricsFile)
+	}
+	if diff := cmp.Diff(got, metricLabels); diff != "" {
+		t.Errorf("metrics in %s vs the catalogue in promql_test.go (-product +catalogue):\n%s\nUpdate the catalogue, then the dashboard, the rules and the README.", productMetricsFile, diff)
+	}
+}
+
+// collectMetrics adds the detour_ metrics f defines to got, with their
+// labels.
+func collectMetrics(f *ast.File, got map[string][]string) {
 	ast.Inspect(f, func(n ast.Node) bool {
 		call, ok := n.(*ast.CallExpr)
 		if !ok || len(call.Args) == 0 {
@@ -95,10 +115,4 @@ func TestCatalogueMatchesProduct(t *testing.T) {
 		got[name] = labels
 		return true
 	})
-	if len(got) == 0 {
-		t.Fatalf("found no detour_ metric in %s: has the way metrics are defined changed?", productMetricsFile)
-	}
-	if diff := cmp.Diff(got, metricLabels); diff != "" {
-		t.Errorf("metrics in %s vs the catalogue in promql_test.go (-product +catalogue):\n%s\nUpdate the catalogue, then the dashboard, the rules and the README.", productMetricsFile, diff)
-	}
 }

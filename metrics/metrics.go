@@ -47,6 +47,8 @@ type Metrics struct {
 	cfgLKG       prometheus.Gauge
 	cfgAppliedAt prometheus.Gauge
 
+	streams *streamMetrics
+
 	// admission is what the in-flight gauges read; see Admission.
 	admission atomic.Pointer[admission]
 	// capacity is what the capacity gauges read; see CapacitySource.
@@ -208,6 +210,7 @@ func New() *Metrics {
 		m.inflight, m.conns, m.cache, m.tokens, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
 		f(c)
 	}
+	m.streams = newStreamMetrics(f)
 	return m
 }
 
@@ -410,6 +413,8 @@ type Backend struct {
 	limitConc  prometheus.Counter
 	connReused prometheus.Counter
 	connDialed prometheus.Counter
+	firstToken prometheus.Observer
+	truncated  prometheus.Counter
 }
 
 // outcomes are the outcome label values, indexed like breaker.Class.
@@ -427,6 +432,8 @@ func (m *Metrics) Backend(name, region string) *Backend {
 		limitConc:  m.limitRejects.WithLabelValues(name, "concurrency"),
 		connReused: m.conns.WithLabelValues(name, "true"),
 		connDialed: m.conns.WithLabelValues(name, "false"),
+		firstToken: m.streams.firstToken.WithLabelValues(name),
+		truncated:  m.streams.truncations.WithLabelValues(name),
 	}
 	for i, o := range outcomes {
 		b.attempts[i] = m.attempts.WithLabelValues(name, region, o)
@@ -442,6 +449,7 @@ func (m *Metrics) Forget(name string) {
 	}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		m.attempts, m.upstreamDur, m.breakerState, m.breakerTrans, m.limitRejects, m.inflight, m.conns, m.panics, m.tokens,
+		m.streams.firstToken, m.streams.truncations,
 	} {
 		v.DeletePartialMatch(prometheus.Labels{"backend": name})
 	}

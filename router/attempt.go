@@ -26,7 +26,9 @@ type attempt struct {
 	permit  *capacity.Permit
 	brDone  func(breaker.Class, time.Duration) // nil for a panic attempt past an open breaker
 
-	committed bool // the answer (or part of it) reached the caller
+	gate      *hedgeGate // a hedged stream's: who holds the stream (nil: this attempt)
+	committed bool       // the answer (or part of it) reached the caller
+	resumable bool       // a stream that broke after it started may be continued elsewhere
 	class     breaker.Class
 	err       error
 	resp      *detourv1.CompleteResponse // unary answer
@@ -142,8 +144,15 @@ func (c *call) merge(ctx context.Context, a *attempt) (*attempt, error) {
 			return nil, ctx.Err()
 		case a.class == breaker.Canceled:
 			return nil, a.err // the caller's side of the stream broke
+		case a.resumable:
+			// Continued on another backend (streamCall.request): go on as
+			// after a failed attempt.
+			c.broken = a
+			c.lastErr, c.lastClass = a.err, a.class
+			return nil, nil
 		}
-		return nil, &Error{Code: Unavailable, Message: fmt.Sprintf("stream from backend %s broke after it started", a.b.cfg.Name), Attempts: a.n, Err: a.err}
+		return nil, &Error{Code: Unavailable, Message: fmt.Sprintf("stream from backend %s broke after it started", a.b.cfg.Name),
+			Attempts: a.n, Backend: a.b.cfg.Name, Region: a.b.region, Err: a.err}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -28,7 +28,13 @@ const minStart = time.Millisecond
 // bounded share to the least-bad backend when every one is closed; retries
 // inside the budget and the deadline; then fallbacks; then an error with a
 // retry hint. It returns the attempt that answered.
-func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequest, hedgeable bool, try tryFunc) (*attempt, error) {
+// routeOpts are how route treats a call's first attempt.
+type routeOpts struct {
+	hedgeAfter time.Duration // hedge the first attempt after this long (0: never)
+	stream     bool          // a stream: the first attempt to send a token wins the hedge
+}
+
+func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequest, o routeOpts, try tryFunc) (*attempt, error) {
 	stats := statsFrom(ctx)
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
 		return nil, context.DeadlineExceeded
@@ -40,8 +46,12 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 		c.prefer = p
 	}
 	defer c.report()
-	if hedgeable && t.policy.hedgeAfter > 0 {
-		if a, err := c.hedge(ctx, try); a != nil || err != nil {
+	if o.hedgeAfter > 0 {
+		hedge := c.hedge
+		if o.stream {
+			hedge = c.hedgeStream
+		}
+		if a, err := hedge(ctx, o.hedgeAfter, try); a != nil || err != nil {
 			return a, err
 		}
 	}
@@ -87,6 +97,11 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if b := c.broken; b != nil {
+		return nil, &Error{Code: Unavailable, Attempts: c.attempts, Backend: b.b.cfg.Name, Region: b.b.region, Err: c.lastErr,
+			Message: fmt.Sprintf("stream from backend %s broke after it started, and continuing it failed (%d attempts, last: %s)",
+				b.b.cfg.Name, c.attempts, c.lastClass)}
+	}
 	return nil, c.failure()
 }
 
@@ -114,6 +129,7 @@ type call struct {
 	upstream   time.Duration // time spent waiting on upstreams
 	waited     time.Duration // time spent in backoff and in capacity queues
 	last       *attempt
+	broken     *attempt // the last stream attempt that broke after it started
 }
 
 // candidates returns the primaries for the next attempt, best first, and

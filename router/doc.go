@@ -21,8 +21,12 @@
 //     health draw, power of two choices within a region);
 //   - table.go, backend.go: the routing table derived from a snapshot and
 //     the backends' live state (client, capacity limit, counters);
-//   - hedge.go, stream.go, budget.go, quota.go, state.go: hedging, relaying a
-//     stream, the retry budget, tenant quotas, Admin's view.
+//   - stream.go, splice.go: relaying a stream (tokens held back until the
+//     first, the watchdog of silences, queue and first token, truncation)
+//     and a streamed call across its attempts (continuation after a break,
+//     the hedge gate);
+//   - hedge.go, budget.go, quota.go, state.go: hedged first attempts (unary
+//     and streams), the retry budget, tenant quotas, Admin's view.
 //
 // # The path of one call
 //
@@ -35,7 +39,10 @@
 //     one that frees a slot soonest; an attempt past open breakers when every
 //     one is open, within the budget);
 //  4. a busy, down or failed attempt is retried on the next candidate, after
-//     a backoff only when it is a backend the call already tried;
+//     a backoff only when it is a backend the call already tried; a stream
+//     is retried until its first token reached the caller, and after that
+//     only as a continuation (streams.continuation), which asks the next
+//     candidate for the rest of the answer and splices it on;
 //  5. fallbacks; 6. a stale cached answer; 7. an *Error with a retry hint.
 //
 // # Contexts
@@ -46,19 +53,24 @@
 //	└─ shared call    cacheable calls only: the flight's own context (cache
 //	                  package), cache.coalesce_timeout, cancelled when its last
 //	                  caller leaves; carries no caller's stats
-//	   └─ hedge       hedged unary calls: cancels the losing attempt
+//	   └─ hedge       hedged first attempts: cancels the losing attempt (a
+//	                  stream's loser: once the other sent a token)
 //	      └─ span     the attempt's trace span (no deadline of its own)
-//	         └─ attempt   the backend's timeout (backends[].timeout or
-//	                      retry.attempt_timeout): for a stream, the wait for
-//	                      each chunk, stopped while the caller reads one
+//	         └─ attempt   the watchdog: the backend's timeout (backends[].timeout
+//	                      or retry.attempt_timeout) bounds each silence (paused
+//	                      while the caller reads a chunk), queue_timeout the
+//	                      wait before the answer starts, first_token_timeout
+//	                      a stream's wait for its first token
 //
 // Which one ended an attempt decides its class (see Router.do and merge):
 // the caller's own deadline or cancellation makes it Canceled (neither
 // retried nor counted against the backend, and the call returns the
 // context's error, which the server maps to DEADLINE_EXCEEDED or CANCELLED);
-// the attempt's own timeout makes it Down (the backend did not answer in
+// the attempt's silence bound makes it Down (the backend did not answer in
 // time: retried, counted by the breaker, and if it was the last attempt the
-// call fails UNAVAILABLE with a retry hint, never DEADLINE_EXCEEDED); a
-// cancellation that is neither (a hedge loser) is not counted either. Busy
-// and Failed come from the upstream's answer itself (breaker.Classify).
+// call fails UNAVAILABLE with a retry hint, never DEADLINE_EXCEEDED); its
+// queue and first-token bounds make it Busy (the backend is up but has no
+// room for the call now); a cancellation that is neither (a hedge loser) is
+// not counted either. Busy and Failed come from the upstream's answer itself
+// (breaker.Classify).
 package router

@@ -253,8 +253,8 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 			// the *Error (Attempts, Backend, Region).
 			ctx = withoutStats(ctx)
 		}
-		a, err := r.route(ctx, t, req, true, func(ctx context.Context, a *attempt) {
-			ctx, w := watch(ctx, a) // a.timeout of silence, queue_timeout before the answer
+		a, err := r.route(ctx, t, req, routeOpts{hedgeAfter: t.policy.hedgeAfter}, func(ctx context.Context, a *attempt) {
+			ctx, w := watch(ctx, a, 0) // a.timeout of silence, queue_timeout before the answer
 			defer w.stop()
 			res, err := a.b.prov.Complete(ctx, req)
 			if err != nil {
@@ -299,9 +299,15 @@ func (r *Router) caller(ctx context.Context) cache.Caller {
 }
 
 // Stream answers req as chunks passed to send, with the same path as
-// Complete: a cached stream is replayed; otherwise, until the first chunk is
-// sent, a failure is retried like Complete, and after that it ends the call
-// with an error. send is called from the calling goroutine.
+// Complete: a cached stream is replayed; otherwise, until the first token
+// is sent (chunks without one are held back until then), a failure is
+// retried like Complete; after that it ends the call with an error, unless
+// continuation is on (streams.continuation, RoutingHints.continuation) and
+// another backend can continue the answer from the text so far: its chunks
+// are spliced on, marked continued. A hedged start (streams.hedge_after,
+// RoutingHints.hedge_after) runs a second attempt when the first sends no
+// token in time; the first with a token holds the stream. send is called by
+// one goroutine at a time (a hedge's winner calls it from its own).
 func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send func(*detourv1.CompleteChunk) error) error {
 	t := r.tab.Load()
 	if err := r.admit(ctx, t, req); err != nil {
@@ -318,9 +324,13 @@ func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send
 		if p.Cacheable {
 			ctx = withoutStats(ctx) // shared by callers that may leave first
 		}
-		_, err := r.route(ctx, t, req, false, func(ctx context.Context, a *attempt) {
-			relay(ctx, a, req, send)
+		sc := newStreamCall(t, r.opts.Metrics, req, send)
+		_, err := r.route(ctx, t, req, routeOpts{hedgeAfter: sc.hedgeAfter, stream: true}, func(ctx context.Context, a *attempt) {
+			relay(ctx, a, sc)
 		})
+		if err == nil && sc.splices > 0 {
+			r.opts.Metrics.Continuation(true)
+		}
 		return err
 	}, func(ch *detourv1.CompleteChunk) error {
 		sent = true

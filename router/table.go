@@ -28,6 +28,7 @@ type table struct {
 	cache     *cache.Cache
 	cool      *fleet.Cooldowns
 	capacity  capacityPolicy
+	streams   regions.StreamPolicy
 }
 
 // capacityPolicy is the capacity section with defaults applied.
@@ -137,6 +138,7 @@ func build(snap *regions.Snapshot, old *table, r *Router) (t *table, fresh []*li
 		quotas:   newQuotas(cfg, old.quotasOrNil(), r.now),
 		cool:     r.cooldowns,
 		capacity: newCapacityPolicy(cfg.Capacity),
+		streams:  cfg.Streams,
 	}
 	if old != nil && old.snap.Config.Cache == cfg.Cache {
 		t.cache = old.cache // keep the entries
