@@ -50,6 +50,8 @@ type Metrics struct {
 	admission atomic.Pointer[admission]
 	// capacity is what the capacity gauges read; see CapacitySource.
 	capacity atomic.Pointer[func() Capacity]
+	// jobs holds the asynchronous jobs' metrics (jobs.go).
+	jobs jobMetrics
 }
 
 // Capacity is the router's capacity state at one moment, read at scrape
@@ -204,6 +206,7 @@ func New() *Metrics {
 		m.inflight, m.conns, m.cache, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
 		f(c)
 	}
+	m.jobs.register(m, f)
 	return m
 }
 

@@ -32,19 +32,22 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
 		return nil, context.DeadlineExceeded
 	}
-	r.budget.request()
+	bg := background(ctx)
+	if !bg {
+		r.budget.request()
+	}
 	c := &call{ctx: ctx, r: r, t: t, stats: stats, model: req.GetModel(), prefer: r.opts.Region,
-		tenant: TenantFrom(ctx), fallback: !req.GetRouting().GetNoFallback()}
+		tenant: TenantFrom(ctx), fallback: !bg && !req.GetRouting().GetNoFallback(), bg: bg}
 	if p := req.GetRouting().GetPreferRegion(); p != "" {
 		c.prefer = p
 	}
 	defer c.report()
-	if hedgeable && t.policy.hedgeAfter > 0 {
+	if hedgeable && !bg && t.policy.hedgeAfter > 0 {
 		if a, err := c.hedge(ctx, try); a != nil || err != nil {
 			return a, err
 		}
 	}
-	for c.attempts < t.policy.maxAttempts {
+	for c.attempts < t.policy.maxAttempts && !(bg && c.attempts > 0) {
 		if c.attempts > 0 {
 			if !r.budget.retry() {
 				r.opts.Metrics.BudgetExhausted()
@@ -99,6 +102,9 @@ type call struct {
 	prefer   string
 	tenant   string
 	fallback bool // fallbacks may answer (routing.no_fallback unset)
+	bg       bool // a background call (background.go)
+
+	reclaiming bool // waiting for the slot of a preempted background attempt
 
 	buf        [16]*backend
 	tried      []*backend
@@ -140,10 +146,16 @@ func (c *call) sameBackendNext() bool {
 // It returns nil when no attempt can be made.
 func (c *call) next(ctx context.Context, retry bool) *attempt {
 	cands := c.candidates()
+	if c.bg {
+		return c.nextBackground(ctx, cands)
+	}
 	for _, b := range cands {
 		if a := c.claim(ctx, b, detourv1.Source_SOURCE_LIVE, false); a != nil {
 			return a
 		}
+	}
+	if a := c.reclaim(ctx, cands); a != nil {
+		return a
 	}
 	var fbs []*backend
 	if c.fallback {
@@ -239,6 +251,9 @@ func (c *call) queue(ctx context.Context, cands, fbs []*backend) *attempt {
 // wait waits for a slot on b.
 func (c *call) wait(ctx context.Context, b *backend) (*capacity.Permit, error) {
 	max := c.t.capacity.maxQueueWait
+	if c.reclaiming && max < reclaimWait {
+		max = reclaimWait // a preempted background attempt frees the slot at once
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		max = min(max, dl.Sub(c.r.now())-minStart)
 	}
@@ -293,6 +308,9 @@ func (c *call) run(ctx context.Context, a *attempt, try tryFunc) (*attempt, erro
 	if err := ctx.Err(); err != nil {
 		a.abandon()
 		return nil, err
+	}
+	if c.bg {
+		return c.runBackground(ctx, a, try)
 	}
 	c.r.do(ctx, a, try)
 	return c.merge(ctx, a)
@@ -357,6 +375,9 @@ func (c *call) failure() error {
 	reopen := time.Duration(0)
 	if !c.openUntil.IsZero() {
 		reopen = max(c.openUntil.Sub(c.r.now()), time.Millisecond)
+	}
+	if c.attempts == 0 && c.bg {
+		return c.deferred()
 	}
 	if c.attempts == 0 {
 		if c.limited {

@@ -22,7 +22,9 @@
 //   - table.go, backend.go: the routing table derived from a snapshot and
 //     the backends' live state (client, capacity limit, counters);
 //   - hedge.go, stream.go, budget.go, quota.go, state.go: hedging, relaying a
-//     stream, the retry budget, tenant quotas, Admin's view.
+//     stream, the retry budget, tenant quotas, Admin's view;
+//   - background.go: background calls (asynchronous jobs), which use only
+//     spare capacity and give their slot to an interactive call that needs it.
 //
 // # The path of one call
 //
