@@ -68,9 +68,9 @@ func background(ctx context.Context) bool {
 // returns from the cancellation.
 const reclaimWait = 250 * time.Millisecond
 
-// errPreempted is the cause of a background attempt cancelled to give its
-// slot to an interactive call.
-var errPreempted = errors.New("background attempt preempted by an interactive call")
+// ErrPreempted is the cause of a background attempt cancelled to give its
+// slot to an interactive call; the call's Deferred *Error wraps it.
+var ErrPreempted = errors.New("background attempt preempted by an interactive call")
 
 // spare is how many slots b has beyond the reserve for background calls.
 func spare(b *backend, reserve float64) int {
@@ -99,6 +99,9 @@ func (r *Router) Spare(model string, bg Background) int {
 	}
 	return n
 }
+
+// Serves reports whether a backend of the applied config serves model.
+func (r *Router) Serves(model string) bool { return r.tab.Load().serves(model) }
 
 // nextBackground admits a background call's attempt on the first candidate
 // with spare room, or returns nil.
@@ -133,11 +136,11 @@ func (c *call) runBackground(ctx context.Context, a *attempt, try tryFunc) (*att
 	h := a.b.bg.add(cancel)
 	c.r.do(actx, a, try)
 	a.b.bg.remove(h)
-	if ctx.Err() == nil && errors.Is(context.Cause(actx), errPreempted) {
+	if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrPreempted) {
 		c.upstream += a.elapsed
 		c.last = a
 		return nil, &Error{Code: Deferred, Message: "the background call gave its slot to an interactive call",
-			RetryAfter: time.Millisecond, Attempts: c.attempts, Backend: a.b.cfg.Name, Region: a.b.region, Err: errPreempted}
+			RetryAfter: time.Millisecond, Attempts: c.attempts, Backend: a.b.cfg.Name, Region: a.b.region, Err: ErrPreempted}
 	}
 	return c.merge(ctx, a)
 }
@@ -202,6 +205,6 @@ func (s *bgAttempts) preempt() bool {
 	a := s.run[len(s.run)-1]
 	s.run = s.run[:len(s.run)-1]
 	s.mu.Unlock()
-	a.cancel(errPreempted)
+	a.cancel(ErrPreempted)
 	return true
 }
