@@ -27,13 +27,7 @@ import (
 	"github.com/detour-dev/detour/router"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// database/sql's connection opener lives as long as the process's
-		// pools; each pool's is stopped by Close, but the check can run
-		// while one is still returning.
-		goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"))
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
