@@ -12,8 +12,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// productMetricsFile is where detour registers its metrics.
-const productMetricsFile = "../metrics/metrics.go"
+// productMetricsFiles are where detour registers its metrics.
+var productMetricsFiles = []string{"../metrics/metrics.go", "../metrics/jobs.go"}
 
 // TestCatalogueMatchesProduct reads the metric definitions in detour's source
 // (prometheus.NewCounterVec(prometheus.CounterOpts{Name: ...}, []string{...})
@@ -21,19 +21,24 @@ const productMetricsFile = "../metrics/metrics.go"
 // are checked against, so that renaming a metric or a label breaks this test
 // rather than a panel or an alert in production.
 func TestCatalogueMatchesProduct(t *testing.T) {
-	src, err := os.ReadFile(productMetricsFile)
-	if os.IsNotExist(err) {
-		t.Skipf("%s does not exist", productMetricsFile)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := parser.ParseFile(token.NewFileSet(), productMetricsFile, src, 0)
-	if err != nil {
-		t.Fatal(err)
+	productMetricsFile := strings.Join(productMetricsFiles, ", ")
+	var files []*ast.File
+	for _, path := range productMetricsFiles {
+		src, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			t.Skipf("%s does not exist", path)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), path, src, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
 	}
 	got := map[string][]string{}
-	ast.Inspect(f, func(n ast.Node) bool {
+	inspect := func(n ast.Node) bool {
 		call, ok := n.(*ast.CallExpr)
 		if !ok || len(call.Args) == 0 {
 			return true
@@ -94,7 +99,10 @@ func TestCatalogueMatchesProduct(t *testing.T) {
 		}
 		got[name] = labels
 		return true
-	})
+	}
+	for _, f := range files {
+		ast.Inspect(f, inspect)
+	}
 	if len(got) == 0 {
 		t.Fatalf("found no detour_ metric in %s: has the way metrics are defined changed?", productMetricsFile)
 	}
