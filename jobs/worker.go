@@ -17,6 +17,9 @@ import (
 	"github.com/detour-dev/detour/router"
 )
 
+// busyBase is the first backoff after a busy answer within a run.
+const busyBase = 50 * time.Millisecond
+
 // maxRuns bounds the runs of a job that never ended (its replica died, or
 // a bug): River then gives it up, FAILED. Busy answers and waits for
 // capacity put the job back without using a run.
@@ -51,6 +54,7 @@ func (w *worker) Work(ctx context.Context, job *river.Job[args]) error {
 	defer cancel()
 	callCtx = router.WithTenant(router.WithBackground(callCtx, router.Background{Reserve: e.cfg.Reserve}), a.Tenant)
 	holdUntil := time.Now().Add(e.cfg.Hold)
+	busy := 0 // busy answers in this run
 	for {
 		if !e.cfg.Router.Serves(req.GetModel()) {
 			// No spare capacity will ever come: the call fails as a Complete
@@ -64,7 +68,7 @@ func (w *worker) Work(ctx context.Context, job *river.Job[args]) error {
 				return w.ended(ctx, callCtx, job)
 			}
 			e.cfg.Metrics.JobDeferred("no_room")
-			return w.snooze(job, 0)
+			return w.wait(job, e.cfg.Hold)
 		}
 		resp, err := e.cfg.Router.Complete(callCtx, req)
 		if err == nil {
@@ -89,16 +93,31 @@ func (w *worker) Work(ctx context.Context, job *river.Job[args]) error {
 		case router.Deferred:
 			if errors.Is(err, router.ErrPreempted) {
 				e.cfg.Metrics.JobDeferred("preempted")
-				return w.snooze(job, 0)
+				return w.wait(job, 0)
 			}
 			if time.Now().Before(holdUntil) {
 				continue // the slot went to another: wait in the gate again
 			}
 			e.cfg.Metrics.JobDeferred("no_room")
-			return w.snooze(job, re.RetryAfter)
+			return w.wait(job, re.RetryAfter)
 		case router.Unavailable, router.Exhausted, router.OverQuota:
 			e.cfg.Metrics.JobDeferred("busy")
-			return w.snooze(job, re.RetryAfter)
+			// A short backoff here while the run's hold lasts; then back to
+			// the queue, with a longer one.
+			busy++
+			ceil := min(busyBase<<min(busy-1, 8), e.cfg.MaxBackoff)
+			d := max(ceil/2+time.Duration(rand.Int64N(int64(ceil/2)+1)), re.RetryAfter)
+			if time.Now().Add(d).After(holdUntil) {
+				return w.snooze(job, re.RetryAfter)
+			}
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-callCtx.Done():
+				t.Stop()
+				return w.ended(ctx, callCtx, job)
+			}
+			continue
 		}
 		return w.fail(ctx, job, e.cfg.Status(err))
 	}
@@ -120,13 +139,25 @@ func (w *worker) ended(ctx, callCtx context.Context, job *river.Job[args]) error
 	return river.JobSnooze(0)
 }
 
-// snooze puts the job back in the queue for a full-jitter exponential
-// backoff that grows with the times it was put back, at least hint (a
-// Retry-After), at most MaxBackoff and never past its not_after.
+// snooze puts the job back in the queue after a busy answer, for a
+// full-jitter exponential backoff that grows with the times it was put back
+// (up to 16 x 500ms), at least hint (a Retry-After), at most MaxBackoff and
+// never past its not_after.
 func (w *worker) snooze(job *river.Job[args], hint time.Duration) error {
-	n := snoozes(job)
-	ceil := min(500*time.Millisecond<<min(n, 16), w.e.cfg.MaxBackoff)
-	d := ceil/2 + time.Duration(rand.Int64N(int64(ceil/2)+1))
+	ceil := min(500*time.Millisecond<<min(snoozes(job), 4), w.e.cfg.MaxBackoff)
+	return w.snoozeFor(job, ceil/2+time.Duration(rand.Int64N(int64(ceil/2)+1)), hint)
+}
+
+// wait puts the job back after a run found no spare capacity: not a
+// backoff (the backends are fine, others' calls took the room) but the
+// time room should take to free, 0.5-1 x hint, at least 100ms and at most
+// Hold. The job goes behind the jobs queued meanwhile.
+func (w *worker) wait(job *river.Job[args], hint time.Duration) error {
+	d := min(max(hint, 100*time.Millisecond), w.e.cfg.Hold)
+	return w.snoozeFor(job, d/2+time.Duration(rand.Int64N(int64(d/2)+1)), 0)
+}
+
+func (w *worker) snoozeFor(job *river.Job[args], d, hint time.Duration) error {
 	d = max(d, min(hint, w.e.cfg.MaxBackoff))
 	if left := time.Until(job.Args.NotAfter); d > left {
 		d = max(left, 0)

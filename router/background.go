@@ -31,7 +31,8 @@ type backgroundKey struct{}
 // background call:
 //
 //   - makes one attempt, on the first primary candidate whose capacity limit
-//     has room beyond the reserve; it never waits in a backend's queue, never
+//     has room beyond the reserve and whose recent busy share is not above
+//     its usual one (another replica may have filled it); it never waits in a backend's queue, never
 //     goes past an open breaker, never hedges, and never uses a fallback or
 //     a stale cached answer;
 //   - fails with a Deferred *Error, whose RetryAfter estimates when room
@@ -72,10 +73,30 @@ const reclaimWait = 250 * time.Millisecond
 // slot to an interactive call; the call's Deferred *Error wraps it.
 var ErrPreempted = errors.New("background attempt preempted by an interactive call")
 
-// spare is how many slots b has beyond the reserve for background calls.
+// busyMargin is how far above its usual busy share (the floor its capacity
+// limit learned) a backend's recent busy share may be for background calls
+// to start: beyond it the backend is full, whichever replica filled it, and
+// its spare capacity is nil.
+const busyMargin = 0.1
+
+// spare is how many slots b has beyond the reserve for background calls:
+// none while calls wait for a slot, or while the backend answers busy more
+// than usual (with calls in flight: one background call may go to an idle
+// backend, so that its busy share is known again).
 func spare(b *backend, reserve float64) int {
-	keep := max(1, int(math.Ceil(b.lim.Limit()*reserve)))
-	return b.lim.Room() - keep
+	st := b.lim.Stats()
+	if st.Queued > 0 {
+		return 0
+	}
+	keep := max(1, int(math.Ceil(float64(st.Limit)*reserve)))
+	n := st.Limit - st.InFlight - st.Held - keep
+	if st.BusyShare > st.Floor+busyMargin {
+		if st.InFlight > 0 {
+			return 0
+		}
+		return min(n, 1)
+	}
+	return n
 }
 
 // Spare reports how many background calls for model could start now: the
