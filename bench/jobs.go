@@ -407,5 +407,3 @@ func redactURL(s string) string {
 	}
 	return u.String()
 }
-
-
