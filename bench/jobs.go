@@ -63,7 +63,7 @@ func jobsBench(ctx context.Context, args []string) error {
 	fs.StringVar(&o.postgres, "postgres", cmpStr(os.Getenv("DETOUR_BENCH_POSTGRES_URL"), os.Getenv("DETOUR_TEST_POSTGRES_URL")),
 		"URL of a Postgres where bench may create a database (env DETOUR_BENCH_POSTGRES_URL or DETOUR_TEST_POSTGRES_URL; `source .ci/services/postgres.sh` starts one)")
 	fs.IntVar(&o.workers, "workers", 64, "--jobs-workers of each replica")
-	fs.Float64Var(&o.reserve, "reserve", 0.05, "--jobs-reserve of each replica")
+	fs.Float64Var(&o.reserve, "reserve", 0.1, "--jobs-reserve of each replica")
 	fs.DurationVar(&o.rescueAfter, "rescue-after", 10*time.Second, "--jobs-rescue-after of each replica (--jobs-attempt-timeout is half of it)")
 	if err := fs.Parse(args); err != nil {
 		return err
