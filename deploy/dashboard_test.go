@@ -284,6 +284,7 @@ func TestRulesUseKnownMetrics(t *testing.T) {
 		"DetourServingLastKnownGood": "warning",
 		"DetourShedding":             "warning",
 		"DetourRedisUnreachable":     "warning",
+		"DetourJobsBacklogGrowing":   "warning",
 	}
 	for a, sev := range want {
 		if got, ok := alerts[a]; !ok || got != sev {

@@ -53,6 +53,13 @@ var metricLabels = map[string][]string{
 	"detour_config_applied_timestamp_seconds": {},
 	"detour_fleet_redis_up":                   {},
 	"detour_fleet_redis_errors_total":         {},
+	"detour_jobs_queued":                      {"tenant", "class"},
+	"detour_jobs_running":                     {"tenant", "class"},
+	"detour_jobs_oldest_queued_seconds":       {"tenant", "class"},
+	"detour_jobs_submitted_total":             {"class", "result"},
+	"detour_jobs_finished_total":              {"class", "outcome"},
+	"detour_jobs_deferred_total":              {"reason"},
+	"detour_background_preempted_total":       {"backend"},
 }
 
 var histograms = []string{

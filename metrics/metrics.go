@@ -53,6 +53,8 @@ type Metrics struct {
 	admission atomic.Pointer[admission]
 	// capacity is what the capacity gauges read; see CapacitySource.
 	capacity atomic.Pointer[func() Capacity]
+	// jobs holds the asynchronous jobs' metrics (jobs.go).
+	jobs jobMetrics
 }
 
 // Capacity is the router's capacity state at one moment, read at scrape
@@ -211,6 +213,7 @@ func New() *Metrics {
 		f(c)
 	}
 	m.streams = newStreamMetrics(f)
+	m.jobs.register(m, f)
 	return m
 }
 

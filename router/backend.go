@@ -55,6 +55,7 @@ type live struct {
 	load     ewma
 	removed  atomic.Bool
 	closer   sync.Once
+	bg       bgAttempts // background attempts in flight, which interactive calls preempt
 }
 
 type liveID struct {

@@ -39,14 +39,17 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(r.now()) < minStart {
 		return nil, context.DeadlineExceeded
 	}
-	r.budget.request()
+	bg := background(ctx)
+	if !bg {
+		r.budget.request()
+	}
 	c := &call{ctx: ctx, r: r, t: t, stats: stats, model: req.GetModel(), prefer: r.opts.Region,
-		tenant: auth.TenantFrom(ctx), fallback: !req.GetRouting().GetNoFallback()}
+		tenant: auth.TenantFrom(ctx), fallback: !bg && !req.GetRouting().GetNoFallback(), bg: bg}
 	if p := req.GetRouting().GetPreferRegion(); p != "" {
 		c.prefer = p
 	}
 	defer c.report()
-	if o.hedgeAfter > 0 {
+	if !bg && o.hedgeAfter > 0 {
 		hedge := c.hedge
 		if o.stream {
 			hedge = c.hedgeStream
@@ -55,7 +58,7 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 			return a, err
 		}
 	}
-	for c.attempts < t.policy.maxAttempts {
+	for c.attempts < t.policy.maxAttempts && !(bg && c.attempts > 0) {
 		if c.attempts > 0 {
 			if !r.budget.retry() {
 				r.opts.Metrics.BudgetExhausted()
@@ -115,6 +118,9 @@ type call struct {
 	prefer   string
 	tenant   string
 	fallback bool // fallbacks may answer (routing.no_fallback unset)
+	bg       bool // a background call (background.go)
+
+	reclaiming bool // waiting for the slot of a preempted background attempt
 
 	buf        [16]*backend
 	tried      []*backend
@@ -157,10 +163,16 @@ func (c *call) sameBackendNext() bool {
 // It returns nil when no attempt can be made.
 func (c *call) next(ctx context.Context, retry bool) *attempt {
 	cands := c.candidates()
+	if c.bg {
+		return c.nextBackground(ctx, cands)
+	}
 	for _, b := range cands {
 		if a := c.claim(ctx, b, detourv1.Source_SOURCE_LIVE, false); a != nil {
 			return a
 		}
+	}
+	if a := c.reclaim(ctx, cands); a != nil {
+		return a
 	}
 	var fbs []*backend
 	if c.fallback {
@@ -256,6 +268,9 @@ func (c *call) queue(ctx context.Context, cands, fbs []*backend) *attempt {
 // wait waits for a slot on b.
 func (c *call) wait(ctx context.Context, b *backend) (*capacity.Permit, error) {
 	max := c.t.capacity.maxQueueWait
+	if c.reclaiming && max < reclaimWait {
+		max = reclaimWait // a preempted background attempt frees the slot at once
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		max = min(max, dl.Sub(c.r.now())-minStart)
 	}
@@ -310,6 +325,9 @@ func (c *call) run(ctx context.Context, a *attempt, try tryFunc) (*attempt, erro
 	if err := ctx.Err(); err != nil {
 		a.abandon()
 		return nil, err
+	}
+	if c.bg {
+		return c.runBackground(ctx, a, try)
 	}
 	c.r.do(ctx, a, try)
 	return c.merge(ctx, a)
@@ -374,6 +392,9 @@ func (c *call) failure() error {
 	reopen := time.Duration(0)
 	if !c.openUntil.IsZero() {
 		reopen = max(c.openUntil.Sub(c.r.now()), time.Millisecond)
+	}
+	if c.attempts == 0 && c.bg {
+		return c.deferred()
 	}
 	if c.attempts == 0 {
 		if c.limited {

@@ -26,7 +26,9 @@
 //     and a streamed call across its attempts (continuation after a break,
 //     the hedge gate);
 //   - hedge.go, budget.go, quota.go, state.go: hedged first attempts (unary
-//     and streams), the retry budget, tenant quotas, Admin's view.
+//     and streams), the retry budget, tenant quotas, Admin's view;
+//   - background.go: background calls (asynchronous jobs), which use only
+//     spare capacity and give their slot to an interactive call that needs it.
 //
 // # The path of one call
 //

@@ -25,6 +25,10 @@ const (
 	// (for example every backend tried refused detour's credentials or had
 	// no such endpoint).
 	Internal
+	// Deferred: a background call (WithBackground) found no spare capacity,
+	// or gave its slot to an interactive call; RetryAfter says when to try
+	// again. It never reaches an interactive caller.
+	Deferred
 )
 
 func (c Code) String() string {
@@ -41,6 +45,8 @@ func (c Code) String() string {
 		return "rejected"
 	case Internal:
 		return "internal"
+	case Deferred:
+		return "deferred"
 	}
 	return fmt.Sprintf("code(%d)", int(c))
 }

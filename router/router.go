@@ -246,6 +246,7 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		return hit.Response(), nil
 	}
 	r.cacheMiss(p)
+	p.Cacheable = p.Cacheable && !background(ctx) // a background call shares no upstream call
 	resp, err := t.cache.Do(ctx, p, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
 		if p.Cacheable {
 			// Shared by callers that may leave first: it writes no caller's
@@ -286,6 +287,9 @@ func (r *Router) admit(ctx context.Context, t *table, req *detourv1.CompleteRequ
 		return &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", excerpt.Clip(req.GetModel(), excerpt.Max))}
 	}
 	tenant := auth.TenantFrom(ctx)
+	if background(ctx) {
+		return nil // spare capacity only: not charged to the tenant's quota
+	}
 	if ok, wait, label := t.quotas.allow(tenant); !ok {
 		r.opts.Metrics.QuotaRejected(label)
 		return &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", excerpt.Clip(tenant, excerpt.Max)), RetryAfter: wait}
@@ -364,7 +368,7 @@ func provenance(attempt, upstream detourv1.Source) detourv1.Source {
 // caller is still waiting.
 func degradable(ctx context.Context, err error) bool {
 	var re *Error
-	return ctx.Err() == nil && errors.As(err, &re) && (re.Code == Unavailable || re.Code == Exhausted)
+	return ctx.Err() == nil && !background(ctx) && errors.As(err, &re) && (re.Code == Unavailable || re.Code == Exhausted)
 }
 
 func (r *Router) cacheHit(h *cache.Hit) {

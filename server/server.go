@@ -209,7 +209,8 @@ func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServer
 
 func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
 	defer s.recover(info.FullMethod, &err)
-	if _, ok := ss.Context().Deadline(); !ok {
+	// A Watch of a job lasts as long as the job, not a call's deadline.
+	if _, ok := ss.Context().Deadline(); !ok && info.FullMethod != detourv1.Jobs_Watch_FullMethodName {
 		ctx, cancel := context.WithTimeout(ss.Context(), s.limits().deadline)
 		defer cancel()
 		ss = &ctxStream{ServerStream: ss, ctx: ctx}

@@ -32,6 +32,7 @@ var codeOf = map[router.Code]codes.Code{
 	router.UnknownModel: codes.NotFound,
 	router.Rejected:     codes.InvalidArgument,
 	router.Internal:     codes.Internal,
+	router.Deferred:     codes.Unavailable,
 }
 
 // toStatus converts an error from the router into the status sent on the

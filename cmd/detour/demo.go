@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/detour-dev/detour/internal/fakellm"
@@ -138,7 +140,13 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	defer etcd.Close()
-	m := &Main{Listen: d.Listen, Region: "eu-west", Zone: "eu-west-1a", Grace: 5 * time.Second, Logger: d.Logger, Live: live}
+	jobsDir, err := os.MkdirTemp("", "detour-demo-jobs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(jobsDir)
+	m := &Main{Listen: d.Listen, Region: "eu-west", Zone: "eu-west-1a", Grace: 5 * time.Second, Logger: d.Logger, Live: live,
+		Jobs: demoJobs("sqlite:" + filepath.Join(jobsDir, "jobs.db"))}
 	m.ready = func(addr net.Addr) {
 		// demoBackends starts with eu-west's two (busy) backends.
 		fmt.Fprint(stdout, banner(addr.String(), d.BusyRate, fakes[0].HTTPAddr(), fakes[1].HTTPAddr(), etcd.Endpoints()[0]))
@@ -179,6 +187,13 @@ Drain the eu-west region on every replica, and watch "servedBy" move away from i
 
 Or edit the whole document: 'config get > demo.yaml', edit it, 'config apply -f demo.yaml'
 (same --endpoints); a bad edit is refused with every reason and the old config keeps serving.
+
+Asynchronous jobs (detour.v1.Jobs, kept in SQLite in a temp dir): submit a call, then watch it
+until its answer (use the "id" Submit returned; the first job of the demo is "1"):
+
+  grpcurl -plaintext -d '{"request":{"model":"deepseek-chat","messages":[{"role":"user","content":"summarise the report"}]},"idempotency_key":"report-1"}' %[1]s detour.v1.Jobs/Submit
+  grpcurl -plaintext -d '{"id":"1"}' %[1]s detour.v1.Jobs/Watch
+  go run ./cmd/detourctl jobs list --addr %[1]s
 
 Ctrl-C stops everything.
 `, addr, int(busy*100), busyA, etcd, busyB)

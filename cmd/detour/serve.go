@@ -55,6 +55,8 @@ type Main struct {
 	Security SecurityOptions
 	// Redis holds the shared-state settings (redis.go).
 	Redis RedisOptions
+	// Jobs holds the asynchronous jobs' settings (jobs.go).
+	Jobs JobsOptions
 
 	fleet  *fleet.Store   // opened from Redis by Run
 	health *fleet.Monitor // checks fleet; nil without Redis
@@ -86,6 +88,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	m.Observe.register(fs)
 	m.Security.register(fs)
 	m.Redis.register(fs)
+	m.Jobs.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -96,6 +99,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	problems = append(problems, m.Observe.problems()...)
 	problems = append(problems, m.Security.problems()...)
 	problems = append(problems, m.Redis.problems()...)
+	problems = append(problems, m.Jobs.problems()...)
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments %q", fs.Args()))
 	}
@@ -189,6 +193,11 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 	}()
 	live.serving(srv)
+	stopJobs, err := m.startJobs(ctx, rt, srv, log, ob.metrics)
+	if err != nil {
+		return err
+	}
+	defer stopJobs()
 	stopAdmin, err := m.startAdmin(live, srv, log, gopts)
 	if err != nil {
 		return err

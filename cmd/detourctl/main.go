@@ -63,6 +63,9 @@ commands:
   undrain BACKEND           undrain it
   status                    an instance's config, backends and their capacity limits (detour.v1.Admin, at --addr)
   reset-breaker BACKEND     close a backend's breaker on the instance at --addr, and clear the fleet's cooldown
+  jobs list                 asynchronous jobs (detour.v1.Jobs, at --addr): --tenant, --state, --limit, --page
+  jobs get ID               a job, with its answer or error
+  jobs cancel ID            cancel a queued job, or stop a running one
 
 global flags (before or after the command):
   --endpoints LIST          etcd endpoints (env DETOUR_ETCD_ENDPOINTS; default 127.0.0.1:2379)
@@ -92,6 +95,9 @@ var commands = map[string]command{
 	"undrain":         undrain,
 	"status":          statusCmd,
 	"reset-breaker":   resetBreakerCmd,
+	"jobs list":       jobsList,
+	"jobs get":        jobsGet,
+	"jobs cancel":     jobsCancel,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -115,9 +121,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	name := rest[0]
-	if name == "config" {
+	if name == "config" || name == "jobs" {
 		if len(rest) < 2 {
-			fmt.Fprintf(stderr, "detourctl config: want validate, apply or get\n\n%s", usage)
+			fmt.Fprintf(stderr, "detourctl %s: want %s\n\n%s", name, map[string]string{"config": "validate, apply or get", "jobs": "list, get or cancel"}[name], usage)
 			return errUsage
 		}
 		name += " " + rest[1]
