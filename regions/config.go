@@ -54,6 +54,9 @@ type Config struct {
 	// Cache is the answer cache policy; the zero value caches deterministic
 	// requests for 5 minutes (see CachePolicy).
 	Cache CachePolicy `yaml:"cache,omitempty" json:"cache,omitempty"`
+	// Spend prices tokens and limits each tenant's token rate and budget
+	// (spend.go); the zero value prices and limits nothing.
+	Spend SpendPolicy `yaml:"spend,omitempty" json:"spend,omitempty"`
 }
 
 // Principal names who a caller is: an mTLS identity or a bearer token. Tokens
@@ -545,6 +548,7 @@ func (c *Config) Validate() error {
 	for i, a := range c.Admins {
 		v.principal(fmt.Sprintf("admins[%d]", i), a, principals, names)
 	}
+	v.spend(c)
 	return v.err()
 }
 
