@@ -19,8 +19,8 @@ import (
 // DeepSeek) comes out about 1.6 times too high, which reserves more, never
 // less; the settlement charges what the provider reported either way.
 const (
-	bytesPerToken   = 4
-	tokensPerReply  = 3 // every reply is primed with a few tokens
+	bytesPerToken    = 4
+	tokensPerReply   = 3 // every reply is primed with a few tokens
 	tokensPerMessage = 4 // role and separators
 )
 

@@ -96,7 +96,7 @@ func TestEstimate(t *testing.T) {
 
 func TestPrices(t *testing.T) {
 	p := newPrices([]regions.Price{
-		{Input: 1, Output: 2},                                       // everything else
+		{Input: 1, Output: 2}, // everything else
 		{Model: "deepseek-chat", Input: 0.27, CacheHitInput: 0.07, Output: 1.10},
 		{Backend: "ds", Model: "deepseek-chat", Input: 0.5, Output: 3}, // this backend's own price
 		{Backend: "vllm", Input: 0.01, Output: 0.01},
@@ -106,10 +106,10 @@ func TestPrices(t *testing.T) {
 		backend, model string
 		want           float64
 	}{
-		{"ds", "deepseek-chat", 0.5 + 3},                     // exact; no cache-hit price: input
+		{"ds", "deepseek-chat", 0.5 + 3},                       // exact; no cache-hit price: input
 		{"other", "deepseek-chat", 0.4*0.07 + 0.6*0.27 + 1.10}, // by model
-		{"vllm", "llama", 0.02},                              // by backend
-		{"other", "llama", 3},                                // catch-all
+		{"vllm", "llama", 0.02},                                // by backend
+		{"other", "llama", 3},                                  // catch-all
 	}
 	for _, tt := range tests {
 		if got := p.cost(tt.backend, tt.model, tk); !near(got, tt.want) {
