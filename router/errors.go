@@ -25,6 +25,12 @@ const (
 	// (for example every backend tried refused detour's credentials or had
 	// no such endpoint).
 	Internal
+	// OverTokenRate: the caller's tenant is over its token rate (tpm);
+	// RetryAfter says when it admits a call again.
+	OverTokenRate
+	// OverBudget: the caller's tenant has spent its budget for the period
+	// that ends at Until.
+	OverBudget
 )
 
 func (c Code) String() string {
@@ -41,6 +47,10 @@ func (c Code) String() string {
 		return "rejected"
 	case Internal:
 		return "internal"
+	case OverTokenRate:
+		return "over_token_rate"
+	case OverBudget:
+		return "over_budget"
 	}
 	return fmt.Sprintf("code(%d)", int(c))
 }
@@ -52,6 +62,8 @@ type Error struct {
 	Message string
 	// RetryAfter hints when a retry may succeed; zero when unknown.
 	RetryAfter time.Duration
+	// Until is when an exhausted budget starts afresh (OverBudget).
+	Until time.Time
 	// Attempts is the number of upstream calls made.
 	Attempts int
 	// UpstreamStatus is the HTTP status of a Rejected answer, when known.
