@@ -9,6 +9,7 @@
 //	detourctl --endpoints 127.0.0.1:2379 drain eu-west-a
 //	detourctl status --addr 127.0.0.1:50051 -o json
 //	detourctl reset-breaker --addr 127.0.0.1:50051 eu-west-a
+//	detourctl usage --addr 127.0.0.1:50051 --tenant search --since 7d
 //	detourctl status --addr detour:50052 --tls-ca ca.crt --tls-cert me.crt --tls-key me.key
 package main
 
@@ -63,6 +64,9 @@ commands:
   undrain BACKEND           undrain it
   status                    an instance's config, backends and their capacity limits (detour.v1.Admin, at --addr)
   reset-breaker BACKEND     close a backend's breaker on the instance at --addr, and clear the fleet's cooldown
+  usage [--tenant T] [--since 24h]
+                            tokens, spend and savings per tenant and model, and budgets (detour.v1.Admin at --addr;
+                            the fleet's counters in Redis, or that instance's own without Redis)
 
 global flags (before or after the command):
   --endpoints LIST          etcd endpoints (env DETOUR_ETCD_ENDPOINTS; default 127.0.0.1:2379)
@@ -92,6 +96,7 @@ var commands = map[string]command{
 	"undrain":         undrain,
 	"status":          statusCmd,
 	"reset-breaker":   resetBreakerCmd,
+	"usage":           usageCmd,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
