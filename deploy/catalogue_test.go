@@ -5,6 +5,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,8 +13,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// productMetricsFile is where detour registers its metrics.
-const productMetricsFile = "../metrics/metrics.go"
+// productMetricsDir is where detour registers its metrics (metrics.go, and
+// spend.go for the token and spend series).
+const productMetricsDir = "../metrics"
 
 // TestCatalogueMatchesProduct reads the metric definitions in detour's source
 // (prometheus.NewCounterVec(prometheus.CounterOpts{Name: ...}, []string{...})
@@ -21,18 +23,35 @@ const productMetricsFile = "../metrics/metrics.go"
 // are checked against, so that renaming a metric or a label breaks this test
 // rather than a panel or an alert in production.
 func TestCatalogueMatchesProduct(t *testing.T) {
-	src, err := os.ReadFile(productMetricsFile)
-	if os.IsNotExist(err) {
-		t.Skipf("%s does not exist", productMetricsFile)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := parser.ParseFile(token.NewFileSet(), productMetricsFile, src, 0)
-	if err != nil {
-		t.Fatal(err)
+	files, err := filepath.Glob(filepath.Join(productMetricsDir, "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Skipf("no Go files in %s", productMetricsDir)
 	}
 	got := map[string][]string{}
+	for _, file := range files {
+		if strings.HasSuffix(file, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), file, src, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inspect(f, got)
+	}
+	if len(got) == 0 {
+		t.Fatalf("found no detour_ metric in %s: has the way metrics are defined changed?", productMetricsDir)
+	}
+	if diff := cmp.Diff(got, metricLabels); diff != "" {
+		t.Errorf("metrics in %s vs the catalogue in promql_test.go (-product +catalogue):\n%s\nUpdate the catalogue, then the dashboard, the rules and the README.", productMetricsDir, diff)
+	}
+}
+
+// inspect adds the metric definitions of f to got, by name.
+func inspect(f *ast.File, got map[string][]string) {
 	ast.Inspect(f, func(n ast.Node) bool {
 		call, ok := n.(*ast.CallExpr)
 		if !ok || len(call.Args) == 0 {
@@ -95,10 +114,4 @@ func TestCatalogueMatchesProduct(t *testing.T) {
 		got[name] = labels
 		return true
 	})
-	if len(got) == 0 {
-		t.Fatalf("found no detour_ metric in %s: has the way metrics are defined changed?", productMetricsFile)
-	}
-	if diff := cmp.Diff(got, metricLabels); diff != "" {
-		t.Errorf("metrics in %s vs the catalogue in promql_test.go (-product +catalogue):\n%s\nUpdate the catalogue, then the dashboard, the rules and the README.", productMetricsFile, diff)
-	}
 }
