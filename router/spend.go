@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/detour-dev/detour/auth"
@@ -56,8 +58,8 @@ func overLimit(err error) error {
 	}
 	if le.Limit == spend.LimitBudget {
 		return &Error{Code: OverBudget, Until: le.Until, Err: le,
-			Message: fmt.Sprintf("budget exhausted until %s: tenant %q has spent or reserved %s of its %s budget of %s %s (this call reserves up to %s)",
-				le.Until.UTC().Format("2006-01-02T15:04:05Z"), le.Tenant, amount(le.Used), le.Period, amount(le.Max), le.Unit, amount(le.Reservation))}
+			Message: fmt.Sprintf("budget exhausted until %s: tenant %q has %s of its %s budget of %s %s left, and this call may spend up to %s (its prompt and max_tokens)",
+				le.Until.UTC().Format("2006-01-02T15:04:05Z"), le.Tenant, amount(max(le.Max-le.Used, 0)), le.Period, amount(le.Max), le.Unit, amount(le.Reservation))}
 	}
 	return &Error{Code: OverTokenRate, RetryAfter: le.RetryAfter, Err: le,
 		Message: fmt.Sprintf("tenant %q is over its token rate (tpm)", le.Tenant)}
@@ -65,10 +67,13 @@ func overLimit(err error) error {
 
 // amount prints a count of tokens or money briefly.
 func amount(x float64) string {
-	if x == float64(int64(x)) {
-		return fmt.Sprint(int64(x))
+	switch {
+	case x == float64(int64(x)):
+		return strconv.FormatInt(int64(x), 10)
+	case x >= 100 || x <= -100:
+		return strconv.FormatFloat(x, 'f', 2, 64)
 	}
-	return fmt.Sprintf("%.4g", x)
+	return strings.TrimRight(strconv.FormatFloat(x, 'f', 6, 64), "0")
 }
 
 // chargeAnswer charges the tokens of a unary answer an upstream call made,

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,10 +61,13 @@ func (e *LimitError) Error() string {
 
 // num prints a count or an amount briefly.
 func num(x float64) string {
-	if x == float64(int64(x)) {
-		return fmt.Sprintf("%d", int64(x))
+	switch {
+	case x == float64(int64(x)):
+		return strconv.FormatInt(int64(x), 10)
+	case x >= 100 || x <= -100:
+		return strconv.FormatFloat(x, 'f', 2, 64)
 	}
-	return fmt.Sprintf("%.4g", x)
+	return strings.TrimRight(strconv.FormatFloat(x, 'f', 6, 64), "0")
 }
 
 // Option configures a Meter.
