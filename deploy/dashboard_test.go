@@ -171,6 +171,8 @@ func TestDashboard(t *testing.T) {
 		"detour_upstream_connections_total", // pool use
 		"detour_config_revision",
 		"detour_fleet_redis_up", "detour_fleet_redis_errors_total", // shared state
+		"detour_spend_total", "detour_savings_total", "detour_tokens_total", // spend per tenant
+		"detour_budget_used", "detour_budget_limit", "detour_spend_rejections_total",
 	} {
 		if !used[m] {
 			t.Errorf("no panel shows %s", m)
@@ -285,6 +287,7 @@ func TestRulesUseKnownMetrics(t *testing.T) {
 		"DetourShedding":             "warning",
 		"DetourRedisUnreachable":     "warning",
 		"DetourJobsBacklogGrowing":   "warning",
+		"DetourTenantBudgetHigh":     "warning",
 	}
 	for a, sev := range want {
 		if got, ok := alerts[a]; !ok || got != sev {

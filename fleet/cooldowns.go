@@ -341,8 +341,33 @@ func (c *Cooldowns) resync(ctx context.Context) bool {
 		b, _ := z.Member.(string)
 		in[b] = capUntil(time.UnixMilli(int64(z.Score)), now)
 	}
-	c.merge(in)
+	c.replace(in)
 	return true
+}
+
+// replace makes the fleet's cooldowns, read from Redis, the view, keeping
+// the local ones not yet published: a cooldown another replica cleared
+// while this one missed the message (before its subscription took effect,
+// or while it was cut off) ends here too.
+func (c *Cooldowns) replace(in map[string]time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	next := make(map[string]time.Time, len(in))
+	for b, u := range in {
+		if p, ok := c.pending[b]; ok && p.IsZero() {
+			continue // cleared here, not yet in Redis
+		}
+		if u.After(now) {
+			next[b] = u
+		}
+	}
+	for b, u := range c.pending {
+		if u.After(now) && u.After(next[b]) {
+			next[b] = u
+		}
+	}
+	c.view.Store(&next)
 }
 
 // publish sends pending cooldowns to Redis, and retries the ones Redis did

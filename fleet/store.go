@@ -353,6 +353,25 @@ func (s *Store) Addr() string {
 	return s.cfg.Addr
 }
 
+// Timeout is the deadline of a hot-path operation (Config.Timeout with its
+// default): how long a caller may wait for Redis before it decides on its
+// own.
+func (s *Store) Timeout() time.Duration {
+	if s == nil {
+		return DefaultTimeout
+	}
+	return s.cfg.timeout()
+}
+
+// Replicas is the number of replicas a limit is shared by while Redis is
+// unreachable (Config.Replicas with its default): each admits its share.
+func (s *Store) Replicas() int {
+	if s == nil {
+		return 1
+	}
+	return s.cfg.replicas()
+}
+
 // Client returns the underlying go-redis client, for subscriptions. Calls
 // made through it bypass the Store's guard.
 func (s *Store) Client() *redis.Client { return s.rdb }

@@ -40,7 +40,7 @@ type Metrics struct {
 	inflight     *prometheus.GaugeVec
 	conns        *prometheus.CounterVec
 	cache        *prometheus.CounterVec
-	tokens       *prometheus.CounterVec
+	spend        spendMetrics // spend.go
 	cfgRevision  prometheus.Gauge
 	cfgApplies   prometheus.Counter
 	cfgRejects   prometheus.Counter
@@ -194,9 +194,6 @@ func New() *Metrics {
 		Help: "Upstream HTTP connections taken from the pool (reused=true) or dialed (reused=false)."}, []string{"backend", "reused"})
 	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_cache_requests_total",
 		Help: "Cache lookups by tier and result (hit, miss, stale)."}, []string{"tier", "result"})
-	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "detour_tokens_total",
-		Help: "Tokens of the answers upstreams produced (live and fallback, not cached), as they reported them, per backend, tenant and kind (prompt, completion, prompt_cache_hit, prompt_cache_miss, reasoning)."},
-		[]string{"backend", "tenant", "kind"})
 	m.cfgRevision = prometheus.NewGauge(prometheus.GaugeOpts{Name: "detour_config_revision",
 		Help: "etcd revision of the applied config document (0 for a file)."})
 	m.cfgApplies = prometheus.NewCounter(prometheus.CounterOpts{Name: "detour_config_applies_total",
@@ -209,11 +206,12 @@ func New() *Metrics {
 		Help: "Unix time the applied config document was applied."})
 	for _, c := range []prometheus.Collector{m.calls, m.shed, callsInflight, inflightLimit, m.callDuration, m.firstChunk, m.overhead, m.attempts,
 		m.upstreamDur, m.breakerState, m.breakerTrans, m.retries, m.budgetOut, m.panics, capacityCollector{m}, m.limitRejects, m.quotaRejects,
-		m.inflight, m.conns, m.cache, m.tokens, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
+		m.inflight, m.conns, m.cache, m.cfgRevision, m.cfgApplies, m.cfgRejects, m.cfgLKG, m.cfgAppliedAt} {
 		f(c)
 	}
 	m.streams = newStreamMetrics(f)
 	m.jobs.register(m, f)
+	m.newSpend(f) // spend.go
 	return m
 }
 
@@ -343,30 +341,6 @@ func (m *Metrics) QuotaRejected(tenant string) {
 	}
 }
 
-// Tokens are the token counts of one answer as its upstream reported them;
-// a count the upstream did not report is zero.
-type Tokens struct {
-	Prompt, Completion, CacheHit, CacheMiss, Reasoning int64
-}
-
-// Tokens adds the tokens of one upstream answer from backend to tenant, a
-// tenant label bounded by the config (the caller maps unlisted tenants to
-// one label).
-func (m *Metrics) Tokens(backend, tenant string, t Tokens) {
-	if m == nil {
-		return
-	}
-	for _, k := range []struct {
-		kind string
-		n    int64
-	}{{"prompt", t.Prompt}, {"completion", t.Completion}, {"prompt_cache_hit", t.CacheHit},
-		{"prompt_cache_miss", t.CacheMiss}, {"reasoning", t.Reasoning}} {
-		if k.n > 0 {
-			m.tokens.WithLabelValues(backend, tenant, k.kind).Add(float64(k.n))
-		}
-	}
-}
-
 // Cache records a cache lookup.
 func (m *Metrics) Cache(tier, result string) {
 	if m != nil {
@@ -451,11 +425,12 @@ func (m *Metrics) Forget(name string) {
 		return
 	}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		m.attempts, m.upstreamDur, m.breakerState, m.breakerTrans, m.limitRejects, m.inflight, m.conns, m.panics, m.tokens,
+		m.attempts, m.upstreamDur, m.breakerState, m.breakerTrans, m.limitRejects, m.inflight, m.conns, m.panics,
 		m.streams.firstToken, m.streams.truncations,
 	} {
 		v.DeletePartialMatch(prometheus.Labels{"backend": name})
 	}
+	m.forgetSpend(name)
 }
 
 // Attempt records one upstream attempt; outcome is a breaker.Class.

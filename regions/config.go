@@ -57,6 +57,9 @@ type Config struct {
 	// Streams is how streams start (first-token bound, hedged starts) and
 	// survive breaks (continuation); see StreamPolicy.
 	Streams StreamPolicy `yaml:"streams,omitempty" json:"streams,omitempty"`
+	// Spend prices tokens and limits each tenant's token rate and budget
+	// (spend.go); the zero value prices and limits nothing.
+	Spend SpendPolicy `yaml:"spend,omitempty" json:"spend,omitempty"`
 }
 
 // Principal names who a caller is: an mTLS identity or a bearer token. Tokens
@@ -561,6 +564,7 @@ func (c *Config) Validate() error {
 	for i, a := range c.Admins {
 		v.principal(fmt.Sprintf("admins[%d]", i), a, principals, names)
 	}
+	v.spend(c)
 	return v.err()
 }
 

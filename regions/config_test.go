@@ -45,7 +45,7 @@ func TestValidateListsEveryReason(t *testing.T) {
 		{name: "empty", doc: "", want: []string{"document is empty"}},
 		{name: "no regions", doc: "fallbacks: []\n", want: []string{"regions: at least one region is required"}},
 		{name: "unknown field", doc: "regions: []\nretires: {}\n", want: []string{
-			"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, streams, tenants (line 2)",
+			"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, spend, streams, tenants (line 2)",
 			"regions: at least one region is required",
 		}},
 		{name: "bad duration", doc: "regions: []\nretry:\n  backoff_base: soon\n", want: []string{

@@ -30,7 +30,7 @@ func TestLoadDecodeErrors(t *testing.T) {
 		{
 			name: "unknown field far from any lists the fields",
 			doc:  backend + "retires: {}\n",
-			want: []string{"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, streams, tenants (line 6)"},
+			want: []string{"retires: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, spend, streams, tenants (line 6)"},
 		},
 		{
 			name: "unknown field in a list item",
@@ -114,7 +114,7 @@ retry:
 			name: "merge keys are checked too",
 			doc:  "defaults: &d\n  endpiont: http://h/v1\nregions:\n  - name: eu\n    backends:\n      - <<: *d\n        name: a\n",
 			want: []string{
-				"defaults: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, streams, tenants (line 1)",
+				"defaults: unknown field; the fields here are admins, breaker, cache, capacity, fallbacks, limits, regions, retry, spend, streams, tenants (line 1)",
 				"regions[0].backends[0].endpiont: unknown field, did you mean endpoint? (line 2)",
 				"regions[0].backends[0] (a): endpoint is required",
 			},

@@ -29,6 +29,12 @@ const (
 	// or gave its slot to an interactive call; RetryAfter says when to try
 	// again. It never reaches an interactive caller.
 	Deferred
+	// OverTokenRate: the caller's tenant is over its token rate (tpm);
+	// RetryAfter says when it admits a call again.
+	OverTokenRate
+	// OverBudget: the caller's tenant has spent its budget for the period
+	// that ends at Until.
+	OverBudget
 )
 
 func (c Code) String() string {
@@ -47,6 +53,10 @@ func (c Code) String() string {
 		return "internal"
 	case Deferred:
 		return "deferred"
+	case OverTokenRate:
+		return "over_token_rate"
+	case OverBudget:
+		return "over_budget"
 	}
 	return fmt.Sprintf("code(%d)", int(c))
 }
@@ -58,6 +68,8 @@ type Error struct {
 	Message string
 	// RetryAfter hints when a retry may succeed; zero when unknown.
 	RetryAfter time.Duration
+	// Until is when an exhausted budget starts afresh (OverBudget).
+	Until time.Time
 	// Attempts is the number of upstream calls made.
 	Attempts int
 	// UpstreamStatus is the HTTP status of a Rejected answer, when known.

@@ -246,8 +246,14 @@ func TestProviderPanicInAHedgeIsInternal(t *testing.T) {
 	fx := &fixture{}
 	cfg := testConfig()
 	cfg.Retry.HedgeAfter = regions.Duration(time.Millisecond)
-	fx.provider("home-1").complete = func(context.Context) (*detourv1.CompleteResponse, error) {
-		panic("provider bug")
+	// Every backend panics: which attempt is the hedge depends on timing
+	// (a slow first attempt lets the hedge start elsewhere), the outcome
+	// does not.
+	backends := []string{"home-1", "near-1", "far-1", "fb-1"}
+	for _, name := range backends {
+		fx.provider(name).complete = func(context.Context) (*detourv1.CompleteResponse, error) {
+			panic("provider bug")
+		}
 	}
 	r := newTestRouter(t, fx, cfg)
 	_, err := r.Complete(context.Background(), req())
@@ -255,8 +261,10 @@ func TestProviderPanicInAHedgeIsInternal(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != Internal || re.Message != "internal error" {
 		t.Fatalf("err = %v, want Internal", err)
 	}
-	if st := backendState(r, "home-1"); st.Capacity.InFlight != 0 {
-		t.Errorf("home-1 has %d slots in flight after the panic, want 0 (the slot is given back)", st.Capacity.InFlight)
+	for _, name := range backends {
+		if st := backendState(r, name); st.Capacity.InFlight != 0 {
+			t.Errorf("%s has %d slots in flight after the panic, want 0 (the slot is given back)", name, st.Capacity.InFlight)
+		}
 	}
 }
 

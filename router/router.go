@@ -23,6 +23,7 @@ import (
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/provider"
 	"github.com/detour-dev/detour/regions"
+	"github.com/detour-dev/detour/spend"
 )
 
 // tracer makes one span per upstream attempt; it is a no-op until a tracer
@@ -74,6 +75,7 @@ type Router struct {
 	limiter    *fleet.Limiter
 	cooldowns  *fleet.Cooldowns
 	capacities *fleet.Capacities
+	meter      *spend.Meter
 
 	mu     sync.Mutex // serializes Apply and Close
 	closed bool
@@ -95,7 +97,13 @@ func New(snap *regions.Snapshot, opts Options) (*Router, error) {
 		append([]fleet.Option{fleet.WithClock(r.now)}, opts.FleetOptions...)...)
 	r.breakers = breaker.NewSet(append([]breaker.Option{breaker.WithOnChange(r.breakerChanged), breaker.WithOnExtend(r.breakerExtended)}, opts.BreakerOptions...)...)
 	r.budget = newBudget(r.now)
+	if snap != nil && snap.Config != nil {
+		r.meter = spend.New(opts.Fleet, snap.Config, spend.WithClock(r.now), spend.WithMetrics(opts.Metrics), spend.WithLogger(r.log))
+	}
 	if err := r.Apply(snap); err != nil {
+		if r.meter != nil {
+			r.meter.Close()
+		}
 		r.limiter.Close()
 		r.cooldowns.Close()
 		r.capacities.Close()
@@ -136,6 +144,7 @@ func (r *Router) Apply(snap *regions.Snapshot) error {
 		return err
 	}
 	r.budget.setPolicy(t.policy.budgetRatio, t.policy.budgetFloor)
+	r.meter.Apply(snap.Config)
 	r.tab.Store(t)
 	r.breakers.Retain(slices.Collect(maps.Keys(t.byName)))
 	if old != nil {
@@ -223,6 +232,7 @@ func (r *Router) Close() error {
 	r.capacities.Close()
 	r.limiter.Close()
 	r.cooldowns.Close()
+	r.meter.Close()
 	return nil
 }
 
@@ -237,17 +247,23 @@ func (r *Router) Close() error {
 // caller only joins identical calls with the same ones).
 func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
 	t := r.tab.Load()
-	if err := r.admit(ctx, t, req); err != nil {
+	res, err := r.admit(ctx, t, req)
+	if err != nil {
 		return nil, err
 	}
+	defer res.Release()
+	ctx, own := withOwnCall(ctx)
 	p := t.cache.Plan(req, r.caller(ctx))
 	if hit, ok := t.cache.Get(ctx, p); ok {
 		r.cacheHit(hit)
-		return hit.Response(), nil
+		resp := hit.Response()
+		r.saveAnswer(ctx, req, resp, own)
+		return resp, nil
 	}
 	r.cacheMiss(p)
 	p.Cacheable = p.Cacheable && !background(ctx) // a background call shares no upstream call
 	resp, err := t.cache.Do(ctx, p, func(ctx context.Context) (*detourv1.CompleteResponse, error) {
+		markOwnCall(ctx)
 		if p.Cacheable {
 			// Shared by callers that may leave first: it writes no caller's
 			// stats. Each caller reads who answered from the answer, or from
@@ -269,32 +285,44 @@ func (r *Router) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*
 		if err != nil {
 			return nil, err
 		}
+		r.chargeAnswer(ctx, req, a.resp) // once per upstream call
 		return a.resp, nil
 	})
 	if err != nil && degradable(ctx, err) {
 		if hit, ok := t.cache.GetStale(ctx, p); ok {
 			r.cacheHit(hit)
-			return hit.Response(), nil
+			resp := hit.Response()
+			r.saveAnswer(ctx, req, resp, own)
+			return resp, nil
 		}
+	}
+	if err == nil {
+		r.saveAnswer(ctx, req, resp, own) // a share of another caller's call
 	}
 	return resp, err
 }
 
 // admit makes the checks that belong to the caller, before its call may be
-// shared with others: the model is served, the tenant is within its quota.
-func (r *Router) admit(ctx context.Context, t *table, req *detourv1.CompleteRequest) error {
+// shared with others: the model is served, the tenant is within its quota,
+// and its token rate and budget cover the call's estimate, which it
+// reserves (the caller releases the reservation when its call ends).
+func (r *Router) admit(ctx context.Context, t *table, req *detourv1.CompleteRequest) (*spend.Reservation, error) {
 	if !t.serves(req.GetModel()) {
-		return &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", excerpt.Clip(req.GetModel(), excerpt.Max))}
+		return nil, &Error{Code: UnknownModel, Message: fmt.Sprintf("no backend serves model %q", excerpt.Clip(req.GetModel(), excerpt.Max))}
 	}
 	tenant := auth.TenantFrom(ctx)
 	if background(ctx) {
-		return nil // spare capacity only: not charged to the tenant's quota
+		return nil, nil // spare capacity only: no quota, no token limits (its upstream call is still charged)
 	}
 	if ok, wait, label := t.quotas.allow(tenant); !ok {
 		r.opts.Metrics.QuotaRejected(label)
-		return &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", excerpt.Clip(tenant, excerpt.Max)), RetryAfter: wait}
+		return nil, &Error{Code: OverQuota, Message: fmt.Sprintf("tenant %q is over its quota", excerpt.Clip(tenant, excerpt.Max)), RetryAfter: wait}
 	}
-	return nil
+	res, err := r.meter.Reserve(tenant, req)
+	if err != nil {
+		return nil, overLimit(err)
+	}
+	return res, nil
 }
 
 // caller is who the call comes from, as the cache scopes answers.
@@ -314,36 +342,47 @@ func (r *Router) caller(ctx context.Context) cache.Caller {
 // one goroutine at a time (a hedge's winner calls it from its own).
 func (r *Router) Stream(ctx context.Context, req *detourv1.CompleteRequest, send func(*detourv1.CompleteChunk) error) error {
 	t := r.tab.Load()
-	if err := r.admit(ctx, t, req); err != nil {
+	res, err := r.admit(ctx, t, req)
+	if err != nil {
 		return err
+	}
+	defer res.Release()
+	ctx, own := withOwnCall(ctx)
+	var got tally // what this caller received
+	defer func() { r.saveStream(ctx, req, &got, own) }()
+	recv := func(ch *detourv1.CompleteChunk) error {
+		got.see(ch)
+		return send(ch)
 	}
 	p := t.cache.Plan(req, r.caller(ctx))
 	if hit, ok := t.cache.Get(ctx, p); ok {
 		r.cacheHit(hit)
-		return hit.Replay(send)
+		return hit.Replay(recv)
 	}
 	r.cacheMiss(p)
-	sent := false
-	err := t.cache.Stream(ctx, p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
+	err = t.cache.Stream(ctx, p, func(ctx context.Context, send func(*detourv1.CompleteChunk) error) error {
+		markOwnCall(ctx)
 		if p.Cacheable {
 			ctx = withoutStats(ctx) // shared by callers that may leave first
 		}
-		sc := newStreamCall(t, r.opts.Metrics, req, send)
+		var up tally // what the upstream sent, charged once
+		sc := newStreamCall(t, r.opts.Metrics, req, func(ch *detourv1.CompleteChunk) error {
+			up.see(ch)
+			return send(ch)
+		})
 		_, err := r.route(ctx, t, req, routeOpts{hedgeAfter: sc.hedgeAfter, stream: true}, func(ctx context.Context, a *attempt) {
 			relay(ctx, a, sc)
 		})
 		if err == nil && sc.splices > 0 {
 			r.opts.Metrics.Continuation(true)
 		}
+		r.chargeStream(ctx, req, &up)
 		return err
-	}, func(ch *detourv1.CompleteChunk) error {
-		sent = true
-		return send(ch)
-	})
-	if err != nil && !sent && degradable(ctx, err) {
+	}, recv)
+	if err != nil && got.chunks == 0 && degradable(ctx, err) {
 		if hit, ok := t.cache.GetStale(ctx, p); ok {
 			r.cacheHit(hit)
-			return hit.Replay(send)
+			return hit.Replay(recv)
 		}
 	}
 	return err

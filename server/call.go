@@ -20,9 +20,9 @@ import (
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/excerpt"
 	"github.com/detour-dev/detour/internal/hop"
-	"github.com/detour-dev/detour/metrics"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/router"
+	"github.com/detour-dev/detour/spend"
 )
 
 // Metadata keys read from callers (and auth.TenantKey, the caller's tenant
@@ -136,12 +136,9 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 		region, backend, n = re.Region, re.Backend, re.Attempts
 	}
 	c.s.opts.Metrics.Call(c.method, code.String(), src, total, overhead)
-	tokens := tokensOf(usage)
-	if err == nil && usage != nil && (source == detourv1.Source_SOURCE_LIVE || source == detourv1.Source_SOURCE_FALLBACK) {
-		// Tokens an upstream spent for this caller; a cached answer spent
-		// none.
-		c.s.opts.Metrics.Tokens(backend, c.s.tenantLabel(c.tenant), tokens)
-	}
+	// The token and spend counters are the router's (package spend): once
+	// per upstream call; the call line has the caller's answer's usage.
+	tokens := spend.TokensOf(usage)
 	if c.method == "StreamComplete" && c.stats.FirstChunk > 0 {
 		c.s.opts.Metrics.FirstChunk(c.stats.FirstChunk)
 	}
@@ -218,27 +215,6 @@ func (l *callLine) log(lg *slog.Logger) {
 		r.AddAttrs(slog.String("error", l.errMsg))
 	}
 	h.Handle(context.Background(), r)
-}
-
-// tokensOf returns the counts of u; nil counts nothing.
-func tokensOf(u *detourv1.Usage) metrics.Tokens {
-	return metrics.Tokens{
-		Prompt: int64(u.GetPromptTokens()), Completion: int64(u.GetCompletionTokens()),
-		CacheHit: int64(u.GetPromptCacheHitTokens()), CacheMiss: int64(u.GetPromptCacheMissTokens()),
-		Reasoning: int64(u.GetReasoningTokens()),
-	}
-}
-
-// tenantLabel is the metrics label of tenant: its name when the config
-// lists it, else "other", so that callers cannot grow the series (without
-// authentication the tenant is whatever x-detour-tenant says).
-func (s *Server) tenantLabel(tenant string) string {
-	for _, t := range s.router.Snapshot().Config.Tenants {
-		if t.Name == tenant {
-			return tenant
-		}
-	}
-	return "other"
 }
 
 func (c *callInfo) ctxOrBackground() context.Context {

@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/detour-dev/detour/metrics"
+	"github.com/detour-dev/detour/spend"
 )
 
 // callLine is one call's log line. appendTo writes it byte for byte as
@@ -23,7 +23,7 @@ type callLine struct {
 	latencyUS                                                   int64
 	traceID, errMsg                                             string // "" when absent
 	usage                                                       bool   // the answer carried usage: tokens are written
-	tokens                                                      metrics.Tokens
+	tokens                                                      spend.Tokens
 }
 
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/detour-dev/detour/metrics"
+	"github.com/detour-dev/detour/spend"
 )
 
 // slogLine is the line slog's JSONHandler writes for l.
@@ -55,7 +55,7 @@ func TestCallLineIsSlogs(t *testing.T) {
 		}
 		if i%4 == 0 {
 			l.usage = true
-			l.tokens = metrics.Tokens{Prompt: rnd.Int64N(1e6), Completion: rnd.Int64N(1e4), CacheHit: rnd.Int64N(1e6), Reasoning: rnd.Int64N(1e4)}
+			l.tokens = spend.Tokens{Prompt: rnd.Int64N(1e6), Completion: rnd.Int64N(1e4), CacheHit: rnd.Int64N(1e6), Reasoning: rnd.Int64N(1e4)}
 		}
 		want, got := slogLine(l), fastLine(l)
 		if got != want {

@@ -33,6 +33,10 @@ var codeOf = map[router.Code]codes.Code{
 	router.Rejected:     codes.InvalidArgument,
 	router.Internal:     codes.Internal,
 	router.Deferred:     codes.Unavailable,
+	// The tenant's token limits (package spend): RetryInfo for the rate,
+	// ErrorInfo and QuotaFailure for both (spend.go).
+	router.OverTokenRate: codes.ResourceExhausted,
+	router.OverBudget:    codes.ResourceExhausted,
 }
 
 // toStatus converts an error from the router into the status sent on the
@@ -78,6 +82,9 @@ func routingStatus(log *slog.Logger, re *router.Error, err error) error {
 			"err", excerpt.Clip(err.Error(), maxLogErrorBytes))
 	}
 	st := status.New(code, msg)
+	if re.Code == router.OverTokenRate || re.Code == router.OverBudget {
+		st = spendDetails(st, re)
+	}
 	if re.RetryAfter > 0 && (code == codes.Unavailable || code == codes.ResourceExhausted) {
 		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(re.RetryAfter.Round(time.Millisecond))}); err == nil {
 			st = d

@@ -134,6 +134,7 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	cfg.Fallbacks = []regions.Backend{fb}
+	demoSpend(cfg)
 
 	etcd, live, err := startDemoEtcd(ctx, cfg)
 	if err != nil {
@@ -155,6 +156,26 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 		}
 	}
 	return m.Run(ctx)
+}
+
+// demoSpend gives the demo two tenants (named by x-detour-tenant: the demo
+// has no authentication) with token limits, and example prices per
+// million tokens, so that detourctl usage has something to show.
+func demoSpend(cfg *regions.Config) {
+	cfg.Tenants = []regions.Tenant{{Principal: regions.Principal{Name: "search"}}, {Principal: regions.Principal{Name: "billing"}}}
+	cfg.Spend = regions.SpendPolicy{
+		Currency: "USD",
+		Prices: []regions.Price{
+			{Model: "deepseek-chat", Input: 0.27, CacheHitInput: 0.07, Output: 1.10},
+			{Model: "deepseek-reasoner", Input: 0.55, CacheHitInput: 0.14, Output: 2.19},
+			{Backend: "fallback-provider", Model: "deepseek-chat", Input: 2.50, Output: 10}, // a dearer fallback
+		},
+		Tenants: []regions.TenantSpend{
+			{Name: "search", SpendLimits: regions.SpendLimits{TPM: 60000, Budget: &regions.Budget{Period: regions.PeriodMonth, Amount: 50}}},
+			{Name: "billing", SpendLimits: regions.SpendLimits{TPM: 6000, Budget: &regions.Budget{Period: regions.PeriodDay, Tokens: 20000}}},
+		},
+		Others: regions.SpendLimits{TPM: 30000},
+	}
 }
 
 func banner(addr string, busy float64, busyA, busyB, etcd string) string {
@@ -184,6 +205,11 @@ Drain the eu-west region on every replica, and watch "servedBy" move away from i
   go run ./cmd/detourctl --endpoints %[4]s drain eu-west-b
   go run ./cmd/detourctl status --addr %[1]s
   go run ./cmd/detourctl --endpoints %[4]s undrain eu-west-a
+
+Tokens, spend and savings per tenant (send "x-detour-tenant: search" or "billing" with grpcurl -H;
+search has 60000 tokens a minute and 50 USD a month, billing 6000 a minute and 20000 a day):
+
+  go run ./cmd/detourctl usage --addr %[1]s
 
 Or edit the whole document: 'config get > demo.yaml', edit it, 'config apply -f demo.yaml'
 (same --endpoints); a bad edit is refused with every reason and the old config keeps serving.

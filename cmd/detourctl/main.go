@@ -9,6 +9,7 @@
 //	detourctl --endpoints 127.0.0.1:2379 drain eu-west-a
 //	detourctl status --addr 127.0.0.1:50051 -o json
 //	detourctl reset-breaker --addr 127.0.0.1:50051 eu-west-a
+//	detourctl usage --addr 127.0.0.1:50051 --tenant search --since 7d
 //	detourctl status --addr detour:50052 --tls-ca ca.crt --tls-cert me.crt --tls-key me.key
 package main
 
@@ -66,6 +67,9 @@ commands:
   jobs list                 asynchronous jobs (detour.v1.Jobs, at --addr): --tenant, --state, --limit, --page
   jobs get ID               a job, with its answer or error
   jobs cancel ID            cancel a queued job, or stop a running one
+  usage [--tenant T] [--since 24h]
+                            tokens, spend and savings per tenant and model, and budgets (detour.v1.Admin at --addr;
+                            the fleet's counters in Redis, or that instance's own without Redis)
 
 global flags (before or after the command):
   --endpoints LIST          etcd endpoints (env DETOUR_ETCD_ENDPOINTS; default 127.0.0.1:2379)
@@ -98,6 +102,7 @@ var commands = map[string]command{
 	"jobs list":       jobsList,
 	"jobs get":        jobsGet,
 	"jobs cancel":     jobsCancel,
+	"usage":           usageCmd,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

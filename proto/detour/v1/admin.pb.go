@@ -861,6 +861,381 @@ func (*UndrainResponse) Descriptor() ([]byte, []int) {
 	return file_detour_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
+type UsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenant narrows the report to one tenant: a tenant the config lists, or
+	// "other" for the tenants it does not. Empty means every tenant.
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// since is the start of the report, rounded down to the hour (UTC);
+	// absent means the start of the current day (UTC). A report reaches
+	// back at most 45 days.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRequest) Reset() {
+	*x = UsageRequest{}
+	mi := &file_detour_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRequest) ProtoMessage() {}
+
+func (x *UsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRequest.ProtoReflect.Descriptor instead.
+func (*UsageRequest) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UsageRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *UsageRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// UsageResponse is the usage from one hour to now.
+type UsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from is since rounded down to the hour; to is when the report was made.
+	From *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// scope is "fleet" (the counters every replica writes to Redis) or
+	// "instance" (this instance's own since it started: no Redis, or Redis
+	// did not answer).
+	Scope string `protobuf:"bytes,3,opt,name=scope,proto3" json:"scope,omitempty"`
+	// currency is the unit of spend and savings (spend.currency).
+	Currency      string          `protobuf:"bytes,4,opt,name=currency,proto3" json:"currency,omitempty"`
+	Rows          []*UsageRow     `protobuf:"bytes,5,rep,name=rows,proto3" json:"rows,omitempty"`
+	Budgets       []*BudgetStatus `protobuf:"bytes,6,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageResponse) Reset() {
+	*x = UsageResponse{}
+	mi := &file_detour_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageResponse) ProtoMessage() {}
+
+func (x *UsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageResponse.ProtoReflect.Descriptor instead.
+func (*UsageResponse) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UsageResponse) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *UsageResponse) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *UsageResponse) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *UsageResponse) GetCurrency() string {
+	if x != nil {
+		return x.Currency
+	}
+	return ""
+}
+
+func (x *UsageResponse) GetRows() []*UsageRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *UsageResponse) GetBudgets() []*BudgetStatus {
+	if x != nil {
+		return x.Budgets
+	}
+	return nil
+}
+
+// UsageRow is one tenant's and model's usage. Models the config does not
+// name are counted together as "other".
+type UsageRow struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Model  string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// calls are the upstream calls made for the tenant, with the tokens the
+	// providers reported and what they cost at the config's prices.
+	Calls                int64   `protobuf:"varint,3,opt,name=calls,proto3" json:"calls,omitempty"`
+	PromptTokens         int64   `protobuf:"varint,4,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens     int64   `protobuf:"varint,5,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	PromptCacheHitTokens int64   `protobuf:"varint,6,opt,name=prompt_cache_hit_tokens,json=promptCacheHitTokens,proto3" json:"prompt_cache_hit_tokens,omitempty"`
+	ReasoningTokens      int64   `protobuf:"varint,7,opt,name=reasoning_tokens,json=reasoningTokens,proto3" json:"reasoning_tokens,omitempty"`
+	Spend                float64 `protobuf:"fixed64,8,opt,name=spend,proto3" json:"spend,omitempty"`
+	// saved_calls are the answers served without an upstream call of their
+	// own (cache hits, callers that joined an identical call), with their
+	// tokens and what they would have cost.
+	SavedCalls    int64   `protobuf:"varint,9,opt,name=saved_calls,json=savedCalls,proto3" json:"saved_calls,omitempty"`
+	SavedTokens   int64   `protobuf:"varint,10,opt,name=saved_tokens,json=savedTokens,proto3" json:"saved_tokens,omitempty"`
+	Savings       float64 `protobuf:"fixed64,11,opt,name=savings,proto3" json:"savings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRow) Reset() {
+	*x = UsageRow{}
+	mi := &file_detour_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRow) ProtoMessage() {}
+
+func (x *UsageRow) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
+func (*UsageRow) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UsageRow) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *UsageRow) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *UsageRow) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *UsageRow) GetPromptTokens() int64 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *UsageRow) GetCompletionTokens() int64 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *UsageRow) GetPromptCacheHitTokens() int64 {
+	if x != nil {
+		return x.PromptCacheHitTokens
+	}
+	return 0
+}
+
+func (x *UsageRow) GetReasoningTokens() int64 {
+	if x != nil {
+		return x.ReasoningTokens
+	}
+	return 0
+}
+
+func (x *UsageRow) GetSpend() float64 {
+	if x != nil {
+		return x.Spend
+	}
+	return 0
+}
+
+func (x *UsageRow) GetSavedCalls() int64 {
+	if x != nil {
+		return x.SavedCalls
+	}
+	return 0
+}
+
+func (x *UsageRow) GetSavedTokens() int64 {
+	if x != nil {
+		return x.SavedTokens
+	}
+	return 0
+}
+
+func (x *UsageRow) GetSavings() float64 {
+	if x != nil {
+		return x.Savings
+	}
+	return 0
+}
+
+// BudgetStatus is one tenant's budget in its current period.
+type BudgetStatus struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// period is "day" or "month" (UTC calendar periods).
+	Period string `protobuf:"bytes,2,opt,name=period,proto3" json:"period,omitempty"`
+	// unit is "tokens" or the currency.
+	Unit string `protobuf:"bytes,3,opt,name=unit,proto3" json:"unit,omitempty"`
+	// used is what the tenant spent (and the replicas reserved) in the
+	// period; limit is its budget.
+	Used          float64                `protobuf:"fixed64,4,opt,name=used,proto3" json:"used,omitempty"`
+	Limit         float64                `protobuf:"fixed64,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
+	PeriodEnd     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BudgetStatus) Reset() {
+	*x = BudgetStatus{}
+	mi := &file_detour_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BudgetStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BudgetStatus) ProtoMessage() {}
+
+func (x *BudgetStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BudgetStatus.ProtoReflect.Descriptor instead.
+func (*BudgetStatus) Descriptor() ([]byte, []int) {
+	return file_detour_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BudgetStatus) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetPeriod() string {
+	if x != nil {
+		return x.Period
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetUsed() float64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetLimit() float64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetPeriodStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PeriodStart
+	}
+	return nil
+}
+
+func (x *BudgetStatus) GetPeriodEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PeriodEnd
+	}
+	return nil
+}
+
 var File_detour_v1_admin_proto protoreflect.FileDescriptor
 
 const file_detour_v1_admin_proto_rawDesc = "" +
@@ -926,12 +1301,46 @@ const file_detour_v1_admin_proto_rawDesc = "" +
 	"\rDrainResponse\"*\n" +
 	"\x0eUndrainRequest\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\"\x11\n" +
-	"\x0fUndrainResponse2\x95\x02\n" +
+	"\x0fUndrainResponse\"X\n" +
+	"\fUsageRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xf9\x01\n" +
+	"\rUsageResponse\x12.\n" +
+	"\x04from\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x14\n" +
+	"\x05scope\x18\x03 \x01(\tR\x05scope\x12\x1a\n" +
+	"\bcurrency\x18\x04 \x01(\tR\bcurrency\x12'\n" +
+	"\x04rows\x18\x05 \x03(\v2\x13.detour.v1.UsageRowR\x04rows\x121\n" +
+	"\abudgets\x18\x06 \x03(\v2\x17.detour.v1.BudgetStatusR\abudgets\"\xf6\x02\n" +
+	"\bUsageRow\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
+	"\x05calls\x18\x03 \x01(\x03R\x05calls\x12#\n" +
+	"\rprompt_tokens\x18\x04 \x01(\x03R\fpromptTokens\x12+\n" +
+	"\x11completion_tokens\x18\x05 \x01(\x03R\x10completionTokens\x125\n" +
+	"\x17prompt_cache_hit_tokens\x18\x06 \x01(\x03R\x14promptCacheHitTokens\x12)\n" +
+	"\x10reasoning_tokens\x18\a \x01(\x03R\x0freasoningTokens\x12\x14\n" +
+	"\x05spend\x18\b \x01(\x01R\x05spend\x12\x1f\n" +
+	"\vsaved_calls\x18\t \x01(\x03R\n" +
+	"savedCalls\x12!\n" +
+	"\fsaved_tokens\x18\n" +
+	" \x01(\x03R\vsavedTokens\x12\x18\n" +
+	"\asavings\x18\v \x01(\x01R\asavings\"\xf6\x01\n" +
+	"\fBudgetStatus\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
+	"\x06period\x18\x02 \x01(\tR\x06period\x12\x12\n" +
+	"\x04unit\x18\x03 \x01(\tR\x04unit\x12\x12\n" +
+	"\x04used\x18\x04 \x01(\x01R\x04used\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x01R\x05limit\x12=\n" +
+	"\fperiod_start\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vperiodStart\x129\n" +
+	"\n" +
+	"period_end\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tperiodEnd2\xd1\x02\n" +
 	"\x05Admin\x12=\n" +
 	"\x06Status\x12\x18.detour.v1.StatusRequest\x1a\x19.detour.v1.StatusResponse\x12:\n" +
 	"\x05Drain\x12\x17.detour.v1.DrainRequest\x1a\x18.detour.v1.DrainResponse\x12@\n" +
 	"\aUndrain\x12\x19.detour.v1.UndrainRequest\x1a\x1a.detour.v1.UndrainResponse\x12O\n" +
-	"\fResetBreaker\x12\x1e.detour.v1.ResetBreakerRequest\x1a\x1f.detour.v1.ResetBreakerResponseB7Z5github.com/detour-dev/detour/proto/detour/v1;detourv1b\x06proto3"
+	"\fResetBreaker\x12\x1e.detour.v1.ResetBreakerRequest\x1a\x1f.detour.v1.ResetBreakerResponse\x12:\n" +
+	"\x05Usage\x12\x17.detour.v1.UsageRequest\x1a\x18.detour.v1.UsageResponseB7Z5github.com/detour-dev/detour/proto/detour/v1;detourv1b\x06proto3"
 
 var (
 	file_detour_v1_admin_proto_rawDescOnce sync.Once
@@ -945,7 +1354,7 @@ func file_detour_v1_admin_proto_rawDescGZIP() []byte {
 	return file_detour_v1_admin_proto_rawDescData
 }
 
-var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_detour_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_detour_v1_admin_proto_goTypes = []any{
 	(*StatusRequest)(nil),         // 0: detour.v1.StatusRequest
 	(*StatusResponse)(nil),        // 1: detour.v1.StatusResponse
@@ -960,33 +1369,46 @@ var file_detour_v1_admin_proto_goTypes = []any{
 	(*DrainResponse)(nil),         // 10: detour.v1.DrainResponse
 	(*UndrainRequest)(nil),        // 11: detour.v1.UndrainRequest
 	(*UndrainResponse)(nil),       // 12: detour.v1.UndrainResponse
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(ProviderKind)(0),             // 14: detour.v1.ProviderKind
+	(*UsageRequest)(nil),          // 13: detour.v1.UsageRequest
+	(*UsageResponse)(nil),         // 14: detour.v1.UsageResponse
+	(*UsageRow)(nil),              // 15: detour.v1.UsageRow
+	(*BudgetStatus)(nil),          // 16: detour.v1.BudgetStatus
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(ProviderKind)(0),             // 18: detour.v1.ProviderKind
 }
 var file_detour_v1_admin_proto_depIdxs = []int32{
-	13, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
+	17, // 0: detour.v1.StatusResponse.applied_at:type_name -> google.protobuf.Timestamp
 	4,  // 1: detour.v1.StatusResponse.last_rejection:type_name -> detour.v1.Rejection
 	5,  // 2: detour.v1.StatusResponse.backends:type_name -> detour.v1.BackendStatus
 	2,  // 3: detour.v1.StatusResponse.shared_state:type_name -> detour.v1.SharedStateStatus
 	3,  // 4: detour.v1.StatusResponse.retry_budget:type_name -> detour.v1.RetryBudget
-	13, // 5: detour.v1.SharedStateStatus.since:type_name -> google.protobuf.Timestamp
-	13, // 6: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
-	14, // 7: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
+	17, // 5: detour.v1.SharedStateStatus.since:type_name -> google.protobuf.Timestamp
+	17, // 6: detour.v1.Rejection.at:type_name -> google.protobuf.Timestamp
+	18, // 7: detour.v1.BackendStatus.kind:type_name -> detour.v1.ProviderKind
 	6,  // 8: detour.v1.BackendStatus.capacity:type_name -> detour.v1.Capacity
-	13, // 9: detour.v1.BackendStatus.open_until:type_name -> google.protobuf.Timestamp
-	0,  // 10: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
-	9,  // 11: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
-	11, // 12: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
-	7,  // 13: detour.v1.Admin.ResetBreaker:input_type -> detour.v1.ResetBreakerRequest
-	1,  // 14: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
-	10, // 15: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
-	12, // 16: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
-	8,  // 17: detour.v1.Admin.ResetBreaker:output_type -> detour.v1.ResetBreakerResponse
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	17, // 9: detour.v1.BackendStatus.open_until:type_name -> google.protobuf.Timestamp
+	17, // 10: detour.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
+	17, // 11: detour.v1.UsageResponse.from:type_name -> google.protobuf.Timestamp
+	17, // 12: detour.v1.UsageResponse.to:type_name -> google.protobuf.Timestamp
+	15, // 13: detour.v1.UsageResponse.rows:type_name -> detour.v1.UsageRow
+	16, // 14: detour.v1.UsageResponse.budgets:type_name -> detour.v1.BudgetStatus
+	17, // 15: detour.v1.BudgetStatus.period_start:type_name -> google.protobuf.Timestamp
+	17, // 16: detour.v1.BudgetStatus.period_end:type_name -> google.protobuf.Timestamp
+	0,  // 17: detour.v1.Admin.Status:input_type -> detour.v1.StatusRequest
+	9,  // 18: detour.v1.Admin.Drain:input_type -> detour.v1.DrainRequest
+	11, // 19: detour.v1.Admin.Undrain:input_type -> detour.v1.UndrainRequest
+	7,  // 20: detour.v1.Admin.ResetBreaker:input_type -> detour.v1.ResetBreakerRequest
+	13, // 21: detour.v1.Admin.Usage:input_type -> detour.v1.UsageRequest
+	1,  // 22: detour.v1.Admin.Status:output_type -> detour.v1.StatusResponse
+	10, // 23: detour.v1.Admin.Drain:output_type -> detour.v1.DrainResponse
+	12, // 24: detour.v1.Admin.Undrain:output_type -> detour.v1.UndrainResponse
+	8,  // 25: detour.v1.Admin.ResetBreaker:output_type -> detour.v1.ResetBreakerResponse
+	14, // 26: detour.v1.Admin.Usage:output_type -> detour.v1.UsageResponse
+	22, // [22:27] is the sub-list for method output_type
+	17, // [17:22] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_admin_proto_init() }
@@ -1001,7 +1423,7 @@ func file_detour_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_admin_proto_rawDesc), len(file_detour_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

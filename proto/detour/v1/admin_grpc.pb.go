@@ -23,6 +23,7 @@ const (
 	Admin_Drain_FullMethodName        = "/detour.v1.Admin/Drain"
 	Admin_Undrain_FullMethodName      = "/detour.v1.Admin/Undrain"
 	Admin_ResetBreaker_FullMethodName = "/detour.v1.Admin/ResetBreaker"
+	Admin_Usage_FullMethodName        = "/detour.v1.Admin/Usage"
 )
 
 // AdminClient is the client API for Admin service.
@@ -41,6 +42,11 @@ type AdminClient interface {
 	// ResetBreaker closes a backend's breaker on this instance at once and
 	// clears the fleet's shared cooldown for it (every replica, with Redis).
 	ResetBreaker(ctx context.Context, in *ResetBreakerRequest, opts ...grpc.CallOption) (*ResetBreakerResponse, error)
+	// Usage reports the tokens, spend and savings per tenant and model since a
+	// time, and each tenant's budget: from the counters every replica writes
+	// to the shared Redis, or this instance's own when it has no Redis (or
+	// Redis does not answer).
+	Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error)
 }
 
 type adminClient struct {
@@ -91,6 +97,16 @@ func (c *adminClient) ResetBreaker(ctx context.Context, in *ResetBreakerRequest,
 	return out, nil
 }
 
+func (c *adminClient) Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UsageResponse)
+	err := c.cc.Invoke(ctx, Admin_Usage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -107,6 +123,11 @@ type AdminServer interface {
 	// ResetBreaker closes a backend's breaker on this instance at once and
 	// clears the fleet's shared cooldown for it (every replica, with Redis).
 	ResetBreaker(context.Context, *ResetBreakerRequest) (*ResetBreakerResponse, error)
+	// Usage reports the tokens, spend and savings per tenant and model since a
+	// time, and each tenant's budget: from the counters every replica writes
+	// to the shared Redis, or this instance's own when it has no Redis (or
+	// Redis does not answer).
+	Usage(context.Context, *UsageRequest) (*UsageResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -128,6 +149,9 @@ func (UnimplementedAdminServer) Undrain(context.Context, *UndrainRequest) (*Undr
 }
 func (UnimplementedAdminServer) ResetBreaker(context.Context, *ResetBreakerRequest) (*ResetBreakerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResetBreaker not implemented")
+}
+func (UnimplementedAdminServer) Usage(context.Context, *UsageRequest) (*UsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Usage not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -222,6 +246,24 @@ func _Admin_ResetBreaker_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Usage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Usage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Usage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Usage(ctx, req.(*UsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -244,6 +286,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResetBreaker",
 			Handler:    _Admin_ResetBreaker_Handler,
+		},
+		{
+			MethodName: "Usage",
+			Handler:    _Admin_Usage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
