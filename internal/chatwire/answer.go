@@ -96,12 +96,12 @@ type TopLogprob struct {
 // written: DeepSeek's prompt_cache_hit_tokens and OpenAI's
 // prompt_tokens_details.cached_tokens.
 type Usage struct {
-	PromptTokens            int32               `json:"prompt_tokens"`
-	CompletionTokens        int32               `json:"completion_tokens"`
-	TotalTokens             int32               `json:"total_tokens"`
-	PromptCacheHitTokens    *int32              `json:"prompt_cache_hit_tokens,omitempty"`
-	PromptCacheMissTokens   *int32              `json:"prompt_cache_miss_tokens,omitempty"`
-	PromptTokensDetails     *PromptDetails      `json:"prompt_tokens_details,omitempty"`
+	PromptTokens            int32              `json:"prompt_tokens"`
+	CompletionTokens        int32              `json:"completion_tokens"`
+	TotalTokens             int32              `json:"total_tokens"`
+	PromptCacheHitTokens    *int32             `json:"prompt_cache_hit_tokens,omitempty"`
+	PromptCacheMissTokens   *int32             `json:"prompt_cache_miss_tokens,omitempty"`
+	PromptTokensDetails     *PromptDetails     `json:"prompt_tokens_details,omitempty"`
 	CompletionTokensDetails *CompletionDetails `json:"completion_tokens_details,omitempty"`
 }
 
