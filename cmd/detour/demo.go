@@ -19,11 +19,12 @@ import (
 // time), a fallback provider, and the router.
 type Demo struct {
 	Listen   string
+	BusyRate float64
+	Logger   *slog.Logger
+
 	// HTTPListen is the address of the OpenAI-compatible HTTP face; empty
 	// means off.
 	HTTPListen string
-	BusyRate float64
-	Logger   *slog.Logger
 
 	// ready, when set, receives the router's address once serving.
 	ready func(addr net.Addr)
