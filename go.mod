@@ -6,6 +6,7 @@ toolchain go1.26.10
 
 require (
 	github.com/Shopify/toxiproxy/v2 v2.5.0
+	github.com/goccy/go-json v0.12.0
 	github.com/google/go-cmp v0.7.0
 	github.com/hashicorp/golang-lru/v2 v2.0.7
 	github.com/openai/openai-go/v3 v3.102.0

@@ -158,7 +158,7 @@ func extraMembers(s string) ([]member, error) {
 // extra_body's members added after detour's own.
 func encodeChatRequest(req *detourv1.CompleteRequest, stream bool, tenantAs, tenant string) ([]byte, error) {
 	cr := newChatRequest(req, stream, tenantAs, tenant)
-	body, err := json.Marshal(cr)
+	body, err := chatwire.Marshal(cr)
 	if err != nil || req.GetExtraBody() == "" {
 		return body, err
 	}
@@ -256,7 +256,7 @@ func emptyChunk(ch *detourv1.CompleteChunk) bool {
 // is unusable it returns nil and says why.
 func decodeAnswer(body []byte) (*detourv1.CompleteResponse, string) {
 	var cr chatwire.Response
-	if err := json.Unmarshal(body, &cr); err != nil {
+	if err := chatwire.Unmarshal(body, &cr); err != nil {
 		return nil, err.Error()
 	}
 	if len(cr.Choices) == 0 {
@@ -278,7 +278,7 @@ func decodeAnswer(body []byte) (*detourv1.CompleteResponse, string) {
 // choice). upstreamErr reports an error event instead ({"error": ...}).
 func decodeChunk(data []byte) (ch *detourv1.CompleteChunk, upstreamErr bool, err error) {
 	var c chatwire.Chunk
-	if err := json.Unmarshal(data, &c); err != nil {
+	if err := chatwire.Unmarshal(data, &c); err != nil {
 		return nil, false, err
 	}
 	if present(c.Error) {

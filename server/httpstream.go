@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/json"
 	"log"
 	"log/slog"
 	"net/http"
@@ -108,7 +107,7 @@ func (s *sseWriter) end(err error) {
 
 // appendJSON appends v as JSON to b.
 func appendJSON(b []byte, v any) ([]byte, error) {
-	out, err := json.Marshal(v)
+	out, err := chatwire.Marshal(v)
 	if err != nil {
 		return b, err
 	}

@@ -155,7 +155,7 @@ func unquote(data []byte) (string, error) {
 		}
 	}
 	var s string
-	err := json.Unmarshal(data, &s)
+	err := Unmarshal(data, &s)
 	return s, err
 }
 

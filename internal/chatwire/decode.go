@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"unicode/utf8"
 )
 
 // known are the request members Request has a field for, as
@@ -35,6 +36,9 @@ func isKnown(name string) bool {
 // ErrNotObject is returned for a body that is not one JSON object.
 var ErrNotObject = errors.New("the body must be one JSON object")
 
+// ErrNotUTF8 is returned for a body that is not UTF-8, as JSON must be.
+var ErrNotUTF8 = errors.New("the body must be UTF-8 text")
+
 // DecodeRequest decodes a client's request body. The members Request has
 // no field for are returned as one JSON object, in their order and as
 // written (extra: "" when there are none): OpenAI's SDKs put what their
@@ -42,9 +46,11 @@ var ErrNotObject = errors.New("the body must be one JSON object")
 // upstream as detour.v1's extra_body.
 func DecodeRequest(body []byte) (r *Request, extra string, err error) {
 	r = &Request{}
-	if err := json.Unmarshal(body, r); err != nil {
-		var ute *json.UnmarshalTypeError
-		if errors.As(err, &ute) && ute.Field == "" {
+	if !utf8.Valid(body) {
+		return nil, "", ErrNotUTF8
+	}
+	if err := Unmarshal(body, r); err != nil {
+		if te, ok := asTypeError(err); ok && te.Field == "" {
 			return nil, "", ErrNotObject
 		}
 		return nil, "", err
@@ -97,8 +103,8 @@ func members(b []byte, f func(name string, value []byte)) {
 		}
 		end := skipValue(b, i) // the name, a string
 		name := b[i:end]
-		var s string
-		if json.Unmarshal(name, &s) != nil {
+		s, err := unquote(name)
+		if err != nil {
 			return
 		}
 		i = skipSpace(b, end)
@@ -165,18 +171,20 @@ func skipValue(b []byte, i int) int {
 // Describe turns an error of DecodeRequest into a sentence for the caller
 // and the member at fault ("" when unknown).
 func Describe(err error) (msg, param string) {
-	var ute *json.UnmarshalTypeError
-	var se *json.SyntaxError
+	var se *syntaxError
 	var p *Problem
+	te, isType := asTypeError(err)
 	switch {
 	case errors.As(err, &p):
 		return p.Message, p.Param
-	case errors.Is(err, ErrNotObject):
+	case errors.Is(err, ErrNotObject), errors.Is(err, ErrNotUTF8):
 		return err.Error(), ""
-	case errors.As(err, &ute):
-		return fmt.Sprintf("%s must be %s, not %s", ute.Field, jsonKind(ute.Type), ute.Value), ute.Field
+	case errors.Is(err, ErrContentPart):
+		return err.Error(), ""
+	case isType && te.Field != "":
+		return fmt.Sprintf("%s must be %s, not %s", te.Field, jsonKind(te.Type), te.Value), te.Field
 	case errors.As(err, &se):
-		return fmt.Sprintf("the body is not valid JSON (at byte %d): %s", se.Offset, se.Error()), ""
+		return fmt.Sprintf("the body is not valid JSON (at byte %d)", se.Offset), ""
 	}
 	return "the body is not a valid chat completion request: " + strings.TrimPrefix(err.Error(), "json: "), ""
 }
