@@ -99,8 +99,10 @@ var httpOf = map[codes.Code]httpError{
 	codes.ResourceExhausted: {http.StatusTooManyRequests, "rate_limit_error"},
 	codes.Unavailable:       {http.StatusServiceUnavailable, "server_error"},
 	codes.DeadlineExceeded:  {http.StatusGatewayTimeout, "timeout_error"},
-	codes.Canceled:          {statusClientClosed, "canceled"},
-	codes.Internal:          {http.StatusInternalServerError, "server_error"},
+	// A routing loop (x-detour-hops over limits.max_hops).
+	codes.FailedPrecondition: {http.StatusLoopDetected, "invalid_request_error"},
+	codes.Canceled:           {statusClientClosed, "canceled"},
+	codes.Internal:           {http.StatusInternalServerError, "server_error"},
 }
 
 // httpError is a row of httpOf.
