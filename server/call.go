@@ -41,12 +41,13 @@ const maxModelBytes = 128
 // callInfo is the bookkeeping of one call: its context for the router, and
 // what its log line and metrics need.
 type callInfo struct {
-	s      *Server
-	ctx    context.Context
-	err    error // set when the call was refused before routing
-	method string
-	model  string
-	tenant string
+	s        *Server
+	ctx      context.Context
+	err      error // set when the call was refused before routing
+	method   string
+	streamed bool // a streamed call: its first chunk's latency is recorded
+	model    string
+	tenant   string
 	// routed is the router's own error for a failed call (before it became
 	// a status), for the call line.
 	routed error
@@ -139,7 +140,7 @@ func (c *callInfo) end(source detourv1.Source, served *detourv1.ServedBy, attemp
 	// The token and spend counters are the router's (package spend): once
 	// per upstream call; the call line has the caller's answer's usage.
 	tokens := spend.TokensOf(usage)
-	if c.method == "StreamComplete" && c.stats.FirstChunk > 0 {
+	if c.streamed && c.stats.FirstChunk > 0 {
 		c.s.opts.Metrics.FirstChunk(c.stats.FirstChunk)
 	}
 	if !c.s.opts.LogCalls {

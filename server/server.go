@@ -71,6 +71,7 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
+	admit  *admission  // limits.max_inflight, shared by the gRPC and HTTP faces
 	cut    atomic.Bool // Shutdown's grace ended: calls still running are cut
 }
 
@@ -83,6 +84,7 @@ func New(r *router.Router, opts Options) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.admit = newAdmission(r, opts.Metrics, s.log)
 	workers := opts.StreamWorkers
 	if workers == 0 {
 		workers = max(64, 16*runtime.GOMAXPROCS(0))
@@ -101,7 +103,7 @@ func New(r *router.Router, opts Options) *Server {
 		grpc.ForceServerCodecV2(newCodec()),
 		// Admission control (limits.max_inflight, see admit.go) refuses a
 		// call before its goroutine starts or its request is read.
-		grpc.InTapHandle(newAdmission(r, opts.Metrics, s.log).tap),
+		grpc.InTapHandle(s.admit.tap),
 		grpc.ChainUnaryInterceptor(s.unaryGuard),
 		grpc.ChainStreamInterceptor(s.streamGuard),
 	), opts.GRPCOptions...)
@@ -162,38 +164,13 @@ func (s *Server) cutOr(err error) error {
 }
 
 // Complete implements detour.v1.Router.
-func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (resp *detourv1.CompleteResponse, err error) {
-	c := s.begin(ctx, "Complete", req)
-	defer func() { c.end(resp.GetSource(), resp.GetServedBy(), resp.GetAttempts(), resp.GetUsage(), err) }()
-	if err := c.err; err != nil {
-		return nil, err
-	}
-	resp, err = s.router.Complete(c.ctx, req)
-	if err != nil {
-		c.routed = err
-		return nil, s.cutOr(toStatus(s.log, err))
-	}
-	return resp, nil
+func (s *Server) Complete(ctx context.Context, req *detourv1.CompleteRequest) (*detourv1.CompleteResponse, error) {
+	return s.complete(ctx, "Complete", req)
 }
 
 // StreamComplete implements detour.v1.Router.
-func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) (err error) {
-	c := s.begin(stream.Context(), "StreamComplete", req)
-	var first *detourv1.CompleteChunk
-	var usage *detourv1.Usage
-	defer func() { c.end(first.GetSource(), first.GetServedBy(), first.GetAttempts(), usage, err) }()
-	if err := c.err; err != nil {
-		return err
-	}
-	return s.cutOr(toStatus(s.log, c.route(s.router.Stream(c.ctx, req, func(ch *detourv1.CompleteChunk) error {
-		if first == nil {
-			first = ch
-		}
-		if ch.Usage != nil {
-			usage = ch.Usage
-		}
-		return stream.Send(ch)
-	}))))
+func (s *Server) StreamComplete(req *detourv1.CompleteRequest, stream grpc.ServerStreamingServer[detourv1.CompleteChunk]) error {
+	return s.stream(stream.Context(), "StreamComplete", req, stream.Send)
 }
 
 // unaryGuard applies the default deadline and turns a panic into INTERNAL.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -91,4 +92,41 @@ func routingStatus(log *slog.Logger, re *router.Error, err error) error {
 		}
 	}
 	return st.Err()
+}
+
+// httpOf is the one table from the codes of the statuses above to the HTTP
+// face's answers: the status an OpenAI client SDK expects, and the type of
+// OpenAI's error JSON. The error's code is the gRPC code in snake_case
+// ("resource_exhausted"). 429 and 503 carry Retry-After (and OpenAI's
+// retry-after-ms) from the status's RetryInfo, 1 s when it has none.
+var httpOf = map[codes.Code]httpError{
+	codes.InvalidArgument:   {http.StatusBadRequest, "invalid_request_error"},
+	codes.Unauthenticated:   {http.StatusUnauthorized, "authentication_error"},
+	codes.PermissionDenied:  {http.StatusForbidden, "permission_error"},
+	codes.NotFound:          {http.StatusNotFound, "not_found_error"},
+	codes.ResourceExhausted: {http.StatusTooManyRequests, "rate_limit_error"},
+	codes.Unavailable:       {http.StatusServiceUnavailable, "server_error"},
+	codes.DeadlineExceeded:  {http.StatusGatewayTimeout, "timeout_error"},
+	// A routing loop (x-detour-hops over limits.max_hops).
+	codes.FailedPrecondition: {http.StatusLoopDetected, "invalid_request_error"},
+	codes.Canceled:           {statusClientClosed, "canceled"},
+	codes.Internal:           {http.StatusInternalServerError, "server_error"},
+}
+
+// httpError is a row of httpOf.
+type httpError struct {
+	status int
+	kind   string // the error JSON's type
+}
+
+// statusClientClosed is nginx's 499: the client went away. Nobody reads
+// it; the call line and metrics say Canceled.
+const statusClientClosed = 499
+
+// httpErrorOf returns the row of code; any code not in the table is a 500.
+func httpErrorOf(code codes.Code) httpError {
+	if e, ok := httpOf[code]; ok {
+		return e
+	}
+	return httpError{http.StatusInternalServerError, "server_error"}
 }

@@ -26,6 +26,10 @@ type Demo struct {
 	BusyRate float64
 	Logger   *slog.Logger
 
+	// HTTPListen is the address of the OpenAI-compatible HTTP face; empty
+	// means off.
+	HTTPListen string
+
 	// ready, when set, receives the router's address once serving.
 	ready func(addr net.Addr)
 }
@@ -51,6 +55,7 @@ func parseDemo(args []string, stderr io.Writer) (*Demo, error) {
 	fs := flag.NewFlagSet("detour demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&d.Listen, "listen", "127.0.0.1:50051", "address of the router")
+	fs.StringVar(&d.HTTPListen, "http-listen", "127.0.0.1:8080", "address of the OpenAI-compatible HTTP face (empty: off)")
 	fs.Float64Var(&d.BusyRate, "busy-rate", 0.5, "share of calls the busy region answers 503 \"server busy\"")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -148,9 +153,13 @@ func (d *Demo) Run(ctx context.Context, stdout io.Writer) error {
 	defer os.RemoveAll(jobsDir)
 	m := &Main{Listen: d.Listen, Region: "eu-west", Zone: "eu-west-1a", Grace: 5 * time.Second, Logger: d.Logger, Live: live,
 		Jobs: demoJobs("sqlite:" + filepath.Join(jobsDir, "jobs.db"))}
+	m.HTTP.Listen = d.HTTPListen
+	httpAddr := "off"
+	m.httpReady = func(addr net.Addr) { httpAddr = "http://" + addr.String() + "/v1" }
 	m.ready = func(addr net.Addr) {
 		// demoBackends starts with eu-west's two (busy) backends.
 		fmt.Fprint(stdout, banner(addr.String(), d.BusyRate, fakes[0].HTTPAddr(), fakes[1].HTTPAddr(), etcd.Endpoints()[0]))
+		fmt.Fprint(stdout, httpBanner(httpAddr))
 		if d.ready != nil {
 			d.ready(addr)
 		}

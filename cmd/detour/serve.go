@@ -57,6 +57,8 @@ type Main struct {
 	Redis RedisOptions
 	// Jobs holds the asynchronous jobs' settings (jobs.go).
 	Jobs JobsOptions
+	// HTTP holds the OpenAI-compatible HTTP face's settings (httpface.go).
+	HTTP HTTPOptions
 
 	fleet  *fleet.Store   // opened from Redis by Run
 	health *fleet.Monitor // checks fleet; nil without Redis
@@ -70,6 +72,8 @@ type Main struct {
 	metricsReady func(addr net.Addr)
 	// healthReady, when set, receives the bound --health-listen address.
 	healthReady func(addr net.Addr)
+	// httpReady, when set, receives the bound --http-listen address.
+	httpReady func(addr net.Addr)
 }
 
 func parseServe(args []string, stderr io.Writer) (*Main, error) {
@@ -89,6 +93,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	m.Security.register(fs)
 	m.Redis.register(fs)
 	m.Jobs.register(fs)
+	m.HTTP.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -100,6 +105,7 @@ func parseServe(args []string, stderr io.Writer) (*Main, error) {
 	problems = append(problems, m.Security.problems()...)
 	problems = append(problems, m.Redis.problems()...)
 	problems = append(problems, m.Jobs.problems()...)
+	problems = append(problems, m.HTTP.problems()...)
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments %q", fs.Args()))
 	}
@@ -221,6 +227,12 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopHealth()
+	stopHTTP, err := m.startHTTP(srv, sec, log)
+	if err != nil {
+		lis.Close()
+		stopAdmin(ctx)
+		return err
+	}
 	log.Info("detour serving", "addr", lis.Addr().String(), "region", m.Region, "zone", m.Zone,
 		"config", source, "transport", sec.transport)
 	if m.ready != nil {
@@ -231,13 +243,17 @@ func (m *Main) Run(ctx context.Context) error {
 	go func() { served <- srv.Serve(lis) }()
 	select {
 	case err := <-served:
+		stopHTTP(ctx)
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
 	log.Info("detour draining", "grace", m.Grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), m.Grace)
 	defer cancel()
+	httpDone := make(chan struct{})
+	go func() { stopHTTP(sctx); close(httpDone) }() // drains beside the gRPC face
 	srv.Shutdown(sctx)
+	<-httpDone
 	stopAdmin(sctx)
 	<-served
 	log.Info("detour stopped")
