@@ -20,7 +20,8 @@ func summary(n, ok int, p50, p99 time.Duration) load.Summary {
 // row is a busy row of n calls, ok of them answered, with upstream
 // requests in total.
 func row(n, ok int, upstream uint64, p99 time.Duration) *busyRow {
-	return &busyRow{sum: summary(n, ok, p99/2, p99), upstream: fakellm.Stats{Total: upstream}, breakerOpenedIn: -1}
+	sum := summary(n, ok, p99/2, p99)
+	return &busyRow{sum: sum, steady: sum, upstream: fakellm.Stats{Total: upstream}, upstream2: fakellm.Stats{Total: upstream}, breakerOpenedIn: -1}
 }
 
 func TestBusyJudges(t *testing.T) {
@@ -37,6 +38,8 @@ func TestBusyJudges(t *testing.T) {
 		{name: "sole-random misses below the recipe, with more calls, slow", judge: judgeSoleRandom,
 			rows: map[string]*busyRow{"after": row(1000, 900, 2000, 2*time.Second), "recipe": row(1000, 990, 1500, 5*time.Second)},
 			want: []string{"success 90.00% below the recipe's 99.00%", "2.00 upstream calls per call, more than the recipe's 1.50", "p99 2000 ms >= 1 s"}},
+		{name: "sole-random passes a hair below the recipe, within sampling error", judge: judgeSoleRandom,
+			rows: map[string]*busyRow{"after": row(4000, 3470, 7080, 300*time.Millisecond), "recipe": row(4000, 3504, 7000, 5*time.Second)}},
 		{name: "full passes at capacity with few busy answers", judge: judgeFull, s: full,
 			rows: map[string]*busyRow{"after": {goodput: 380, upstream2: fakellm.Stats{Total: 1000, Busy: 10}}}},
 		{name: "full misses with busy answers and low goodput", judge: judgeFull, s: full,
@@ -44,7 +47,13 @@ func TestBusyJudges(t *testing.T) {
 			want: []string{"steady busy share 10.00% > 5%", "goodput 300/s < 90% of the 400/s the backend can serve"}},
 		{name: "strained 1.2x misses below 99% and over 1.8 calls, and worse than the recipe", judge: judgeStrained12,
 			rows: map[string]*busyRow{"after": row(1000, 980, 1900, time.Second), "recipe": row(1000, 990, 1200, time.Second)},
-			want: []string{"success 98.00% < 99%", "1.90 upstream calls per call > 1.8", "success 98.00% below the recipe's 99.00%", "1.90 upstream calls per call, more than the recipe's 1.20"}},
+			want: []string{"success over the second half 98.00% < 99%", "1.90 upstream calls per call over the second half > 1.8", "success 98.00% below the recipe's 99.00%", "1.90 upstream calls per call, more than the recipe's 1.20"}},
+		{name: "strained 1.2x judges the second half: a warm-up's failures do not count", judge: judgeStrained12,
+			rows: map[string]*busyRow{"after": func() *busyRow {
+				r := row(1000, 950, 1700, time.Second)
+				r.steady, r.upstream2 = summary(500, 497, 0, 0), fakellm.Stats{Total: 860}
+				return r
+			}(), "recipe": row(1000, 870, 1760, time.Second)}},
 		{name: "strained 1.2x passes", judge: judgeStrained12,
 			rows: map[string]*busyRow{"after": row(1000, 1000, 1300, time.Second), "recipe": row(1000, 990, 1300, time.Second)}},
 		{name: "over capacity passes with refusals fast and with RetryInfo", judge: judgeOver, s: &busyScenario{capacity: 280},
