@@ -11,8 +11,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
@@ -81,7 +79,7 @@ func jobsList(ctx context.Context, g *globals, args []string, stdout, stderr io.
 		return g.admin.explain("jobs list", err)
 	}
 	if g.json() {
-		return printProto(stdout, resp)
+		return printJSON(stdout, resp, false)
 	}
 	now := time.Now()
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
@@ -112,7 +110,7 @@ func jobsGet(ctx context.Context, g *globals, args []string, stdout, stderr io.W
 		return g.admin.explain("jobs get", err)
 	}
 	if g.json() {
-		return printProto(stdout, j)
+		return printJSON(stdout, j, false)
 	}
 	printJob(stdout, j)
 	return nil
@@ -133,7 +131,7 @@ func jobsCancel(ctx context.Context, g *globals, args []string, stdout, stderr i
 		return g.admin.explain("jobs cancel", err)
 	}
 	if g.json() {
-		return printProto(stdout, j)
+		return printJSON(stdout, j, false)
 	}
 	switch j.GetState() {
 	case detourv1.JobState_JOB_STATE_CANCELED:
@@ -144,15 +142,6 @@ func jobsCancel(ctx context.Context, g *globals, args []string, stdout, stderr i
 		fmt.Fprintf(stdout, "job %s had already ended %s; nothing to cancel\n", j.GetId(), stateName(j.GetState()))
 	}
 	return nil
-}
-
-func printProto(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}.Marshal(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
 }
 
 func printJob(w io.Writer, j *detourv1.Job) {

@@ -7,7 +7,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
@@ -36,12 +35,7 @@ func statusCmd(ctx context.Context, g *globals, args []string, stdout, stderr io
 		return g.admin.explain("status", err)
 	}
 	if g.json() {
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		return printJSON(stdout, st, true)
 	}
 	printStatus(stdout, st, time.Now())
 	return nil

@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -53,12 +52,7 @@ func usageCmd(ctx context.Context, g *globals, args []string, stdout, stderr io.
 		return g.admin.explain("usage", err)
 	}
 	if g.json() {
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: true}.Marshal(resp)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		return printJSON(stdout, resp, true)
 	}
 	printUsage(stdout, resp)
 	return nil
