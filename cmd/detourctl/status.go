@@ -7,7 +7,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 )
 
