@@ -29,7 +29,8 @@ type streamCall struct {
 
 	// What reached the caller.
 	id, model string
-	content   strings.Builder
+	content   strings.Builder // the text so far, kept only while it may be continued
+	overlong  bool            // the text outgrew maxContinuationPrefix: not continued
 	tokens    int  // chunks with output relayed: the completion tokens, one a chunk
 	toolCalls bool // a tool-call piece was relayed
 	reasoning bool // a reasoning piece was relayed
@@ -91,7 +92,7 @@ func (sc *streamCall) jsonMode() bool {
 // by another backend).
 func (sc *streamCall) canContinue() bool {
 	return sc.continueOn && sc.splices < sc.maxSplices && sc.content.Len() > 0 &&
-		!sc.toolCalls && !sc.reasoning && !sc.jsonMode()
+		!sc.overlong && !sc.toolCalls && !sc.reasoning && !sc.jsonMode()
 }
 
 // request is what an attempt on b sends: the caller's request, or, once
@@ -152,10 +153,30 @@ func (sc *streamCall) deliver(ch *detourv1.CompleteChunk, continued bool) error 
 	if output(ch) {
 		sc.tokens++
 	}
-	sc.content.WriteString(ch.GetDelta())
+	sc.keep(ch.GetDelta())
 	sc.toolCalls = sc.toolCalls || len(ch.GetToolCallDeltas()) > 0
 	sc.reasoning = sc.reasoning || ch.GetReasoningDelta() != ""
 	return sc.send(ch)
+}
+
+// maxContinuationPrefix bounds the text a stream keeps to continue it on
+// another backend: a longer answer is not continued (it fails as without
+// continuation), and an endless one holds no more than this.
+const maxContinuationPrefix = 256 << 10
+
+// keep adds text that reached the caller to what a continuation would
+// carry. Nothing is kept unless the stream may be continued, and never more
+// than maxContinuationPrefix: the text is relayed, not stored.
+func (sc *streamCall) keep(text string) {
+	if !sc.continueOn || sc.overlong || text == "" {
+		return
+	}
+	if sc.content.Len()+len(text) > maxContinuationPrefix {
+		sc.overlong = true
+		sc.content = strings.Builder{}
+		return
+	}
+	sc.content.WriteString(text)
 }
 
 // addEarlierParts adds to a continuation's usage what the broken parts

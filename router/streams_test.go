@@ -568,3 +568,40 @@ func counter(t *testing.T, m *metrics.Metrics, name, label, value string) float6
 	}
 	return 0
 }
+
+// TestContinuationTextIsBounded: the text a stream keeps for a continuation
+// is kept only when the stream may be continued, and no more than
+// maxContinuationPrefix of it (an upstream that streams without end held
+// the whole answer in memory once: hostile upstreams, endless stream).
+func TestContinuationTextIsBounded(t *testing.T) {
+	piece := strings.Repeat("x", 1024)
+	relayAll := func(sc *streamCall, n int) {
+		for range n {
+			if err := sc.deliver(&detourv1.CompleteChunk{Delta: piece}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send := func(*detourv1.CompleteChunk) error { return nil }
+
+	off := &streamCall{send: send, maxSplices: 2}
+	relayAll(off, 10)
+	if off.content.Len() != 0 || off.tokens != 10 {
+		t.Errorf("continuation off: kept %d bytes of text (want 0), counted %d tokens (want 10)", off.content.Len(), off.tokens)
+	}
+
+	on := &streamCall{send: send, maxSplices: 2, continueOn: true}
+	relayAll(on, 10)
+	if on.content.Len() != 10*len(piece) || !on.canContinue() {
+		t.Errorf("continuation on, 10 KiB relayed: kept %d bytes, may continue %v; want %d, true", on.content.Len(), on.canContinue(), 10*len(piece))
+	}
+	relayAll(on, maxContinuationPrefix/len(piece))
+	if on.content.Len() != 0 || on.content.Cap() != 0 || on.canContinue() {
+		t.Errorf("continuation on, past %d bytes: kept %d bytes (cap %d), may continue %v; want nothing kept and no continuation",
+			maxContinuationPrefix, on.content.Len(), on.content.Cap(), on.canContinue())
+	}
+	relayAll(on, 10)
+	if on.content.Len() != 0 {
+		t.Errorf("continuation on, after giving up: kept %d bytes again", on.content.Len())
+	}
+}
