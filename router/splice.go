@@ -31,10 +31,10 @@ type streamCall struct {
 	id, model string
 	content   strings.Builder // the text so far, kept only while it may be continued
 	overlong  bool            // the text outgrew maxContinuationPrefix: not continued
-	tokens    int  // chunks with output relayed: the completion tokens, one a chunk
-	toolCalls bool // a tool-call piece was relayed
-	reasoning bool // a reasoning piece was relayed
-	started   bool // anything reached the caller
+	tokens    int             // chunks with output relayed: the completion tokens, one a chunk
+	toolCalls bool            // a tool-call piece was relayed
+	reasoning bool            // a reasoning piece was relayed
+	started   bool            // anything reached the caller
 
 	// Continuations.
 	splices  int   // continuation attempts made
