@@ -156,6 +156,10 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if !s.sleep(r.Context(), &timer, snap.ttft()) {
+		s.stats.count(outcomeCanceled)
+		return
+	}
 	sc.b = appendCompletion(sc.b[:0], &ans, req.Model, created)
 	body := sc.b
 	h["Content-Type"] = jsonType
@@ -253,6 +257,11 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 		canceled()
 		return
 	}
+	// The answer has started; its first token may take a while yet.
+	if !s.sleep(r.Context(), &timer, snap.ttft()) {
+		canceled()
+		return
+	}
 	think := snap.thinkInterval()
 	rest := ans.reasoning
 	for i := range ans.thoughts {
@@ -274,6 +283,10 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 		pieces = 1 + ans.call.pieces() // the call's name, then its arguments
 	}
 	half := pieces / 2
+	cut, clean := -1, false
+	if fate == outcomeOK {
+		cut, clean = snap.breakAt(pieces)
+	}
 	rest = ans.content
 	for i := range pieces {
 		if (i > 0 || ans.thoughts > 0) && !s.sleep(r.Context(), &timer, pause) {
@@ -290,6 +303,13 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 			piece = ans.call.args[(i-1)*argPiece : min(i*argPiece, len(ans.call.args))]
 		default:
 			piece, rest = nextPiece(rest)
+		}
+		if i == cut {
+			s.stats.count(outcomeBroken)
+			if clean {
+				return // the body ends, without a finish reason or [DONE]
+			}
+			panic(http.ErrAbortHandler)
 		}
 		if i == half {
 			switch fate {

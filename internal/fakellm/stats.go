@@ -27,6 +27,9 @@ type Stats struct {
 	Garbage uint64 `json:"garbage"`
 	// Cut counts answers cut half-way.
 	Cut uint64 `json:"cut"`
+	// Broken counts streams broken after some of their chunks
+	// (Settings.BreakRate), clean and dropped alike.
+	Broken uint64 `json:"broken"`
 	// Exhausted counts "Insufficient Balance" answers (HTTP 402, gRPC
 	// RESOURCE_EXHAUSTED).
 	Exhausted uint64 `json:"exhausted"`
@@ -51,6 +54,7 @@ const (
 	outcomeCut
 	outcomeCanceled
 	outcomeExhausted
+	outcomeBroken
 	numOutcomes
 )
 
@@ -93,6 +97,7 @@ func (c *counters) snapshot() Stats {
 		Cut:         n(outcomeCut),
 		Canceled:    n(outcomeCanceled),
 		Exhausted:   n(outcomeExhausted),
+		Broken:      n(outcomeBroken),
 		InFlight:    c.inFlight.n.Load(),
 	}
 }

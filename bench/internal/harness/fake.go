@@ -37,6 +37,19 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 		"-capacity", Ftoa(st.Capacity), "-max-concurrency", strconv.Itoa(st.MaxConcurrency),
 		"-hang-rate", Ftoa(st.HangRate), "-tokens-per-sec", Ftoa(st.TokensPerSec),
 		"-garbage-rate", Ftoa(st.GarbageRate), "-cut-rate", Ftoa(st.CutRate)}
+	if st.TTFT > 0 || st.TTFTTailRate > 0 {
+		args = append(args, "-ttft", st.TTFT.String(), "-ttft-sigma", Ftoa(st.TTFTSigma),
+			"-ttft-tail-rate", Ftoa(st.TTFTTailRate), "-ttft-tail", st.TTFTTail.String())
+	}
+	if st.BreakRate > 0 {
+		args = append(args, "-break-rate", Ftoa(st.BreakRate), "-break-clean", Ftoa(st.BreakClean))
+	}
+	if st.PrefixCompletion {
+		args = append(args, "-prefix-completion")
+	}
+	if st.AnswerTokens > 0 {
+		args = append(args, "-answer-tokens", strconv.Itoa(st.AnswerTokens))
+	}
 	if withGRPC {
 		args = append(args, "-grpc", "127.0.0.1:0")
 	}
