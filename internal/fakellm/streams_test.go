@@ -98,7 +98,6 @@ func TestAnswerTokens(t *testing.T) {
 	}
 }
 
-
 // With PrefixCompletion, a last assistant message with prefix is continued:
 // prefix and answer put together are the unbroken answer, over gRPC and
 // HTTP, whatever the split; the prompt counts the prefix.
