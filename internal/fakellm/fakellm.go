@@ -145,7 +145,10 @@ func (s *Server) SetSettings(st Settings) error {
 // Stats returns the request counts since New or the last ResetStats.
 func (s *Server) Stats() Stats { return s.stats.snapshot() }
 
-// ResetStats zeroes the counts (not InFlight).
+// Usage returns the tokens spent since New or the last ResetStats.
+func (s *Server) Usage() Usage { return s.stats.usage() }
+
+// ResetStats zeroes the counts (not InFlight) and the Usage.
 func (s *Server) ResetStats() { s.stats.reset() }
 
 // Start listens on httpAddr for the HTTP API and on grpcAddr for the

@@ -161,6 +161,8 @@ func (r routerService) Complete(ctx context.Context, in *detourv1.CompleteReques
 		return nil, errCut
 	}
 	ans := newAnswer(s.region, req, snap.answerOptions(req))
+	s.stats.started(&ans)
+	s.stats.sent(ans.completion())
 	resp := &detourv1.CompleteResponse{
 		Id:               ans.id,
 		Model:            req.Model,
@@ -213,13 +215,17 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 		return err
 	}
 	var timer *time.Timer
-	// Over gRPC nothing goes out before the first token: the wait for it
-	// just adds to the latency.
-	if !s.sleep(ctx, &timer, snap.delay()+snap.ttft()) {
+	if !s.sleep(ctx, &timer, snap.delay()) {
 		s.stats.count(outcomeCanceled)
 		return s.ended(ctx)
 	}
 	ans := newAnswer(s.region, req, snap.answerOptions(req))
+	s.stats.started(&ans)
+	// Over gRPC nothing goes out before the first token.
+	if !s.sleep(ctx, &timer, snap.ttft()) {
+		s.stats.count(outcomeCanceled)
+		return s.ended(ctx)
+	}
 	chunk := func() *detourv1.CompleteChunk {
 		return &detourv1.CompleteChunk{Id: ans.id, Model: req.Model, ServedBy: s.servedBy, Source: detourv1.Source_SOURCE_LIVE, Attempts: 1}
 	}
@@ -236,6 +242,7 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 			s.stats.count(outcomeCanceled)
 			return err
 		}
+		s.stats.sent(1)
 	}
 	pieces := ans.pieces
 	if ans.call != nil {
@@ -301,6 +308,7 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 			}
 			return err
 		}
+		s.stats.sent(1)
 	}
 	return nil
 }

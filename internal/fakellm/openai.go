@@ -69,7 +69,8 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 //	GET  /control              current Settings as JSON
 //	POST /control              change the Settings present in a JSON document
 //	GET  /stats                Stats as JSON, with the name and region
-//	POST /stats/reset          zero the Stats
+//	POST /stats/reset          zero the Stats and the Usage
+//	GET  /usage                Usage as JSON: the tokens spent
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
@@ -82,6 +83,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("POST /control", s.handlePostControl)
 	mux.HandleFunc("GET /stats", s.handleStats)
 	mux.HandleFunc("POST /stats/reset", s.handleStatsReset)
+	mux.HandleFunc("GET /usage", s.handleUsage)
 	return mux
 }
 
@@ -150,6 +152,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ans := newAnswer(s.region, &req, snap.answerOptions(&req))
+	s.stats.started(&ans)
 	created := time.Now().Unix()
 	if req.Stream {
 		s.streamHTTP(w, r, sc, snap, timer, &ans, req.Model, created, fate, queued)
@@ -181,7 +184,9 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		h["Content-Length"] = []string{strconv.Itoa(len(body))}
 		w.WriteHeader(http.StatusOK)
 	}
-	w.Write(body)
+	if _, err := w.Write(body); err == nil && fate == outcomeOK {
+		s.stats.sent(ans.completion())
+	}
 }
 
 // Keep-alives of a queued request, as DeepSeek sends them.
@@ -276,6 +281,7 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 			canceled()
 			return
 		}
+		s.stats.sent(1)
 	}
 	pause := snap.tokenInterval()
 	pieces := ans.pieces
@@ -332,6 +338,7 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 			canceled()
 			return
 		}
+		s.stats.sent(1)
 	}
 	s.stats.count(fate)
 	sc.b = c.appendEvent(sc.b[:0], deltaContent, "", ans)
@@ -641,6 +648,10 @@ type statsBody struct {
 
 func (s *Server) handleStats(w http.ResponseWriter, _ *http.Request) {
 	writeValue(w, http.StatusOK, statsBody{s.name, s.region, s.Stats()})
+}
+
+func (s *Server) handleUsage(w http.ResponseWriter, _ *http.Request) {
+	writeValue(w, http.StatusOK, s.Usage())
 }
 
 func (s *Server) handleStatsReset(w http.ResponseWriter, _ *http.Request) {

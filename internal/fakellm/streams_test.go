@@ -280,3 +280,43 @@ func TestTTFTHoldsTheFirstToken(t *testing.T) {
 		t.Errorf("stats %+v: want 2 canceled", s)
 	}
 }
+
+// Usage adds up the prompt of every answer that started and the tokens
+// sent, a broken stream's included, over HTTP and gRPC; /usage reports it
+// and /stats/reset zeroes it.
+func TestUsage(t *testing.T) {
+	f := start(t, fakellm.Config{Region: "pool", Settings: fakellm.Settings{AnswerTokens: 20}})
+	ctx := context.Background()
+	u, err := f.router.Complete(ctx, longRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := uint64(u.GetUsage().GetPromptTokens())
+	if _, _, err := streamText(t, f, longRequest()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.SetSettings(fakellm.Settings{AnswerTokens: 20, BreakRate: 1, BreakClean: 1}); err != nil {
+		t.Fatal(err)
+	}
+	deltas, _, err := streamText(t, f, longRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.chat(t, `{"model":"deepseek-chat","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"tell me a long story about the sea"}]}`)
+	if r.code != http.StatusOK {
+		t.Fatalf("unary over HTTP: %d %s", r.code, r.body)
+	}
+	settled(t, f.srv)
+	want := fakellm.Usage{PromptTokens: 4 * prompt, CompletionTokens: uint64(20 + 20 + len(deltas) + 20)}
+	if diff := cmp.Diff(f.srv.Usage(), want); diff != "" {
+		t.Errorf("Usage (-got +want):\n%s", diff)
+	}
+	var got fakellm.Usage
+	if r := f.do(t, ctx, http.MethodGet, "/usage", ""); r.code != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got != want {
+		t.Errorf("GET /usage: %d %s, want %+v", r.code, r.body, want)
+	}
+	f.do(t, ctx, http.MethodPost, "/stats/reset", "")
+	if u := f.srv.Usage(); u != (fakellm.Usage{}) {
+		t.Errorf("Usage after reset: %+v, want zero", u)
+	}
+}
