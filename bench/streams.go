@@ -39,12 +39,14 @@ func init() {
 // included.
 type streams struct {
 	n, healthyN, tokens, conc  int
+	rate                       float64
 	tokenInterval              time.Duration
 	breakRate, breakClean      float64
 	ttft, tail                 time.Duration
 	ttftSigma, tailRate        float64
 	hedgeAfter, timeout        time.Duration
 	maxContinuations, attempts int
+	breakerFailures            int
 	fakes                      []*harness.Fake
 	want                       []streamWant
 	runs                       map[string]*streamsRun
@@ -76,6 +78,7 @@ type streamsRun struct {
 	wantPrompt, wantTokens uint64
 	// detour's counters.
 	hedgesStarted, hedgesWon, contAttempted, contSucceeded float64
+	breakerOpens, capacitySkips, budgetOut                 float64
 	elapsed                                                time.Duration
 }
 
@@ -89,7 +92,8 @@ func (s *streams) flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.n, "streams", 2000, "streams per mode (today, new)")
 	fs.IntVar(&s.healthyN, "healthy-streams", 1000, "streams of the healthy reference mode")
 	fs.IntVar(&s.tokens, "tokens", 200, "tokens per answer")
-	fs.IntVar(&s.conc, "concurrency", 32, "streams in flight at once")
+	fs.Float64Var(&s.rate, "rate", 60, "streams started per second (open loop: a failure does not hurry the next stream)")
+	fs.IntVar(&s.conc, "max-in-flight", 256, "bound on streams in flight; at it, the next start waits")
 	fs.DurationVar(&s.tokenInterval, "token-interval", 2*time.Millisecond, "upstream pause between two tokens")
 	fs.Float64Var(&s.breakRate, "break-rate", 0.3, "share of upstream streams that break mid-way (every upstream)")
 	fs.Float64Var(&s.breakClean, "break-clean", 0.5, "share of the breaks that close the stream cleanly rather than drop it")
@@ -100,6 +104,7 @@ func (s *streams) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&s.hedgeAfter, "hedge-after", 80*time.Millisecond, "new mode: streams.hedge_after")
 	fs.IntVar(&s.maxContinuations, "max-continuations", 4, "new mode: streams.max_continuations")
 	fs.IntVar(&s.attempts, "max-attempts", 6, "retry.max_attempts (every mode)")
+	fs.IntVar(&s.breakerFailures, "breaker-failures", 0, "breaker.consecutive_failures (every mode; 0: detour's default, 5)")
 	fs.DurationVar(&s.timeout, "timeout", time.Minute, "deadline of one stream")
 }
 
@@ -112,7 +117,9 @@ func (s *streams) setup(ctx context.Context) (func(), error) {
 	var st stack
 	switch {
 	case s.n < 1 || s.healthyN < 1 || s.conc < 1:
-		return st.stop, errors.New("--streams, --healthy-streams and --concurrency must be >= 1")
+		return st.stop, errors.New("--streams, --healthy-streams and --max-in-flight must be >= 1")
+	case !(s.rate > 0 && s.rate <= 10000):
+		return st.stop, fmt.Errorf("--rate %v: want 0 < rate <= 10000", s.rate)
 	case s.tokens < 2 || s.tokens > 100000:
 		return st.stop, fmt.Errorf("--tokens %d: want 2..100000 (a stream must have a middle to break in)", s.tokens)
 	case s.tokenInterval <= 0:
@@ -164,8 +171,9 @@ func streamsRequest(i int) *detourv1.CompleteRequest {
 // broken streams and hedges slow starts.
 func (s *streams) streamsConfig(mode string) *regions.Config {
 	cfg := &regions.Config{
-		Retry: regions.RetryPolicy{MaxAttempts: s.attempts},
-		Cache: regions.CachePolicy{Disabled: true},
+		Retry:   regions.RetryPolicy{MaxAttempts: s.attempts},
+		Breaker: regions.BreakerPolicy{ConsecutiveFailures: s.breakerFailures},
+		Cache:   regions.CachePolicy{Disabled: true},
 	}
 	for i, u := range streamsUpstreams {
 		cfg.Regions = append(cfg.Regions, region(u.region, i, regions.Backend{
@@ -186,8 +194,9 @@ func (s *streams) run(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", mode, err)
 		}
 		s.runs[mode] = r
-		fmt.Fprintf(stderr, "streams %-7s %d/%d completed, %d spliced (%d equal), TTFT p50 %s p99 %s ms, %.1fs\n", mode, r.ok, r.n,
-			r.spliced, r.splicedEqual, report.Ms(load.Pct(r.ttfts, 0.5)), report.Ms(load.Pct(r.ttfts, 0.99)), r.elapsed.Seconds())
+		fmt.Fprintf(stderr, "streams %-7s %d/%d completed, %d spliced (%d equal), TTFT p50 %s p99 %s ms, hedges %.0f/%.0f, breaker opens %.0f, capacity skips %.0f, budget out %.0f, %.1fs\n",
+			mode, r.ok, r.n, r.spliced, r.splicedEqual, report.Ms(load.Pct(r.ttfts, 0.5)), report.Ms(load.Pct(r.ttfts, 0.99)),
+			r.hedgesStarted, r.hedgesWon, r.breakerOpens, r.capacitySkips, r.budgetOut, r.elapsed.Seconds())
 	}
 	s.foreign = mark.ForeignCPU()
 	return nil
@@ -228,31 +237,41 @@ func (s *streams) runMode(ctx context.Context, mode string) (*streamsRun, error)
 	if mode == "healthy" {
 		n = s.healthyN
 	}
+	// An open loop: stream i starts at i/rate, so that streams that fail
+	// fast (every breaker open, say) do not hurry the next ones, as they
+	// would with a fixed number of callers.
 	results := make([]streamResult, n)
-	next := make(chan int)
+	slots := make(chan struct{}, s.conc)
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range s.conc {
-		wg.Go(func() {
-			for i := range next {
-				results[i] = oneStream(ctx, c, i, s.timeout)
-			}
-		})
-	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for i := range n {
+		timer.Reset(time.Until(start.Add(time.Duration(float64(i) / s.rate * float64(time.Second)))))
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+		}
 		if ctx.Err() != nil {
 			break
 		}
-		next <- i
+		slots <- struct{}{}
+		wg.Go(func() {
+			results[i] = oneStream(ctx, c, i, s.timeout)
+			<-slots
+		})
 	}
-	close(next)
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	r := &streamsRun{n: n, codes: map[codes.Code]int{}, elapsed: time.Since(start)}
+	failures := map[string]int{} // by message, for the log
 	for i, res := range results {
 		r.codes[res.code]++
+		if res.err != nil {
+			failures[res.err.Error()]++
+		}
 		if res.sawToken {
 			r.ttfts = append(r.ttfts, res.ttft)
 		}
@@ -278,6 +297,9 @@ func (s *streams) runMode(ctx context.Context, mode string) (*streamsRun, error)
 		}
 	}
 	slices.Sort(r.ttfts)
+	for msg, k := range failures {
+		fmt.Fprintf(stderr, "streams %s: %d failed: %s\n", mode, k, msg)
+	}
 	// The upstreams are done once every stream ended: a hedge's loser is
 	// cancelled before its stream returns.
 	for _, f := range s.fakes {
@@ -301,6 +323,9 @@ func (s *streams) runMode(ctx context.Context, mode string) (*streamsRun, error)
 		{&r.hedgesWon, "detour_stream_hedges_total", `result="won"`},
 		{&r.contAttempted, "detour_stream_continuations_total", `result="attempted"`},
 		{&r.contSucceeded, "detour_stream_continuations_total", `result="succeeded"`},
+		{&r.breakerOpens, "detour_breaker_transitions_total", `to="open"`},
+		{&r.capacitySkips, "detour_limit_rejections_total", `reason="concurrency"`},
+		{&r.budgetOut, "detour_retry_budget_exhausted_total", ""},
 	} {
 		v, err := dt.MetricSum(ctx, m.name, m.label)
 		if err != nil {
@@ -314,6 +339,7 @@ func (s *streams) runMode(ctx context.Context, mode string) (*streamsRun, error)
 // streamResult is what the caller saw of one stream.
 type streamResult struct {
 	code              codes.Code
+	err               error // a failed stream's
 	sawToken          bool
 	ttft              time.Duration // from the call to its first token
 	text              string
@@ -328,7 +354,7 @@ func oneStream(ctx context.Context, c detourv1.RouterClient, i int, timeout time
 	start := time.Now()
 	st, err := c.StreamComplete(ctx, streamsRequest(i))
 	if err != nil {
-		res.code = load.CodeOf(err)
+		res.code, res.err = load.CodeOf(err), err
 		return res
 	}
 	var text strings.Builder
@@ -338,7 +364,7 @@ func oneStream(ctx context.Context, c detourv1.RouterClient, i int, timeout time
 			break
 		}
 		if err != nil {
-			res.code = load.CodeOf(err)
+			res.code, res.err = load.CodeOf(err), err
 			return res
 		}
 		if !res.sawToken && ch.GetDelta() != "" {
@@ -423,9 +449,9 @@ func (s *streams) report(w io.Writer) {
 		"answers of %d tokens at one per %v; time to first token log-normal, median %v, sigma %.2g, on every upstream; "+
 		"on the own region's (slow-a) also a heavy tail: %.0f%% of its streams wait an extra Pareto(1.5) time from %v (capped at 100x). "+
 		"Outside the healthy mode every upstream breaks %.0f%% of its streams after a uniformly random number of chunks (%.0f%% of breaks closed cleanly, the others dropped). "+
-		"%d callers; %d streams per mode (healthy: %d); retry.max_attempts %d; new mode: streams.continuation on, streams.hedge_after %v, streams.max_continuations %d.\n\n",
+		"%.0f streams started per second (open loop, at most %d in flight); %d streams per mode (healthy: %d); retry.max_attempts %d; breaker.consecutive_failures %s; new mode: streams.continuation on, streams.hedge_after %v, streams.max_continuations %d.\n\n",
 		report.Machine(), report.LoadAvg(), s.foreign, s.tokens, s.tokenInterval, s.ttft, s.ttftSigma, s.tailRate*100, s.tail,
-		s.breakRate*100, s.breakClean*100, s.conc, s.n, s.healthyN, s.attempts, s.hedgeAfter, s.maxContinuations)
+		s.breakRate*100, s.breakClean*100, s.rate, s.conc, s.n, s.healthyN, s.attempts, breakerText(s.breakerFailures), s.hedgeAfter, s.maxContinuations)
 	var rows [][]string
 	for _, m := range streamsModes {
 		r := s.runs[m]
@@ -438,11 +464,12 @@ func (s *streams) report(w io.Writer) {
 			report.Ms(load.Pct(r.ttfts, 0.5)), report.Ms(load.Pct(r.ttfts, 0.99)),
 			fmt.Sprintf("%.2f", float64(r.upstreamCalls)/float64(r.n)), fmt.Sprintf("%.1f", ec), fmt.Sprintf("%.1f", ep),
 			fmt.Sprintf("%.0f / %.0f", r.hedgesStarted, r.hedgesWon), fmt.Sprintf("%.0f / %.0f", r.contAttempted, r.contSucceeded),
-			fmt.Sprintf("%d of %d", r.splicedEqual, r.spliced), fmt.Sprintf("%.0f", r.elapsed.Seconds())})
+			fmt.Sprintf("%d of %d", r.splicedEqual, r.spliced),
+			fmt.Sprintf("%.0f / %.0f / %.0f", r.breakerOpens, r.capacitySkips, r.budgetOut), fmt.Sprintf("%.0f", r.elapsed.Seconds())})
 	}
 	fmt.Fprintf(w, "%s\n", report.Table([]string{"mode", "completed", "codes", "TTFT p50 ms", "TTFT p99 ms", "upstream calls / stream",
 		"extra completion tokens / completed", "extra prompt tokens / completed", "hedges started / won", "continuations attempted / succeeded",
-		"spliced = unbroken", "s"}, rows))
+		"spliced = unbroken", "breaker opens / capacity skips / budget out", "s"}, rows))
 	fmt.Fprintln(w, "TTFT: from the call to the first content chunk, streams that sent one. Extra tokens: what the upstreams spent (fakellm /usage) beyond the completed answers' own prompt and completion, per completed stream; a failed stream's tokens are all extra. Truncated streams (OK without a finish reason) count as not completed.")
 	fmt.Fprintln(w)
 	var vrows [][]string
@@ -452,4 +479,11 @@ func (s *streams) report(w io.Writer) {
 	if len(vrows) > 0 {
 		fmt.Fprintf(w, "Targets:\n\n%s\n", report.Table([]string{"target", "measured", "bound", "verdict"}, vrows))
 	}
+}
+
+func breakerText(n int) string {
+	if n == 0 {
+		return "5 (the default)"
+	}
+	return fmt.Sprint(n)
 }
