@@ -108,8 +108,8 @@ func (s *streams) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&s.timeout, "timeout", time.Minute, "deadline of one stream")
 }
 
-// The upstreams: the own region's, with the heavy tail, and two healthy
-// ones. All answer as one provider (fakellm region "pool"): the same prompt
+// The upstreams: the own region's, with the heavy tail, and two without it
+// (they break streams as often). All answer as one provider (fakellm region "pool"): the same prompt
 // gets the same text from each.
 var streamsUpstreams = []struct{ name, region string }{{"slow-a", "a"}, {"ok-b", "b"}, {"ok-c", "c"}}
 
