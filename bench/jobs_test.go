@@ -95,6 +95,8 @@ func TestJobsReport(t *testing.T) {
 		"| job throughput, burst end to kill | 150/s vs 200/s spare (400 capacity - 200 interactive answers/s): 75.00% | >= 80% | MISS |",
 		"| interactive p99 alone / with the backlog | 170.0 / 180.0 ms (1.06x) | <= 1.2x | pass |",
 		"| upstream answers per job | 1.001",
+		"| interactive p99 from the burst's end to the kill | 180.0 ms (1.06x the baseline) |",
+		"| submissions took / all jobs final after | 10s / 1m0s |",
 		"postgres://bench:xxxxx@127.0.0.1:5432/postgres",
 	} {
 		if !strings.Contains(out.String(), s) {
