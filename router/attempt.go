@@ -29,6 +29,7 @@ type attempt struct {
 	gate      *hedgeGate // a hedged stream's: who holds the stream (nil: this attempt)
 	committed bool       // the answer (or part of it) reached the caller
 	resumable bool       // a stream that broke after it started may be continued elsewhere
+	broke     bool       // a stream that broke after its first token (class Busy; see relay)
 	class     breaker.Class
 	err       error
 	resp      *detourv1.CompleteResponse // unary answer
@@ -93,8 +94,15 @@ func (r *Router) do(ctx context.Context, a *attempt, try tryFunc) {
 	if a.brDone != nil {
 		a.brDone(a.class, breaker.RetryAfter(a.err))
 	}
-	a.permit.DoneAfter(outcome(a.class), breaker.RetryAfter(a.err))
-	b.m.Attempt(int(a.class), a.elapsed)
+	o, counted := outcome(a.class), a.class
+	if a.broke && a.class == breaker.Busy {
+		// Busy for the breaker, but no sign of overload: the limit
+		// learns nothing from it (it still counts against the answered
+		// share), and the metrics count a failed attempt.
+		o, counted = capacity.Failed, breaker.Failed
+	}
+	a.permit.DoneAfter(o, breaker.RetryAfter(a.err))
+	b.m.Attempt(int(counted), a.elapsed)
 	if a.class == breaker.Exhausted {
 		// The account cannot pay: out of rotation here and, through the
 		// fleet's cooldowns, on every replica.

@@ -225,7 +225,9 @@ func relay(ctx context.Context, a *attempt, sc *streamCall) {
 				a.err, a.class = fmt.Errorf("backend %s: stream ended before any token", a.b.cfg.Name), breaker.Failed
 			case !finished:
 				a.b.m.Truncated()
-				a.err, a.class = fmt.Errorf("backend %s: %w: ended without a finish reason", a.b.cfg.Name, provider.ErrIncomplete), breaker.Failed
+				// Busy, as a break after the first token below.
+				a.err, a.class = fmt.Errorf("backend %s: %w: ended without a finish reason", a.b.cfg.Name, provider.ErrIncomplete), breaker.Busy
+				a.broke = true
 				a.resumable = sc.canContinue()
 			case take():
 				a.class = breaker.OK
@@ -236,6 +238,19 @@ func relay(ctx context.Context, a *attempt, sc *streamCall) {
 			w.fail(ctx, a, err)
 			if errors.Is(err, provider.ErrIncomplete) {
 				a.b.m.Truncated()
+			}
+			// A stream that breaks after its first token is busy for the
+			// backend's breaker and limits, not failed or down: the backend
+			// is up and answering, as with a busy answer, and a provider
+			// that breaks a share of its streams is capacity, not an
+			// outage. Counted as failures, runs of breaks (five in a row
+			// about once in 600 streams at a 30% break rate) opened
+			// healthy backends' breakers and left continuations nowhere to
+			// go. A stream that goes silent mid-way (the gap timeout)
+			// stays down. The adaptive limit learns nothing from a break:
+			// it says nothing about load (see Router.do).
+			if a.committed && (a.class == breaker.Failed || (a.class == breaker.Down && context.Cause(ctx) != errIdle)) {
+				a.class, a.broke = breaker.Busy, true
 			}
 			if a.committed && a.class != breaker.Canceled {
 				a.resumable = sc.canContinue()

@@ -528,15 +528,19 @@ func TestContinuation(t *testing.T) {
 			t.Errorf("far-1 got %d requests: more than one continuation", n)
 		}
 
-		// A continued answer that completes is served but not stored.
-		for _, m := range models {
-			m.mu.Lock()
-			m.breakAfter = 0
-			m.mu.Unlock()
+		// A continued answer that completes is served but not stored. A
+		// fresh router: the breaks above counted as busy answers against
+		// every backend, which moves the next call's order.
+		models = map[string]*model{}
+		for _, n := range []string{"home-1", "near-1", "far-1"} {
+			models[n] = newModel(n, 12)
 		}
-		models["home-1"].mu.Lock()
 		models["home-1"].breakAfter = 2
-		models["home-1"].mu.Unlock()
+		r, _ = streamRouter(t, models, func(c *regions.Config) {
+			c.Streams.Continuation = true
+			c.Streams.MaxContinuations = 1
+			c.Retry.MaxAttempts = 5
+		})
 		rq2 := req()
 		rq2.Messages[0].Content = "another"
 		rq2.Temperature = new(float64)
@@ -603,5 +607,43 @@ func TestContinuationTextIsBounded(t *testing.T) {
 	relayAll(on, 10)
 	if on.content.Len() != 0 {
 		t.Errorf("continuation on, after giving up: kept %d bytes again", on.content.Len())
+	}
+}
+
+// TestBrokenStreamsDoNotOpenTheBreaker: a backend whose streams break after
+// their first token is up and answering: its breaker counts the breaks as
+// busy answers (a share, not a run of failures), so six breaks in a row
+// leave it closed where five failures open it; its adaptive limit learns
+// nothing from them. With every upstream breaking 30% of its streams, runs
+// of breaks opened healthy backends' breakers and left continuations
+// nowhere to go (bench streams: 90.75% completed).
+func TestBrokenStreamsDoNotOpenTheBreaker(t *testing.T) {
+	for _, clean := range []bool{true, false} {
+		t.Run(fmt.Sprintf("clean close %v", clean), func(t *testing.T) {
+			home := newModel("home-1", 6)
+			home.breakAfter, home.cleanBreak = 2, clean
+			models := map[string]*model{"home-1": home}
+			r, m := streamRouter(t, models, func(c *regions.Config) { c.Regions = c.Regions[:1] }) // home-1 alone
+			for i := range 6 {
+				rq := req()
+				rq.Messages[0].Content = fmt.Sprintf("call %d", i)
+				if _, err := collect(r, context.Background(), rq); err == nil {
+					t.Fatalf("call %d: a stream that broke after 2 tokens succeeded", i)
+				}
+			}
+			st := backendState(r, "home-1")
+			if n := len(models["home-1"].requests()); n != 6 {
+				t.Fatalf("home-1 got %d of the 6 calls, want all (it is the first choice)", n)
+			}
+			if st.Breaker != breaker.Closed {
+				t.Errorf("home-1's breaker is %v after 6 broken streams, want closed", st.Breaker)
+			}
+			if st.Capacity.Held != 0 {
+				t.Errorf("home-1's limit holds %d slots after broken streams, as for busy answers: %+v", st.Capacity.Held, st.Capacity)
+			}
+			if got := counter(t, m, "detour_stream_truncations_total", "backend", "home-1"); got != 6 {
+				t.Errorf("detour_stream_truncations_total{backend=home-1} = %v, want 6", got)
+			}
+		})
 	}
 }
