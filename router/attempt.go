@@ -156,6 +156,9 @@ func (c *call) merge(ctx context.Context, a *attempt) (*attempt, error) {
 			// Continued on another backend (streamCall.request): go on as
 			// after a failed attempt.
 			c.broken = a
+			if c.firstBreak == 0 {
+				c.firstBreak = a.n
+			}
 			c.lastErr, c.lastClass = a.err, a.class
 			return nil, nil
 		}

@@ -101,9 +101,14 @@ func (r *Router) route(ctx context.Context, t *table, req *detourv1.CompleteRequ
 		return nil, err
 	}
 	if b := c.broken; b != nil {
-		return nil, &Error{Code: Unavailable, Attempts: c.attempts, Backend: b.b.cfg.Name, Region: b.b.region, Err: c.lastErr,
-			Message: fmt.Sprintf("stream from backend %s broke after it started, and continuing it failed (%d attempts, last: %s)",
-				b.b.cfg.Name, c.attempts, c.lastClass)}
+		msg := fmt.Sprintf("stream from backend %s broke after it started, and continuing it failed (%d attempts, last: %s)",
+			b.b.cfg.Name, c.attempts, c.lastClass)
+		if c.attempts == c.firstBreak {
+			// No attempt after the first break: no continuation went out.
+			msg = fmt.Sprintf("stream from backend %s broke after it started, and no backend could take its continuation (open breakers, full limits or the retry budget; %d attempts)",
+				b.b.cfg.Name, c.attempts)
+		}
+		return nil, &Error{Code: Unavailable, Attempts: c.attempts, Backend: b.b.cfg.Name, Region: b.b.region, Err: c.lastErr, Message: msg}
 	}
 	return nil, c.failure()
 }
@@ -136,6 +141,7 @@ type call struct {
 	waited     time.Duration // time spent in backoff and in capacity queues
 	last       *attempt
 	broken     *attempt // the last stream attempt that broke after it started
+	firstBreak int      // the number of the first attempt that did
 }
 
 // candidates returns the primaries for the next attempt, best first, and
