@@ -40,6 +40,13 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 	if withGRPC {
 		args = append(args, "-grpc", "127.0.0.1:0")
 	}
+	// Only when set, so that an older fakellm without these flags still runs.
+	if cfg.H2C {
+		args = append(args, "-h2c")
+	}
+	if cfg.MaxStreams > 0 {
+		args = append(args, "-max-streams", strconv.Itoa(cfg.MaxStreams))
+	}
 	f := &Fake{Name: cfg.Name}
 	var mu sync.Mutex
 	ready := func(line string) bool {
@@ -78,6 +85,23 @@ func (f *Fake) Stats() (fakellm.Stats, error) {
 		return st, fmt.Errorf("%s /stats: %s", f.Name, resp.Status)
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// ConnStats reads the http_conns of fakellm's GET /stats: its HTTP
+// connections, and the most requests in flight on one.
+func (f *Fake) ConnStats() (fakellm.ConnStats, error) {
+	var st struct {
+		Conns fakellm.ConnStats `json:"http_conns"`
+	}
+	resp, err := ctlClient.Get("http://" + f.HTTP + "/stats")
+	if err != nil {
+		return st.Conns, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st.Conns, fmt.Errorf("%s /stats: %s", f.Name, resp.Status)
+	}
+	return st.Conns, json.NewDecoder(resp.Body).Decode(&st)
 }
 
 // Control POSTs a /control patch such as {"busy_rate": 0.5}.
