@@ -47,7 +47,7 @@ type inflight struct {
 	maxKiB, maxGor, sockPer    float64
 	h1MaxKiB, h1MaxGor         float64
 	callsPerConn, maxStreamsUp int
-	pprofDir                   string
+	pprofDir, detourEnv        string
 
 	rows    []inflightRow
 	foreign float64
@@ -98,6 +98,7 @@ func (s *inflight) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.modesFlag, "modes", "http1-unary,http1-stream,h2c-unary,h2c-stream", "comma-separated modes: upstream protocol (http1, h2c) and call kind (unary, stream)")
 	fs.IntVar(&s.callsPerConn, "calls-per-conn", 500, "calls per client gRPC connection (detour allows 1024 streams on one)")
 	fs.IntVar(&s.maxStreamsUp, "upstream-max-streams", 0, "fakellm's HTTP/2 streams per connection, 0 = net/http's default (250)")
+	fs.StringVar(&s.detourEnv, "detour-env", "", "comma-separated KEY=VALUE added to detour's environment (GOGC=50,GOMEMLIMIT=400MiB)")
 	fs.StringVar(&s.pprofDir, "pprof", "", "run detour with --pprof (and a heap sample per KiB allocated, which costs CPU) and save its heap and goroutine profiles with the calls held into this `dir`")
 	fs.Float64Var(&s.maxKiB, "max-kib", 16, "h2c target: RSS KiB per call in flight")
 	fs.Float64Var(&s.maxGor, "max-goroutines", 1.5, "h2c target: goroutines per call in flight")
@@ -217,10 +218,13 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 		return row, err
 	}
 	var args, env []string
+	if s.detourEnv != "" {
+		env = strings.Split(s.detourEnv, ",")
+	}
 	if s.pprofDir != "" {
 		// A heap sample every KiB rather than every 512: the profile then
 		// sees the few small allocations each call holds.
-		args, env = []string{"--pprof"}, []string{"GODEBUG=memprofilerate=1024"}
+		args, env = []string{"--pprof"}, append(env, "GODEBUG=memprofilerate=1024")
 	}
 	dt, err := harness.StartDetour(harness.DetourOptions{Config: doc, Region: "r", Metrics: true, Args: args, Env: env})
 	if err != nil {
