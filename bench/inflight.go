@@ -268,6 +268,7 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 		wg    sync.WaitGroup
 		mu    sync.Mutex
 		codes = map[string]int{}
+		first = map[string]string{} // an error of each code, for the record
 	)
 	for i := range n {
 		c := call(clients[i%len(clients)], req, timeout)
@@ -275,7 +276,10 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 			if err := c(ctx); err != nil {
 				mu.Lock()
 				row.failed++
-				codes[load.CodeName(load.CodeOf(err))]++
+				c := load.CodeName(load.CodeOf(err))
+				if codes[c]++; codes[c] == 1 {
+					first[c] = err.Error()
+				}
 				mu.Unlock()
 			}
 		})
@@ -321,6 +325,7 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 	var names []string
 	for c, k := range codes {
 		names = append(names, fmt.Sprintf("%s %d", c, k))
+		fmt.Fprintf(stderr, "inflight %s %d: %d calls %s, e.g. %s\n", m.name, n, k, c, first[c])
 	}
 	row.codes = strings.Join(names, ", ")
 	if !dt.Alive() {
