@@ -34,8 +34,8 @@ func init() {
 // detour's RSS and goroutines above its idle baseline, its TCP connections
 // to the upstream, and the CPU it burns while the calls wait.
 //
-// Each mode and count runs on fresh processes: fakellm (HTTP/1.1, or h2c
-// beside it) and detour with one backend on it, its adaptive limits off and
+// Each mode and count runs on fresh processes: fakellm (HTTP/1.1, h2c
+// beside it, or HTTPS with h2 through ALPN and a certificate detour trusts) and detour with one backend on it, its adaptive limits off and
 // no max_inflight, so that every call goes upstream at once. Unary calls
 // wait --hold for their answer; streams get a token a second for about
 // --hold.
@@ -56,15 +56,20 @@ type inflight struct {
 // inflightMode is how the upstream is spoken to and what is asked of it.
 type inflightMode struct {
 	name   string // "h2c-unary"
-	h2c    bool
+	http2  bool   // h2c, or h2 negotiated through ALPN with tls
+	tls    bool   // fakellm serves HTTPS with a certificate detour trusts
 	stream bool
 }
 
 var inflightModes = []inflightMode{
-	{"http1-unary", false, false},
-	{"http1-stream", false, true},
-	{"h2c-unary", true, false},
-	{"h2c-stream", true, true},
+	{"http1-unary", false, false, false},
+	{"http1-stream", false, false, true},
+	{"h2c-unary", true, false, false},
+	{"h2c-stream", true, false, true},
+	{"tls-http1-unary", false, true, false},
+	{"tls-http1-stream", false, true, true},
+	{"tls-h2-unary", true, true, false},
+	{"tls-h2-stream", true, true, true},
 }
 
 // inflightRow is what one mode and count measured.
@@ -95,14 +100,14 @@ func (s *inflight) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&s.hold, "hold", 10*time.Second, "how long the upstream takes to answer a unary call; streams last about as long, a token a second")
 	fs.DurationVar(&s.window, "window", 2*time.Second, "once every call is in flight: how long detour's CPU is read while they wait")
 	fs.StringVar(&s.countsFlag, "counts", "1000,4000,10000", "comma-separated numbers of calls held in flight at once")
-	fs.StringVar(&s.modesFlag, "modes", "http1-unary,http1-stream,h2c-unary,h2c-stream", "comma-separated modes: upstream protocol (http1, h2c) and call kind (unary, stream)")
+	fs.StringVar(&s.modesFlag, "modes", "http1-unary,http1-stream,h2c-unary,h2c-stream", "comma-separated modes: upstream protocol (http1, h2c, tls-http1, tls-h2: HTTPS, HTTP/2 through ALPN) and call kind (unary, stream)")
 	fs.IntVar(&s.callsPerConn, "calls-per-conn", 500, "calls per client gRPC connection (detour allows 1024 streams on one)")
 	fs.IntVar(&s.maxStreamsUp, "upstream-max-streams", 0, "fakellm's HTTP/2 streams per connection, 0 = net/http's default (250)")
 	fs.StringVar(&s.detourEnv, "detour-env", "", "comma-separated KEY=VALUE added to detour's environment (GOGC=50,GOMEMLIMIT=400MiB)")
 	fs.StringVar(&s.pprofDir, "pprof", "", "run detour with --pprof (and a heap sample per KiB allocated, which costs CPU) and save its heap and goroutine profiles with the calls held into this `dir`")
-	fs.Float64Var(&s.maxKiB, "max-kib", 16, "h2c target: RSS KiB per call in flight")
-	fs.Float64Var(&s.maxGor, "max-goroutines", 1.5, "h2c target: goroutines per call in flight")
-	fs.Float64Var(&s.sockPer, "calls-per-socket", 100, "h2c target: at least this many calls in flight per upstream connection")
+	fs.Float64Var(&s.maxKiB, "max-kib", 16, "HTTP/2 target: RSS KiB per call in flight")
+	fs.Float64Var(&s.maxGor, "max-goroutines", 1.5, "HTTP/2 target: goroutines per call in flight")
+	fs.Float64Var(&s.sockPer, "calls-per-socket", 100, "HTTP/2 target: at least this many calls in flight per upstream connection")
 	fs.Float64Var(&s.h1MaxKiB, "http1-max-kib", 0, "HTTP/1.1 target: RSS KiB per call in flight, no worse than before HTTP/2 (0: not judged)")
 	fs.Float64Var(&s.h1MaxGor, "http1-max-goroutines", 0, "HTTP/1.1 target: goroutines per call in flight (0: not judged)")
 }
@@ -123,7 +128,7 @@ func (s *inflight) setup(context.Context) (func(), error) {
 			}
 		}
 		if i < 0 {
-			return nil, fmt.Errorf("--modes: unknown mode %q (http1-unary, http1-stream, h2c-unary, h2c-stream)", f)
+			return nil, fmt.Errorf("--modes: unknown mode %q (http1, h2c, tls-http1 or tls-h2, then -unary or -stream)", f)
 		}
 		s.modes = append(s.modes, inflightModes[i])
 	}
@@ -188,10 +193,17 @@ func (s *inflight) run(ctx context.Context) error {
 // inflightConfig is one region with one backend on the upstream; the
 // adaptive limits off and no max_inflight, so that nothing in detour queues
 // or refuses a call; one attempt per call, with room for the hold.
-func inflightConfig(endpoint string, h2c bool, hold time.Duration) *regions.Config {
+func inflightConfig(endpoint, caFile string, m inflightMode, hold time.Duration) *regions.Config {
 	b := regions.Backend{Name: "up", Endpoint: endpoint}
-	if h2c {
+	switch {
+	case m.http2 && !m.tls:
 		b.Connections = &regions.BackendConnections{HTTP2: regions.HTTP2H2C}
+	case !m.http2 && m.tls:
+		b.Connections = &regions.BackendConnections{HTTP2: regions.HTTP2Off}
+	}
+	// With TLS and http2 left to auto, h2 comes through ALPN.
+	if caFile != "" {
+		b.TLS = &regions.BackendTLS{CAFile: caFile}
 	}
 	return &regions.Config{
 		Regions:  []regions.Region{region("r", 0, b)},
@@ -206,14 +218,14 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 	row := inflightRow{mode: m, calls: n}
 	var st stack
 	defer st.stop()
-	fk, err := harness.StartFake(fakellm.Config{Name: "up", Region: "r", H2C: m.h2c, MaxStreams: s.maxStreamsUp}, false)
+	fk, err := harness.StartFake(fakellm.Config{Name: "up", Region: "r", H2C: m.http2 && !m.tls, TLS: m.tls, MaxStreams: s.maxStreamsUp}, false)
 	if err != nil {
 		return row, err
 	}
 	st.add(fk.Stop)
 	_, portText, _ := net.SplitHostPort(fk.HTTP)
 	port, _ := strconv.Atoi(portText)
-	doc, err := configYAML(inflightConfig(fk.OpenAIEndpoint(), m.h2c, s.hold))
+	doc, err := configYAML(inflightConfig(fk.OpenAIEndpoint(), fk.CertFile, m, s.hold))
 	if err != nil {
 		return row, err
 	}
@@ -361,12 +373,12 @@ func savePprof(ctx context.Context, url, path string) error {
 
 // inflightTargets are the pass criteria of inflightJudge.
 type inflightTargets struct {
-	maxKiB, maxGor, callsPerSocket float64 // h2c modes
-	h1MaxKiB, h1MaxGor             float64 // http1 modes, 0: not judged
+	maxKiB, maxGor, callsPerSocket float64 // HTTP/2 modes
+	h1MaxKiB, h1MaxGor             float64 // HTTP/1.1 modes, 0: not judged
 }
 
 // inflightJudge misses a row whose calls did not all get in flight at once
-// or did not all succeed, an h2c row over maxKiB or maxGor per call or with
+// or did not all succeed, an HTTP/2 row over maxKiB or maxGor per call or with
 // fewer than callsPerSocket calls per upstream connection, and an http1 row
 // over its own bounds when set.
 func inflightJudge(rows []inflightRow, t inflightTargets) (misses []string, err error) {
@@ -383,7 +395,7 @@ func inflightJudge(rows []inflightRow, t inflightTargets) (misses []string, err 
 		}
 		kib, gor, sock := r.perCall()
 		maxKiB, maxGor := t.maxKiB, t.maxGor
-		if !r.mode.h2c {
+		if !r.mode.http2 {
 			maxKiB, maxGor = t.h1MaxKiB, t.h1MaxGor
 		}
 		if maxKiB > 0 && kib > maxKiB {
@@ -392,7 +404,7 @@ func inflightJudge(rows []inflightRow, t inflightTargets) (misses []string, err 
 		if maxGor > 0 && gor > maxGor {
 			misses = append(misses, fmt.Sprintf("%s: %.2f goroutines per call in flight, over %.2f", name, gor, maxGor))
 		}
-		if r.mode.h2c && r.held > 0 && sock > 1/t.callsPerSocket {
+		if r.mode.http2 && r.held > 0 && sock > 1/t.callsPerSocket {
 			misses = append(misses, fmt.Sprintf("%s: %d upstream sockets for %d calls, over one per %.0f", name, r.sockets, r.held, t.callsPerSocket))
 		}
 	}
@@ -421,9 +433,9 @@ func (s *inflight) report(w io.Writer) {
 			strconv.Itoa(r.failed), report.Verdict(len(one) == 0)})
 	}
 	fmt.Fprintln(w, report.Table([]string{"mode", "calls", "in flight at once", "RSS MiB idle → held", "KiB/call", "goroutines idle → held", "goroutines/call", "upstream sockets", "sockets/call", "heap in use MiB", "stacks MiB", "CPU cores while held", "failed", "verdict"}, rows))
-	fmt.Fprintf(w, "Targets: h2c ≤ %.0f KiB and ≤ %.1f goroutines per call in flight, at least %.0f calls per upstream socket", t.maxKiB, t.maxGor, t.callsPerSocket)
+	fmt.Fprintf(w, "Targets: HTTP/2 ≤ %.0f KiB and ≤ %.1f goroutines per call in flight, at least %.0f calls per upstream socket", t.maxKiB, t.maxGor, t.callsPerSocket)
 	if t.h1MaxKiB > 0 || t.h1MaxGor > 0 {
-		fmt.Fprintf(w, "; http1 ≤ %.1f KiB and ≤ %.2f goroutines per call", t.h1MaxKiB, t.h1MaxGor)
+		fmt.Fprintf(w, "; HTTP/1.1 ≤ %.1f KiB and ≤ %.2f goroutines per call", t.h1MaxKiB, t.h1MaxGor)
 	}
 	fmt.Fprintln(w, ".")
 	fmt.Fprintln(w)

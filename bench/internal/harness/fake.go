@@ -2,10 +2,14 @@ package harness
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +24,11 @@ type Fake struct {
 	// Name is the backend's name; HTTP and GRPC its listeners' host:port
 	// (GRPC empty without one).
 	Name, HTTP, GRPC string
+	// CertFile holds the certificate of its HTTPS listener, for a
+	// client's CA file; empty without Config.TLS.
+	CertFile string
+
+	ctl *http.Client // ctlClient, or one that trusts CertFile
 }
 
 // StartFake starts cmd/fakellm on loopback ports with cfg, serving HTTP and,
@@ -48,6 +57,14 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 		args = append(args, "-max-streams", strconv.Itoa(cfg.MaxStreams))
 	}
 	f := &Fake{Name: cfg.Name}
+	if cfg.TLS {
+		dir, err := WorkDir()
+		if err != nil {
+			return nil, err
+		}
+		f.CertFile = filepath.Join(dir, "fakellm-"+cfg.Name+".crt")
+		args = append(args, "-tls", "-tls-cert-out", f.CertFile)
+	}
 	var mu sync.Mutex
 	ready := func(line string) bool {
 		mu.Lock()
@@ -65,6 +82,17 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 		return nil, err
 	}
 	f.Child = c
+	f.ctl = ctlClient
+	if f.CertFile != "" {
+		pem, err := os.ReadFile(f.CertFile)
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		f.ctl = &http.Client{Timeout: ctlClient.Timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	}
 	return f, nil
 }
 
@@ -76,7 +104,7 @@ var ctlClient = &http.Client{Timeout: 5 * time.Second}
 // Stats reads fakellm's GET /stats: the requests it answered, by outcome.
 func (f *Fake) Stats() (fakellm.Stats, error) {
 	var st fakellm.Stats
-	resp, err := ctlClient.Get("http://" + f.HTTP + "/stats")
+	resp, err := f.ctl.Get(f.url("/stats"))
 	if err != nil {
 		return st, err
 	}
@@ -93,7 +121,7 @@ func (f *Fake) ConnStats() (fakellm.ConnStats, error) {
 	var st struct {
 		Conns fakellm.ConnStats `json:"http_conns"`
 	}
-	resp, err := ctlClient.Get("http://" + f.HTTP + "/stats")
+	resp, err := f.ctl.Get(f.url("/stats"))
 	if err != nil {
 		return st.Conns, err
 	}
@@ -107,7 +135,7 @@ func (f *Fake) ConnStats() (fakellm.ConnStats, error) {
 // Control POSTs a /control patch such as {"busy_rate": 0.5}.
 func (f *Fake) Control(patch map[string]any) error {
 	b, _ := json.Marshal(patch)
-	resp, err := ctlClient.Post("http://"+f.HTTP+"/control", "application/json", bytes.NewReader(b))
+	resp, err := f.ctl.Post(f.url("/control"), "application/json", bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
@@ -120,4 +148,12 @@ func (f *Fake) Control(patch map[string]any) error {
 }
 
 // OpenAIEndpoint is the base URL of f for an openai-kind backend.
-func (f *Fake) OpenAIEndpoint() string { return "http://" + f.HTTP + "/v1" }
+func (f *Fake) OpenAIEndpoint() string { return f.url("/v1") }
+
+// url is path on f's HTTP listener, https:// with TLS.
+func (f *Fake) url(path string) string {
+	if f.CertFile != "" {
+		return "https://" + f.HTTP + path
+	}
+	return "http://" + f.HTTP + path
+}
