@@ -47,6 +47,7 @@ type inflight struct {
 	maxKiB, maxGor, sockPer    float64
 	h1MaxKiB, h1MaxGor         float64
 	callsPerConn, maxStreamsUp int
+	maxConns                   int
 	pprofDir, detourEnv        string
 
 	rows    []inflightRow
@@ -82,6 +83,7 @@ type inflightRow struct {
 	baseGor, gor float64 // detour's goroutines, likewise
 	heap, stack  float64 // heap and goroutine stacks in use with the calls held, bytes
 	sockets      int     // detour's TCP connections to the upstream with the calls held
+	opened       uint64  // connections the upstream accepted from the launch on
 	cpu          float64 // cores detour used while the calls were held
 	failed       int
 	codes        string
@@ -102,6 +104,7 @@ func (s *inflight) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.countsFlag, "counts", "1000,4000,10000", "comma-separated numbers of calls held in flight at once")
 	fs.StringVar(&s.modesFlag, "modes", "http1-unary,http1-stream,h2c-unary,h2c-stream", "comma-separated modes: upstream protocol (http1, h2c, tls-http1, tls-h2: HTTPS, HTTP/2 through ALPN) and call kind (unary, stream)")
 	fs.IntVar(&s.callsPerConn, "calls-per-conn", 500, "calls per client gRPC connection (detour allows 1024 streams on one)")
+	fs.IntVar(&s.maxConns, "max-conns", 0, "the backend's connections.max_conns, 0 = no cap")
 	fs.IntVar(&s.maxStreamsUp, "upstream-max-streams", 0, "fakellm's HTTP/2 streams per connection, 0 = net/http's default (250)")
 	fs.StringVar(&s.detourEnv, "detour-env", "", "comma-separated KEY=VALUE added to detour's environment (GOGC=50,GOMEMLIMIT=400MiB)")
 	fs.StringVar(&s.pprofDir, "pprof", "", "run detour with --pprof (and a heap sample per KiB allocated, which costs CPU) and save its heap and goroutine profiles with the calls held into this `dir`")
@@ -181,8 +184,8 @@ func (s *inflight) run(ctx context.Context) error {
 				return fmt.Errorf("%s, %d calls: %w", m.name, n, err)
 			}
 			kib, gor, sock := r.perCall()
-			fmt.Fprintf(stderr, "inflight %s %d: held %d, RSS %s -> %s MiB (%.1f KiB/call), heap %.1f MiB, stacks %.1f MiB, goroutines %.0f -> %.0f (%.2f/call), upstream sockets %d (%.3f/call), %.3f cores, failed %d\n",
-				m.name, n, r.held, report.MiB(r.baseRSS), report.MiB(r.rss), kib, r.heap/(1<<20), r.stack/(1<<20), r.baseGor, r.gor, gor, r.sockets, sock, r.cpu, r.failed)
+			fmt.Fprintf(stderr, "inflight %s %d: held %d, RSS %s -> %s MiB (%.1f KiB/call), heap %.1f MiB, stacks %.1f MiB, goroutines %.0f -> %.0f (%.2f/call), upstream sockets %d (%.3f/call, %d opened), %.3f cores, failed %d\n",
+				m.name, n, r.held, report.MiB(r.baseRSS), report.MiB(r.rss), kib, r.heap/(1<<20), r.stack/(1<<20), r.baseGor, r.gor, gor, r.sockets, sock, r.opened, r.cpu, r.failed)
 			s.rows = append(s.rows, r)
 		}
 	}
@@ -193,13 +196,20 @@ func (s *inflight) run(ctx context.Context) error {
 // inflightConfig is one region with one backend on the upstream; the
 // adaptive limits off and no max_inflight, so that nothing in detour queues
 // or refuses a call; one attempt per call, with room for the hold.
-func inflightConfig(endpoint, caFile string, m inflightMode, hold time.Duration) *regions.Config {
+func inflightConfig(endpoint, caFile string, m inflightMode, hold time.Duration, maxConns int) *regions.Config {
 	b := regions.Backend{Name: "up", Endpoint: endpoint}
+	var c regions.BackendConnections
 	switch {
 	case m.http2 && !m.tls:
-		b.Connections = &regions.BackendConnections{HTTP2: regions.HTTP2H2C}
+		c.HTTP2 = regions.HTTP2H2C
 	case !m.http2 && m.tls:
-		b.Connections = &regions.BackendConnections{HTTP2: regions.HTTP2Off}
+		c.HTTP2 = regions.HTTP2Off
+	}
+	c.MaxConns = maxConns
+	if c != (regions.BackendConnections{}) {
+		// Only when set: main's detour, measured for comparison, has no
+		// connections block.
+		b.Connections = &c
 	}
 	// With TLS and http2 left to auto, h2 comes through ALPN.
 	if caFile != "" {
@@ -225,7 +235,7 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 	st.add(fk.Stop)
 	_, portText, _ := net.SplitHostPort(fk.HTTP)
 	port, _ := strconv.Atoi(portText)
-	doc, err := configYAML(inflightConfig(fk.OpenAIEndpoint(), fk.CertFile, m, s.hold))
+	doc, err := configYAML(inflightConfig(fk.OpenAIEndpoint(), fk.CertFile, m, s.hold, s.maxConns))
 	if err != nil {
 		return row, err
 	}
@@ -268,6 +278,9 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 		patch = map[string]any{"latency": "0s", "tokens_per_sec": 1}
 	}
 	if err := fk.Control(patch); err != nil {
+		return row, err
+	}
+	if err := fk.ResetStats(); err != nil {
 		return row, err
 	}
 	p := dt.Proc()
@@ -323,6 +336,11 @@ func (s *inflight) one(ctx context.Context, m inflightMode, n int) (inflightRow,
 	if row.sockets, err = harness.Sockets(dt.Pid(), port); err != nil {
 		return row, err
 	}
+	cs, err := fk.ConnStats()
+	if err != nil {
+		return row, err
+	}
+	row.opened = cs.Opened // bench's own control connection is kept alive from before the reset
 	if s.pprofDir != "" {
 		for _, prof := range []string{"heap", "goroutine"} {
 			path := filepath.Join(s.pprofDir, fmt.Sprintf("%s-%d-%s.pb.gz", m.name, n, prof))
@@ -428,11 +446,11 @@ func (s *inflight) report(w io.Writer) {
 		rows = append(rows, []string{r.mode.name, strconv.Itoa(r.calls), strconv.Itoa(r.held),
 			report.MiB(r.baseRSS) + " → " + report.MiB(r.rss), fmt.Sprintf("%.1f", kib),
 			fmt.Sprintf("%.0f → %.0f", r.baseGor, r.gor), fmt.Sprintf("%.2f", gor),
-			strconv.Itoa(r.sockets), fmt.Sprintf("%.3f", sock),
+			strconv.Itoa(r.sockets), strconv.FormatUint(r.opened, 10), fmt.Sprintf("%.3f", sock),
 			fmt.Sprintf("%.1f", r.heap/(1<<20)), fmt.Sprintf("%.1f", r.stack/(1<<20)), fmt.Sprintf("%.3f", r.cpu),
 			strconv.Itoa(r.failed), report.Verdict(len(one) == 0)})
 	}
-	fmt.Fprintln(w, report.Table([]string{"mode", "calls", "in flight at once", "RSS MiB idle → held", "KiB/call", "goroutines idle → held", "goroutines/call", "upstream sockets", "sockets/call", "heap in use MiB", "stacks MiB", "CPU cores while held", "failed", "verdict"}, rows))
+	fmt.Fprintln(w, report.Table([]string{"mode", "calls", "in flight at once", "RSS MiB idle → held", "KiB/call", "goroutines idle → held", "goroutines/call", "upstream sockets", "upstream connections opened", "sockets/call", "heap in use MiB", "stacks MiB", "CPU cores while held", "failed", "verdict"}, rows))
 	fmt.Fprintf(w, "Targets: HTTP/2 ≤ %.0f KiB and ≤ %.1f goroutines per call in flight, at least %.0f calls per upstream socket", t.maxKiB, t.maxGor, t.callsPerSocket)
 	if t.h1MaxKiB > 0 || t.h1MaxGor > 0 {
 		fmt.Fprintf(w, "; HTTP/1.1 ≤ %.1f KiB and ≤ %.2f goroutines per call", t.h1MaxKiB, t.h1MaxGor)

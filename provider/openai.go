@@ -129,6 +129,10 @@ func newTransport(b regions.Backend, tlsConfig *tls.Config) (*http.Transport, er
 			return nil, fmt.Errorf("backend %s: connections.http2 h2c needs an http:// endpoint, not %q", b.Name, b.Endpoint)
 		}
 		p.SetUnencryptedHTTP2(true)
+		// Bounds the dials of a burst beyond the open connections' streams
+		// (see regions.BackendConnections.MaxConns); HTTP/2 connections
+		// already open are not counted.
+		c.MaxConns = cmp.Or(c.MaxConns, regions.DefaultH2CMaxConns)
 	case regions.HTTP2Off:
 		p.SetHTTP1(true)
 	default:

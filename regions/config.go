@@ -213,9 +213,15 @@ type BackendConnections struct {
 	// backend must speak it: every call fails otherwise); "off": HTTP/1.1
 	// only.
 	HTTP2 string `yaml:"http2,omitempty" json:"http2,omitempty"`
-	// MaxConns caps the connections to the backend, dialing, busy and idle
-	// together; a call that finds them all busy (HTTP/1.1) or full (HTTP/2)
-	// waits for one. Zero means no cap.
+	// MaxConns caps the connections being dialed at once and, over
+	// HTTP/1.1, the connections open at once (dialing, busy and idle: a
+	// call that finds none free waits for one). Over HTTP/2 it bounds the
+	// dials only: a burst of calls beyond the streams of the open
+	// connections makes net/http dial a connection per waiting call and keep
+	// the few it needs (bench inflight: 4,000 calls over h2c opened 9,694
+	// connections to keep 21, and held 15 KiB more per call for it; with 32,
+	// 451 for 10,000 calls). Zero means no cap, except with h2c: 32
+	// (DefaultH2CMaxConns).
 	MaxConns int `yaml:"max_conns,omitempty" json:"max_conns,omitempty"`
 	// MaxIdleConns caps the idle HTTP/1.1 connections kept for reuse. Zero
 	// means 256.
@@ -229,6 +235,9 @@ type BackendConnections struct {
 	// Zero means no pings.
 	PingTimeout Duration `yaml:"ping_timeout,omitempty" json:"ping_timeout,omitempty"`
 }
+
+// DefaultH2CMaxConns is MaxConns's zero value with h2c.
+const DefaultH2CMaxConns = 32
 
 // Mode is HTTP2 with the empty default applied.
 func (c *BackendConnections) Mode() string {

@@ -132,6 +132,19 @@ func (f *Fake) ConnStats() (fakellm.ConnStats, error) {
 	return st.Conns, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// ResetStats POSTs /stats/reset: fakellm's counts start again from zero.
+func (f *Fake) ResetStats() error {
+	resp, err := f.ctl.Post(f.url("/stats/reset"), "application/json", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s /stats/reset: %s", f.Name, resp.Status)
+	}
+	return nil
+}
+
 // Control POSTs a /control patch such as {"busy_rate": 0.5}.
 func (f *Fake) Control(patch map[string]any) error {
 	b, _ := json.Marshal(patch)
