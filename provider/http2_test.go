@@ -125,3 +125,42 @@ func TestHTTP2Multiplexes(t *testing.T) {
 		})
 	}
 }
+
+// TestTransportFromConnections checks the pool each connections block
+// builds: the protocols offered and the caps.
+func TestTransportFromConnections(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		endpoint          string
+		conns             *regions.BackendConnections
+		h1, h2, h2c       bool
+		maxConns, maxIdle int
+		idle, ping        time.Duration
+	}{
+		{name: "no block", endpoint: "https://h/v1", h1: true, h2: true, maxIdle: 256, idle: 90 * time.Second},
+		{name: "h2c caps dials at 32", endpoint: "http://h/v1", conns: &regions.BackendConnections{HTTP2: regions.HTTP2H2C},
+			h2c: true, maxConns: 32, maxIdle: 256, idle: 90 * time.Second},
+		{name: "off, every field set", endpoint: "https://h/v1",
+			conns: &regions.BackendConnections{HTTP2: regions.HTTP2Off, MaxConns: 8, MaxIdleConns: 4, IdleTimeout: regions.Duration(time.Minute), PingTimeout: regions.Duration(15 * time.Second)},
+			h1:    true, maxConns: 8, maxIdle: 4, idle: time.Minute, ping: 15 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := newTransport(regions.Backend{Name: "b", Endpoint: tc.endpoint, Connections: tc.conns}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := tr.Protocols
+			if p.HTTP1() != tc.h1 || p.HTTP2() != tc.h2 || p.UnencryptedHTTP2() != tc.h2c {
+				t.Errorf("protocols %v, want HTTP1 %v, HTTP2 %v, UnencryptedHTTP2 %v", p, tc.h1, tc.h2, tc.h2c)
+			}
+			if tr.MaxConnsPerHost != tc.maxConns || tr.MaxIdleConnsPerHost != tc.maxIdle || tr.IdleConnTimeout != tc.idle ||
+				tr.HTTP2.SendPingTimeout != tc.ping || tr.HTTP2.PingTimeout != tc.ping {
+				t.Errorf("max conns %d, max idle %d, idle %v, ping %v/%v; want %d, %d, %v, %v", tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost,
+					tr.IdleConnTimeout, tr.HTTP2.SendPingTimeout, tr.HTTP2.PingTimeout, tc.maxConns, tc.maxIdle, tc.idle, tc.ping)
+			}
+		})
+	}
+	if _, err := newTransport(regions.Backend{Name: "b", Endpoint: "https://h/v1", Connections: &regions.BackendConnections{HTTP2: regions.HTTP2H2C}}, nil); err == nil {
+		t.Error("h2c on an https endpoint was accepted")
+	}
+}
