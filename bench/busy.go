@@ -664,10 +664,11 @@ func judgeFull(s *busyScenario, rows map[string]*busyRow) []string {
 
 // judgeStrained12 holds the targets over the second half of the run, once
 // detour has learned the backends' capacity (the first seconds, while the
-// limits adapt, are in the whole-run columns), and the whole run to the
-// recipe.
+// limits adapt, are in the whole-run columns): success and upstream calls
+// per call, and both against the recipe's over the same half. Over the
+// whole run the success must still be the recipe's at least.
 func judgeStrained12(s *busyScenario, rows map[string]*busyRow) []string {
-	a := rows["after"]
+	a, rec := rows["after"], rows["recipe"]
 	var miss []string
 	if a.steady.SuccessRate() < 0.99 {
 		miss = append(miss, fmt.Sprintf("success over the second half %s < 99%%", report.Percent(a.steady.SuccessRate())))
@@ -675,7 +676,16 @@ func judgeStrained12(s *busyScenario, rows map[string]*busyRow) []string {
 	if a.steadyPerCall() > 1.8 {
 		miss = append(miss, fmt.Sprintf("%.2f upstream calls per call over the second half > 1.8", a.steadyPerCall()))
 	}
-	return append(miss, notWorse(rows)...)
+	if rec == nil {
+		return miss
+	}
+	if a.sum.SuccessRate() < rec.sum.SuccessRate() {
+		miss = append(miss, fmt.Sprintf("success %s below the recipe's %s", report.Percent(a.sum.SuccessRate()), report.Percent(rec.sum.SuccessRate())))
+	}
+	if a.steadyPerCall() > rec.steadyPerCall()*1.02 {
+		miss = append(miss, fmt.Sprintf("%.2f upstream calls per call over the second half, more than the recipe's %.2f", a.steadyPerCall(), rec.steadyPerCall()))
+	}
+	return miss
 }
 
 // sameWithin is how far below b's success rate a's may be and still count

@@ -47,13 +47,24 @@ func TestBusyJudges(t *testing.T) {
 			want: []string{"steady busy share 10.00% > 5%", "goodput 300/s < 90% of the 400/s the backend can serve"}},
 		{name: "strained 1.2x misses below 99% and over 1.8 calls, and worse than the recipe", judge: judgeStrained12,
 			rows: map[string]*busyRow{"after": row(1000, 980, 1900, time.Second), "recipe": row(1000, 990, 1200, time.Second)},
-			want: []string{"success over the second half 98.00% < 99%", "1.90 upstream calls per call over the second half > 1.8", "success 98.00% below the recipe's 99.00%", "1.90 upstream calls per call, more than the recipe's 1.20"}},
+			want: []string{"success over the second half 98.00% < 99%", "1.90 upstream calls per call over the second half > 1.8", "success 98.00% below the recipe's 99.00%", "1.90 upstream calls per call over the second half, more than the recipe's 1.20"}},
 		{name: "strained 1.2x judges the second half: a warm-up's failures do not count", judge: judgeStrained12,
 			rows: map[string]*busyRow{"after": func() *busyRow {
 				r := row(1000, 950, 1700, time.Second)
 				r.steady, r.upstream2 = summary(500, 497, 0, 0), fakellm.Stats{Total: 860}
 				return r
 			}(), "recipe": row(1000, 870, 1760, time.Second)}},
+		{name: "strained 1.2x compares upstream calls with the recipe's over the second half", judge: judgeStrained12,
+			rows: map[string]*busyRow{"after": func() *busyRow {
+				r := row(1000, 995, 1820, time.Second)
+				r.steady, r.upstream2 = summary(500, 500, 0, 0), fakellm.Stats{Total: 870}
+				return r
+			}(), "recipe": func() *busyRow {
+				r := row(1000, 870, 1760, time.Second)
+				r.steady, r.upstream2 = summary(500, 435, 0, 0), fakellm.Stats{Total: 840}
+				return r
+			}()},
+			want: []string{"1.74 upstream calls per call over the second half, more than the recipe's 1.68"}},
 		{name: "strained 1.2x passes", judge: judgeStrained12,
 			rows: map[string]*busyRow{"after": row(1000, 1000, 1300, time.Second), "recipe": row(1000, 990, 1300, time.Second)}},
 		{name: "over capacity passes with refusals fast and with RetryInfo", judge: judgeOver, s: &busyScenario{capacity: 280},

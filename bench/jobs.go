@@ -1,7 +1,3 @@
-//go:build ignore
-
-// Ported to the scenario shape of bench/scenario.go in a following commit.
-
 package main
 
 import (
@@ -11,24 +7,28 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"gopkg.in/yaml.v3"
+	"google.golang.org/grpc/status"
 
+	"github.com/detour-dev/detour/bench/internal/harness"
+	"github.com/detour-dev/detour/bench/internal/load"
+	"github.com/detour-dev/detour/bench/internal/report"
 	"github.com/detour-dev/detour/internal/fakellm"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
 	"github.com/detour-dev/detour/regions"
 )
 
 func init() {
-	register("jobs", "asynchronous jobs on spare capacity: 2 replicas on one Postgres, a burst of jobs beside interactive load, one replica SIGKILLed midway", jobsBench)
+	register("jobs", "asynchronous jobs on spare capacity: 2 replicas on one Postgres, a burst of jobs beside interactive load, one replica SIGKILLed midway", func() scenario { return &jobsBench{} })
 }
 
 type jobsOpts struct {
@@ -44,6 +44,13 @@ type jobsOpts struct {
 	workers     int
 	reserve     float64
 	rescueAfter time.Duration
+	bounds      jobsBounds
+}
+
+// jobsBounds are issue 16's targets.
+type jobsBounds struct {
+	spareShare float64 // job throughput / the spare capacity, at least
+	p99Ratio   float64 // interactive p99 with the backlog / alone, at most
 }
 
 // jobsBench: fakellm answers half its calls busy at random and takes at
@@ -52,10 +59,61 @@ type jobsOpts struct {
 // replica 1, first alone (the baseline), then while --jobs jobs are
 // submitted in a --burst, alternately to the two replicas. When half the
 // jobs are done, replica 2 is killed with SIGKILL and started again. The
-// run ends when every job is final.
-func jobsBench(ctx context.Context, args []string) error {
-	o := jobsOpts{}
-	fs := flag.NewFlagSet("bench jobs", flag.ContinueOnError)
+// run ends when every job is final (or at --timeout).
+type jobsBench struct {
+	o jobsOpts
+
+	dbURL  string
+	f      *harness.Fake
+	doc    string
+	args   []string // detour serve flags of both replicas
+	r1, r2 *harness.Detour
+	c1, c2 *grpc.ClientConn
+
+	rec jobsRecord
+}
+
+// jobsRecord is what a run measured.
+type jobsRecord struct {
+	jobs, submitted int
+	submitErr       string // the first failed Submit's error
+	// Of the submitted jobs, read twice after the run: completed
+	// (SUCCEEDED both times), lost (NOT_FOUND), other (final in another
+	// state, or not final), unread (a Get failed otherwise).
+	completed, lost, other, unread int
+	// twice: answers that changed between the two reads, resubmissions
+	// with the key that named another job, and keys with two jobs in the
+	// database; resubmitErrs: resubmissions that failed (not verified).
+	twice, resubmitErrs int
+	capacity            float64 // the backend's answers/s
+	base                load.Summary
+	// with: interactive calls from the start of the burst to the kill;
+	// steady: those from the burst's end to the kill (its Throughput is
+	// the interactive answers/s there).
+	with, steady load.Summary
+	// jobsSteady jobs finished between the burst's end and the kill.
+	jobsSteady                  int
+	submit                      load.Summary
+	burstEnd, killedAt, allDone time.Duration // killedAt < 0: never killed
+	jobAnswers                  int           // upstream answers to jobs
+	baseForeign, foreign        float64
+}
+
+// steadySpan is the window the job throughput is measured over.
+func (r jobsRecord) steadySpan() time.Duration { return r.killedAt - r.burstEnd }
+
+// jobRate is jobs finished per second over the steady span.
+func (r jobsRecord) jobRate() float64 {
+	return float64(r.jobsSteady) / r.steadySpan().Seconds()
+}
+
+// spare is the capacity the interactive load left over the steady span.
+func (r jobsRecord) spare() float64 { return r.capacity - r.steady.Throughput }
+
+func (r jobsRecord) p99Ratio() float64 { return float64(r.with.P99) / float64(r.base.P99) }
+
+func (j *jobsBench) flags(fs *flag.FlagSet) {
+	o := &j.o
 	fs.IntVar(&o.jobs, "jobs", 10000, "jobs submitted")
 	fs.DurationVar(&o.burst, "burst", 10*time.Second, "the jobs are submitted evenly over this")
 	fs.IntVar(&o.slots, "slots", 40, "the backend's concurrency cap (503 beyond)")
@@ -64,93 +122,127 @@ func jobsBench(ctx context.Context, args []string) error {
 	fs.Float64Var(&o.share, "share", 0.5, "interactive load as a share of the backend's capacity")
 	fs.DurationVar(&o.baseline, "baseline", 20*time.Second, "interactive load alone before the jobs (the first quarter is warm-up)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "bound on the whole job phase")
-	fs.StringVar(&o.postgres, "postgres", cmpStr(os.Getenv("DETOUR_BENCH_POSTGRES_URL"), os.Getenv("DETOUR_TEST_POSTGRES_URL")),
+	fs.StringVar(&o.postgres, "postgres", firstSet(os.Getenv("DETOUR_BENCH_POSTGRES_URL"), os.Getenv("DETOUR_TEST_POSTGRES_URL")),
 		"URL of a Postgres where bench may create a database (env DETOUR_BENCH_POSTGRES_URL or DETOUR_TEST_POSTGRES_URL; `source .ci/services/postgres.sh` starts one)")
 	fs.IntVar(&o.workers, "workers", 64, "--jobs-workers of each replica")
 	fs.Float64Var(&o.reserve, "reserve", 0.1, "--jobs-reserve of each replica")
 	fs.DurationVar(&o.rescueAfter, "rescue-after", 10*time.Second, "--jobs-rescue-after of each replica (--jobs-attempt-timeout is half of it)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+	fs.Float64Var(&o.bounds.spareShare, "target-spare", 0.8, "target: job throughput at least this share of the spare capacity")
+	fs.Float64Var(&o.bounds.p99Ratio, "target-p99-ratio", 1.2, "target: interactive p99 with the backlog at most this multiple of its baseline")
+}
+
+func (j *jobsBench) setup(ctx context.Context) (func(), error) {
+	var st stack
+	o := j.o
 	if o.postgres == "" {
-		return errors.New("no Postgres: pass --postgres URL (or `source .ci/services/postgres.sh` and run again)")
+		return st.stop, errors.New("no Postgres: pass --postgres URL (or `source .ci/services/postgres.sh` and run again)")
+	}
+	if o.jobs <= 0 || o.slots <= 0 || o.latency <= 0 || o.burst <= 0 || o.baseline <= 0 {
+		return st.stop, errors.New("--jobs, --slots, --latency, --burst and --baseline must be positive")
 	}
 	dbURL, drop, err := benchDatabase(ctx, o.postgres)
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	defer drop()
-
-	capacity := float64(o.slots) / o.latency.Seconds()
-	rate := o.share * capacity
-	fmt.Fprintf(stderr, "bench jobs: backend %d slots x %v (%.0f answers/s), %.0f%% busy at random; interactive %.0f calls/s; %d jobs in %v\n",
-		o.slots, o.latency, capacity, 100*o.busyRate, rate, o.jobs, o.burst)
-	f, err := startFake(fakellm.Config{Region: "home", Name: "sole", Settings: fakellm.Settings{
+	st.add(drop)
+	j.dbURL = dbURL
+	f, err := harness.StartFake(fakellm.Config{Region: "home", Name: "sole", Settings: fakellm.Settings{
 		Latency: o.latency, Jitter: o.latency / 4, BusyRate: o.busyRate, MaxConcurrency: o.slots}}, false)
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	defer f.stop()
-	cfg := regions.Config{Regions: []regions.Region{{Name: "home", Backends: []regions.Backend{{Name: "sole", Endpoint: f.openaiEndpoint()}}}}}
-	doc, err := yaml.Marshal(&cfg)
+	st.add(f.Stop)
+	j.f = f
+	j.doc, err = configYAML(&regions.Config{Regions: []regions.Region{region("home", 0, regions.Backend{Name: "sole", Endpoint: f.OpenAIEndpoint()})}})
 	if err != nil {
-		return err
+		return st.stop, err
 	}
-	flags := []string{"--log-calls=false", "--jobs-db", dbURL, "--jobs-workers", fmt.Sprint(o.workers), "--jobs-reserve", ftoa(o.reserve),
+	j.args = []string{"--log-calls=false", "--jobs-db", dbURL, "--jobs-workers", fmt.Sprint(o.workers), "--jobs-reserve", harness.Ftoa(o.reserve),
 		"--jobs-attempt-timeout", (o.rescueAfter / 2).String(), "--jobs-rescue-after", o.rescueAfter.String()}
-	r1, err := startDetour(string(doc), "home", false, flags...)
-	if err != nil {
-		return err
+	if j.r1, j.c1, err = j.startReplica(); err != nil {
+		return st.stop, err
 	}
-	defer r1.stop()
-	r2, err := startDetour(string(doc), "home", false, flags...)
-	if err != nil {
-		return err
+	st.add(func() { j.c1.Close(); j.r1.Stop() })
+	// Replica 2 is replaced midway: stop the one running then.
+	if j.r2, j.c2, err = j.startReplica(); err != nil {
+		return st.stop, err
 	}
-	defer func() { r2.stop() }()
-	c1, err := dial(r1.addr)
+	st.add(func() {
+		if j.c2 != nil {
+			j.c2.Close()
+		}
+		if j.r2 != nil {
+			j.r2.Stop()
+		}
+	})
+	return st.stop, nil
+}
+
+// startReplica starts a detour replica on the bench's database and dials
+// it.
+func (j *jobsBench) startReplica() (*harness.Detour, *grpc.ClientConn, error) {
+	d, err := harness.StartDetour(harness.DetourOptions{Config: j.doc, Region: "home", Args: j.args})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer c1.Close()
-	c2, err := dial(r2.addr)
+	c, err := load.Dial(d.Addr)
 	if err != nil {
-		return err
+		d.Stop()
+		return nil, nil, err
 	}
-	defer func() { c2.Close() }()
-	rc := detourv1.NewRouterClient(c1)
-	jc := []detourv1.JobsClient{detourv1.NewJobsClient(c1), detourv1.NewJobsClient(c2)}
+	return d, c, nil
+}
+
+func (j *jobsBench) run(ctx context.Context) error {
+	o, rec := j.o, &j.rec
+	rec.jobs = o.jobs
+	rec.capacity = float64(o.slots) / o.latency.Seconds()
+	rate := o.share * rec.capacity
+	fmt.Fprintf(stderr, "bench jobs: backend %d slots x %v (%.0f answers/s), %.0f%% busy at random; interactive %.0f calls/s; %d jobs in %v\n",
+		o.slots, o.latency, rec.capacity, 100*o.busyRate, rate, o.jobs, o.burst)
+	rc := detourv1.NewRouterClient(j.c1)
+	var jcMu sync.Mutex
+	jc := []detourv1.JobsClient{detourv1.NewJobsClient(j.c1), detourv1.NewJobsClient(j.c2)}
+	client := func(i int) detourv1.JobsClient {
+		jcMu.Lock()
+		defer jcMu.Unlock()
+		return jc[i]
+	}
 	var interactiveN atomic.Int64
 	interactive := func(ctx context.Context) error {
-		return unaryCall(rc, request(fmt.Sprint("interactive ", interactiveN.Add(1))), 30*time.Second)(ctx)
+		return load.Unary(rc, load.Request(fmt.Sprint("interactive ", interactiveN.Add(1))), 30*time.Second)(ctx)
 	}
 
 	// Baseline: the interactive load alone.
-	mark := markCPU()
+	mark := harness.MarkCPU()
 	fmt.Fprintf(stderr, "bench jobs: baseline, interactive alone for %v\n", o.baseline)
-	base := openLoop(ctx, rate, o.baseline, 4096, nil, interactive)
+	base := load.OpenLoop(ctx, rate, o.baseline, 4096, nil, interactive)
 	warm := o.baseline / 4
-	baseS := summarize(window(base.Samples, warm, o.baseline), o.baseline-warm)
-	baseForeign := mark.foreignCPU()
+	rec.base = load.Summarize(load.Window(base.Samples, warm, o.baseline), o.baseline-warm)
+	rec.baseForeign = mark.ForeignCPU()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 
 	// The jobs, beside the same interactive load.
-	mark = markCPU()
-	f0, err := f.stats()
+	mark = harness.MarkCPU()
+	f0, err := j.f.Stats()
 	if err != nil {
 		return err
 	}
 	jctx, stop := context.WithTimeout(ctx, o.timeout)
 	defer stop()
-	var inter *run
+	var inter *load.Run
 	interDone := make(chan struct{})
 	go func() {
 		defer close(interDone)
-		inter = openLoop(jctx, rate, o.timeout, 4096, nil, interactive)
+		inter = load.OpenLoop(jctx, rate, o.timeout, 4096, nil, interactive)
 	}()
 	began := time.Now()
 	ids := make([]string, o.jobs)
-	submitS := make([]sample, o.jobs)
+	submitS := make([]load.Sample, o.jobs)
 	var submitted atomic.Int64
+	var firstErr sync.Once
 	var wg sync.WaitGroup
 	fmt.Fprintf(stderr, "bench jobs: submitting %d jobs over %v\n", o.jobs, o.burst)
 	for i := range o.jobs {
@@ -165,59 +257,79 @@ func jobsBench(ctx context.Context, args []string) error {
 			sctx, cancel := context.WithTimeout(jctx, 30*time.Second)
 			defer cancel()
 			t0 := time.Now()
-			j, err := jc[i%2].Submit(sctx, jobSubmission(i))
-			submitS[i] = sample{Start: t0.Sub(began), Lat: time.Since(t0), Code: codeOf(err), Err: err}
-			if err == nil {
-				ids[i] = j.GetId()
-				submitted.Add(1)
+			job, err := client(i%2).Submit(sctx, jobSubmission(i))
+			submitS[i] = load.Sample{Start: t0.Sub(began), Lat: time.Since(t0), Code: load.CodeOf(err), Err: err}
+			if err != nil {
+				firstErr.Do(func() { rec.submitErr = err.Error() })
+				return
 			}
+			ids[i] = job.GetId()
+			submitted.Add(1)
 		})
 	}
 	wg.Wait()
-	burstEnd := time.Since(began)
-	fmt.Fprintf(stderr, "bench jobs: %d of %d submitted in %v\n", submitted.Load(), o.jobs, burstEnd.Round(time.Millisecond))
+	rec.burstEnd = time.Since(began)
+	rec.submitted = int(submitted.Load())
+	rec.submit = load.Summarize(submitS, rec.burstEnd)
+	fmt.Fprintf(stderr, "bench jobs: %d of %d submitted in %v\n", rec.submitted, o.jobs, rec.burstEnd.Round(time.Millisecond))
 
-	db, err := pgx.Connect(ctx, dbURL)
+	db, err := pgx.Connect(ctx, j.dbURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close(context.Background())
-	count := func(states ...string) int {
+	count := func(states ...string) (int, error) {
 		var n int
-		db.QueryRow(jctx, `SELECT count(*) FROM river_job WHERE state::text = ANY($1)`, states).Scan(&n)
-		return n
+		err := db.QueryRow(jctx, `SELECT count(*) FROM river_job WHERE state::text = ANY($1)`, states).Scan(&n)
+		return n, err
 	}
-	var killedAt time.Duration = -1
+	rec.killedAt = -1
 	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
 	for jctx.Err() == nil {
-		<-tick.C
-		done := count("completed", "cancelled", "discarded")
-		if killedAt < 0 && done >= o.jobs/2 {
-			killedAt = time.Since(began)
-			fmt.Fprintf(stderr, "bench jobs: %d jobs done at %v: SIGKILL replica 2, then start it again\n", done, killedAt.Round(time.Millisecond))
-			r2.kill()
-			if r2, err = startDetour(string(doc), "home", false, flags...); err != nil {
-				tick.Stop()
-				return err
-			}
-			c2.Close()
-			if c2, err = dial(r2.addr); err != nil {
-				tick.Stop()
-				return err
-			}
-			jc[1] = detourv1.NewJobsClient(c2)
+		select {
+		case <-tick.C:
+		case <-jctx.Done():
+			continue
 		}
-		if done >= int(submitted.Load()) {
+		done, err := count("completed", "cancelled", "discarded")
+		if err != nil {
+			if jctx.Err() != nil {
+				break
+			}
+			return fmt.Errorf("counting finished jobs: %w", err)
+		}
+		if rec.killedAt < 0 && done >= o.jobs/2 {
+			rec.killedAt = time.Since(began)
+			fmt.Fprintf(stderr, "bench jobs: %d jobs done at %v: SIGKILL replica 2, then start it again\n", done, rec.killedAt.Round(time.Millisecond))
+			j.r2.Kill()
+			j.c2.Close()
+			j.r2, j.c2 = nil, nil
+			r2, c2, err := j.startReplica()
+			if err != nil {
+				return fmt.Errorf("restarting replica 2: %w", err)
+			}
+			j.r2, j.c2 = r2, c2
+			jcMu.Lock()
+			jc[1] = detourv1.NewJobsClient(c2)
+			jcMu.Unlock()
+		}
+		if done >= rec.submitted {
 			break
 		}
 	}
-	tick.Stop()
-	allDone := time.Since(began)
+	rec.allDone = time.Since(began)
+	if jctx.Err() != nil && ctx.Err() == nil {
+		fmt.Fprintf(stderr, "bench jobs: --timeout %v ran out before every job was final\n", o.timeout)
+	}
 	stop()
 	<-interDone
-	foreign := mark.foreignCPU()
-	f1, err := f.stats()
+	rec.foreign = mark.ForeignCPU()
+	f1, err := j.f.Stats()
 	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 
@@ -226,19 +338,20 @@ func jobsBench(ctx context.Context, args []string) error {
 	// counts as recorded twice.
 	rctx, rcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer rcancel()
-	first := readJobs(rctx, jc[0], ids)
-	dups := 0
+	first, firstErrs := readJobs(rctx, client(0), ids)
 	for i, id := range ids {
 		if id == "" {
 			continue
 		}
-		j, err := jc[1-i%2].Submit(rctx, jobSubmission(i))
-		if err != nil || j.GetId() != id {
-			dups++
+		job, err := client(1-i%2).Submit(rctx, jobSubmission(i))
+		switch {
+		case err != nil:
+			rec.resubmitErrs++
+		case job.GetId() != id:
+			rec.twice++
 		}
 	}
-	second := readJobs(rctx, jc[1], ids)
-	var completed, lost, twice int
+	second, secondErrs := readJobs(rctx, client(1), ids)
 	var finished []time.Duration
 	for i, id := range ids {
 		if id == "" {
@@ -246,81 +359,132 @@ func jobsBench(ctx context.Context, args []string) error {
 		}
 		a, b := first[i], second[i]
 		switch {
-		case a == nil || b == nil || a.GetState() != detourv1.JobState_JOB_STATE_SUCCEEDED:
-			lost++
+		case status.Code(firstErrs[i]) == codes.NotFound || status.Code(secondErrs[i]) == codes.NotFound:
+			rec.lost++
+		case a == nil || b == nil:
+			rec.unread++
+		case a.GetState() != detourv1.JobState_JOB_STATE_SUCCEEDED:
+			rec.other++
 		default:
-			completed++
+			rec.completed++
 			finished = append(finished, a.GetFinishedAt().AsTime().Sub(began))
 			if b.GetState() != a.GetState() || b.GetResult().GetId() != a.GetResult().GetId() {
-				twice++
+				rec.twice++
 			}
 		}
 	}
-	twice += dups
 	var perKey int
-	db.QueryRow(rctx, `SELECT count(*) FROM (SELECT 1 FROM river_job GROUP BY args->>'tenant', args->>'key' HAVING count(*) > 1) d`).Scan(&perKey)
-	twice += perKey
-
-	// Throughput in the steady part: from the end of the burst to the kill.
-	to := killedAt
-	if to < 0 {
-		to = allDone
+	if err := db.QueryRow(rctx, `SELECT count(*) FROM (SELECT 1 FROM river_job GROUP BY args->>'tenant', args->>'key' HAVING count(*) > 1) d`).Scan(&perKey); err != nil {
+		return fmt.Errorf("counting keys with two jobs: %w", err)
 	}
-	jobsIn := 0
+	rec.twice += perKey
+
+	// The steady part: from the end of the burst to the kill.
+	to := rec.killedAt
+	if to < 0 {
+		to = rec.allDone
+	}
 	for _, t := range finished {
-		if t >= burstEnd && t < to {
-			jobsIn++
+		if t >= rec.burstEnd && t < to {
+			rec.jobsSteady++
 		}
 	}
-	span := to - burstEnd
-	inB := window(inter.Samples, burstEnd, to)
-	interB := summarize(inB, span)
-	interWith := summarize(window(inter.Samples, 0, to), to)
-	jobRate := float64(jobsIn) / span.Seconds()
-	spare := capacity - interB.Throughput
-	subS := summarize(submitS, burstEnd)
-	jobAnswers := int(f1.OK-f0.OK) - interactiveOK(inter.Samples)
-
-	fmt.Printf("\n### bench jobs\n\n")
-	fmt.Printf("Backend: %d slots (503 beyond), %v latency, %.0f%% busy at random: capacity %.0f answers/s. Interactive %.0f calls/s (%.0f%%) on replica 1. "+
-		"%d jobs submitted in %v, alternately to replicas 1 and 2 (each --jobs-workers %d, --jobs-reserve %s, --jobs-rescue-after %v); "+
-		"replica 2 SIGKILLed and restarted at %v, when half were done. Postgres: %s.\n\n",
-		o.slots, o.latency, 100*o.busyRate, capacity, rate, 100*o.share, o.jobs, o.burst, o.workers, ftoa(o.reserve), o.rescueAfter,
-		killedAt.Round(time.Millisecond), redactURL(o.postgres))
-	ratio := float64(interWith.P99) / float64(baseS.P99)
-	rows := [][]string{
-		{"jobs completed", fmt.Sprintf("%d of %d (%s)", completed, o.jobs, pctText(float64(completed)/float64(o.jobs))), "100%", verdict(completed == o.jobs)},
-		{"jobs lost", fmt.Sprint(lost + o.jobs - int(submitted.Load())), "0", verdict(lost == 0 && int(submitted.Load()) == o.jobs)},
-		{"results recorded twice", fmt.Sprintf("%d (answers changed or second jobs for a key, after resubmitting all %d keys)", twice, submitted.Load()), "0", verdict(twice == 0)},
-		{"job throughput, burst end to kill", fmt.Sprintf("%.0f/s vs %.0f/s spare (%.0f capacity - %.0f interactive answers/s): %s", jobRate, spare, capacity, interB.Throughput, pctText(jobRate/spare)), ">= 80%", verdict(jobRate >= 0.8*spare)},
-		{"interactive p99 alone / with the backlog", fmt.Sprintf("%s / %s ms (%.2fx)", ms(baseS.P99), ms(interWith.P99), ratio), "<= 1.2x", verdict(ratio <= 1.2)},
-		{"interactive success alone / with the backlog", fmt.Sprintf("%s / %s", pctText(baseS.successRate()), pctText(interWith.successRate())), "", ""},
-		{"submit p50 / p99", fmt.Sprintf("%s / %s ms (%s ok)", ms(subS.P50), ms(subS.P99), pctText(subS.successRate())), "", ""},
-		{"all jobs final after", allDone.Round(100 * time.Millisecond).String(), "", ""},
-		{"upstream answers per job", fmt.Sprintf("%.3f (a killed run's call may be made again)", float64(jobAnswers)/float64(max(completed, 1))), "", ""},
-		{"CPU of other processes (Postgres included)", fmt.Sprintf("%.2f cores baseline, %.2f with jobs", baseForeign, foreign), "", ""},
-	}
-	fmt.Print(mdTable([]string{"measure", "value", "target", "verdict"}, rows))
-	var miss []string
-	if completed != o.jobs {
-		miss = append(miss, fmt.Sprintf("%d of %d jobs completed", completed, o.jobs))
-	}
-	if lost > 0 || twice > 0 {
-		miss = append(miss, fmt.Sprintf("%d lost, %d recorded twice", lost, twice))
-	}
-	if jobRate < 0.8*spare {
-		miss = append(miss, fmt.Sprintf("job throughput %.0f/s < 80%% of the spare %.0f/s", jobRate, spare))
-	}
-	if ratio > 1.2 {
-		miss = append(miss, fmt.Sprintf("interactive p99 %.2fx its baseline", ratio))
-	}
-	if len(miss) > 0 {
-		return missed("%s", strings.Join(miss, "; "))
-	}
+	rec.steady = load.Summarize(load.Window(inter.Samples, rec.burstEnd, to), max(to-rec.burstEnd, 0))
+	rec.with = load.Summarize(load.Window(inter.Samples, 0, to), to)
+	rec.jobAnswers = int(f1.OK-f0.OK) - answered(inter.Samples)
 	return nil
 }
 
-func cmpStr(ss ...string) string {
+// answered counts the calls of ss answered (the interactive ones: the rest
+// of the backend's answers are the jobs').
+func answered(ss []load.Sample) int {
+	n := 0
+	for _, s := range ss {
+		if s.Code == codes.OK {
+			n++
+		}
+	}
+	return n
+}
+
+func (j *jobsBench) judge() ([]string, error) { return jobsJudge(j.rec, j.o.bounds) }
+
+// jobsJudge holds a run to issue 16's targets: every job completed, none
+// lost or recorded twice, the job throughput over the steady span at least
+// bounds.spareShare of the spare capacity, the interactive p99 with the
+// backlog at most bounds.p99Ratio times its baseline. It is an error when
+// the run has no baseline, no submitted job or no steady span.
+func jobsJudge(r jobsRecord, b jobsBounds) ([]string, error) {
+	switch {
+	case r.base.N == 0 || r.base.P99 <= 0:
+		return nil, errors.New("no interactive baseline")
+	case r.submitted == 0:
+		return nil, fmt.Errorf("no job was submitted: %s", r.submitErr)
+	}
+	var miss []string
+	if r.completed != r.jobs {
+		miss = append(miss, fmt.Sprintf("%d of %d jobs completed (%d not submitted, %d lost, %d final otherwise or not final, %d unread)",
+			r.completed, r.jobs, r.jobs-r.submitted, r.lost, r.other, r.unread))
+	}
+	if r.lost > 0 || r.twice > 0 {
+		miss = append(miss, fmt.Sprintf("%d lost, %d recorded twice", r.lost, r.twice))
+	}
+	if r.resubmitErrs > 0 {
+		miss = append(miss, fmt.Sprintf("%d resubmissions failed: their keys were not checked", r.resubmitErrs))
+	}
+	if r.killedAt < 0 {
+		miss = append(miss, "replica 2 was never killed (half the jobs never finished)")
+	}
+	if r.steadySpan() <= 0 {
+		miss = append(miss, "no steady span between the burst's end and the kill to measure job throughput over")
+	} else if r.jobRate() < b.spareShare*r.spare() {
+		miss = append(miss, fmt.Sprintf("job throughput %.0f/s < %.0f%% of the spare %.0f/s", r.jobRate(), 100*b.spareShare, r.spare()))
+	}
+	if r.p99Ratio() > b.p99Ratio {
+		miss = append(miss, fmt.Sprintf("interactive p99 %.2fx its baseline > %.2fx", r.p99Ratio(), b.p99Ratio))
+	}
+	return miss, nil
+}
+
+func (j *jobsBench) report(w io.Writer) {
+	o, r := j.o, j.rec
+	fmt.Fprintf(w, "\n### bench jobs\n\n")
+	fmt.Fprintf(w, "%s; load %s. Backend: %d slots (503 beyond), %v latency, %.0f%% busy at random: capacity %.0f answers/s. Interactive %.0f calls/s (%.0f%%) on replica 1. "+
+		"%d jobs submitted in %v, alternately to replicas 1 and 2 (each --jobs-workers %d, --jobs-reserve %s, --jobs-rescue-after %v); "+
+		"replica 2 SIGKILLed and restarted at %v, when half were done. Postgres: %s.\n\n",
+		report.Machine(), report.LoadAvg(), o.slots, o.latency, 100*o.busyRate, r.capacity, o.share*r.capacity, 100*o.share, o.jobs, o.burst, o.workers,
+		harness.Ftoa(o.reserve), o.rescueAfter, r.killedAt.Round(time.Millisecond), redactURL(o.postgres))
+	fmt.Fprint(w, jobsTable(r, o.bounds))
+}
+
+// jobsTable is the run's table, a verdict beside each target.
+func jobsTable(r jobsRecord, b jobsBounds) string {
+	span := r.steadySpan() > 0
+	jobRate, share := "-", "-"
+	if span {
+		jobRate = fmt.Sprintf("%.0f/s", r.jobRate())
+		share = report.Percent(r.jobRate() / r.spare())
+	}
+	ratio := r.p99Ratio()
+	rows := [][]string{
+		{"jobs completed", fmt.Sprintf("%d of %d (%s)", r.completed, r.jobs, report.Percent(float64(r.completed)/float64(max(r.jobs, 1)))), "100%", report.Verdict(r.completed == r.jobs)},
+		{"jobs lost", fmt.Sprintf("%d (%d not submitted, %d final otherwise or not final, %d unread)", r.lost, r.jobs-r.submitted, r.other, r.unread), "0", report.Verdict(r.lost == 0)},
+		{"results recorded twice", fmt.Sprintf("%d (answers changed or second jobs for a key, after resubmitting all %d keys; %d resubmissions failed)", r.twice, r.submitted, r.resubmitErrs), "0", report.Verdict(r.twice == 0 && r.resubmitErrs == 0)},
+		{"job throughput, burst end to kill", fmt.Sprintf("%s vs %.0f/s spare (%.0f capacity - %.0f interactive answers/s): %s", jobRate, r.spare(), r.capacity, r.steady.Throughput, share),
+			fmt.Sprintf(">= %.0f%%", 100*b.spareShare), report.Verdict(span && r.jobRate() >= b.spareShare*r.spare())},
+		{"interactive p99 alone / with the backlog", fmt.Sprintf("%s / %s ms (%.2fx)", report.Ms(r.base.P99), report.Ms(r.with.P99), ratio), fmt.Sprintf("<= %.1fx", b.p99Ratio), report.Verdict(ratio <= b.p99Ratio)},
+		{"interactive p99 from the burst's end to the kill", fmt.Sprintf("%s ms (%.2fx the baseline)", report.Ms(r.steady.P99), float64(r.steady.P99)/float64(max(r.base.P99, 1))), "", ""},
+		{"interactive success alone / with the backlog", fmt.Sprintf("%s / %s", report.Percent(r.base.SuccessRate()), report.Percent(r.with.SuccessRate())), "", ""},
+		{"submit p50 / p99", fmt.Sprintf("%s / %s ms (%s ok)", report.Ms(r.submit.P50), report.Ms(r.submit.P99), report.Percent(r.submit.SuccessRate())), "", ""},
+		{"submissions took / all jobs final after", fmt.Sprintf("%v / %v", r.burstEnd.Round(100*time.Millisecond), r.allDone.Round(100*time.Millisecond)), "", ""},
+		{"upstream answers per job", fmt.Sprintf("%.3f (a killed run's call may be made again)", float64(r.jobAnswers)/float64(max(r.completed, 1))), "", ""},
+		{"CPU of other processes (Postgres included)", fmt.Sprintf("%.2f cores baseline, %.2f with jobs", r.baseForeign, r.foreign), "", ""},
+	}
+	return report.Table([]string{"measure", "value", "target", "verdict"}, rows)
+}
+
+// firstSet is the first of ss that is not empty.
+func firstSet(ss ...string) string {
 	for _, s := range ss {
 		if s != "" {
 			return s
@@ -332,26 +496,15 @@ func cmpStr(ss ...string) string {
 // jobSubmission is job i's submission: the same each time (its key names
 // it).
 func jobSubmission(i int) *detourv1.SubmitRequest {
-	return &detourv1.SubmitRequest{Request: request(fmt.Sprint("job ", i)), IdempotencyKey: fmt.Sprint("bench-", i)}
+	return &detourv1.SubmitRequest{Request: load.Request(fmt.Sprint("job ", i)), IdempotencyKey: fmt.Sprint("bench-", i)}
 }
 
-func interactiveOK(ss []sample) int {
-	n := 0
-	for _, s := range ss {
-		if s.Code == codes.OK {
-			n++
-		}
-	}
-	return n
-}
-
-// readErrs counts failed reads; the first is printed.
-var readErrs atomic.Int64
-
-// readJobs Gets every job, 32 at a time.
-func readJobs(ctx context.Context, c detourv1.JobsClient, ids []string) []*detourv1.Job {
-	out := make([]*detourv1.Job, len(ids))
+// readJobs Gets every job, 32 at a time: the job or the Get's error, per
+// id ("" ids are skipped).
+func readJobs(ctx context.Context, c detourv1.JobsClient, ids []string) ([]*detourv1.Job, []error) {
+	out, errs := make([]*detourv1.Job, len(ids)), make([]error, len(ids))
 	sem := make(chan struct{}, 32)
+	var failed atomic.Int64
 	var wg sync.WaitGroup
 	for i, id := range ids {
 		if id == "" {
@@ -361,20 +514,23 @@ func readJobs(ctx context.Context, c detourv1.JobsClient, ids []string) []*detou
 		wg.Go(func() {
 			defer func() { <-sem }()
 			j, err := c.Get(ctx, &detourv1.GetJobRequest{Id: id})
-			if err == nil {
-				out[i] = j
-			} else if readErrs.Add(1) == 1 {
+			out[i], errs[i] = j, err
+			if err != nil && failed.Add(1) == 1 {
 				fmt.Fprintf(stderr, "bench jobs: get %s: %v\n", id, err)
 			}
 		})
 	}
 	wg.Wait()
-	return out
+	return out, errs
 }
 
 // benchDatabase creates a database for the run on the Postgres at admin and
 // returns its URL and the function that drops it.
 func benchDatabase(ctx context.Context, admin string) (string, func(), error) {
+	u, err := url.Parse(admin)
+	if err != nil {
+		return "", nil, fmt.Errorf("--postgres: %w", err)
+	}
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
 		return "", nil, fmt.Errorf("postgres %s: %w", redactURL(admin), err)
@@ -384,23 +540,25 @@ func benchDatabase(ctx context.Context, admin string) (string, func(), error) {
 	rand.Read(b[:])
 	name := "detour_bench_" + hex.EncodeToString(b[:])
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", nil, err
-	}
-	u, err := url.Parse(admin)
-	if err != nil {
-		return "", nil, err
+		return "", nil, fmt.Errorf("create database %s: %w", name, err)
 	}
 	u.Path = "/" + name
 	return u.String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if conn, err := pgx.Connect(ctx, admin); err == nil {
-			conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			conn.Close(ctx)
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench jobs: drop database %s: %v\n", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			fmt.Fprintf(stderr, "bench jobs: drop database %s: %v\n", name, err)
 		}
 	}, nil
 }
 
+// redactURL is s with its password, if any, replaced.
 func redactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil || u.User == nil {

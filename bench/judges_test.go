@@ -15,8 +15,9 @@ import (
 )
 
 // The pass/fail judges of soak, seq, hop, cachehit, propagation,
-// sharedstate and hostile, each shown to pass and to fail (busy's and
-// chaos's are in busy_test.go and chaos_test.go).
+// sharedstate and hostile, each shown to pass and to fail (busy's, chaos's,
+// http's and jobs's are in busy_test.go, chaos_test.go, http_test.go and
+// jobs_test.go).
 
 // soakSamples are one per 10 s for 10 min, RSS growing by rssPerMin MiB a
 // minute from 40 MiB, goroutines by gorPerMin.

@@ -13,7 +13,7 @@
 //
 //	go run ./bench list                 # the scenarios
 //	go run ./bench <scenario> -h        # its flags
-//	go run ./bench hop | seq | busy | soak | chaos | propagation ...
+//	go run ./bench hop | seq | http | busy | jobs | soak | chaos | propagation ...
 //
 // Every scenario has one shape (the scenario interface): flags, setup, run,
 // judge, report. A scenario is a file that registers itself from init; its

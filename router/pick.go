@@ -219,10 +219,17 @@ func weighted(bs []*backend, total int, skip *backend) *backend {
 
 // score is lower for a backend that should get the next call: a lower
 // recent cost (busy answers count as expensive), fewer in-flight calls per
-// unit of weight, and in the caller's zone.
+// unit of weight, and in the caller's zone. A backend that has calls in
+// flight but has not finished one yet costs busyPenalty, as in Finagle's
+// and Linkerd's peak EWMA: at no cost it would beat every backend that has
+// answered, and one whose calls hang would draw ever more of them.
 func (b *backend) score(now time.Time, zone string) float64 {
-	cost := b.load.get(now) + 0.001
-	s := cost * float64(b.inflight.Load()+1) / float64(b.cfg.EffectiveWeight())
+	inflight := b.inflight.Load()
+	cost := b.load.get(now)
+	if cost == 0 && inflight > 0 {
+		cost = busyPenalty.Seconds()
+	}
+	s := (cost + 0.001) * float64(inflight+1) / float64(b.cfg.EffectiveWeight())
 	if zone != "" && b.cfg.Zone != "" && b.cfg.Zone != zone {
 		s *= 1.5
 	}

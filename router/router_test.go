@@ -428,10 +428,20 @@ func TestBalancesByInflight(t *testing.T) {
 	cfg.Regions[0].Backends = append(cfg.Regions[0].Backends, regions.Backend{Name: "home-2", Endpoint: "http://127.0.0.1:1/v1"})
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
-	fx.provider("home-1").complete = func(context.Context) (*detourv1.CompleteResponse, error) {
-		started <- struct{}{}
-		<-release
-		return &detourv1.CompleteResponse{}, nil
+	// home-1 holds every call until the test ends (or the call's context
+	// does): a call sent there by mistake fails the test instead of
+	// hanging it, and more than one held call never blocks on started.
+	fx.provider("home-1").complete = func(ctx context.Context) (*detourv1.CompleteResponse, error) {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+			return &detourv1.CompleteResponse{}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	r := newTestRouter(t, fx, cfg)
 	// Hold calls on home-1 until one is in flight there.
@@ -449,9 +459,11 @@ func TestBalancesByInflight(t *testing.T) {
 	}
 	// With home-1 busy with one call, idle home-2 must win every choice of two.
 	for i := range 20 {
-		resp, err := r.Complete(context.Background(), req())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := r.Complete(ctx, req())
+		cancel()
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("call %d: %v (sent to the held home-1?)", i, err)
 		}
 		if got := resp.GetServedBy().GetBackend(); got != "home-2" {
 			t.Fatalf("call %d served by %s, want home-2 while home-1 has a call in flight", i, got)
@@ -474,5 +486,25 @@ func TestBusyRetryLeavesTheRegion(t *testing.T) {
 		if got := resp.GetServedBy().GetRegion(); got != "near" {
 			t.Fatalf("call %d: retry served from region %q, want near (the busy region is tried last)", i, got)
 		}
+	}
+}
+
+// TestUnansweredBackendIsNotFree: a backend with a call in flight that has
+// not answered one yet is not cheaper than an idle one that answers in
+// 50 ms (it cost nothing, and won every choice while its calls hung:
+// TestBalancesByInflight hung under -race once the idle backend's answers
+// took over a millisecond).
+func TestUnansweredBackendIsNotFree(t *testing.T) {
+	now := time.Now()
+	held := &backend{live: &live{}, cfg: regions.Backend{Name: "held"}}
+	held.inflight.Store(1)
+	answers := &backend{live: &live{}, cfg: regions.Backend{Name: "answers"}}
+	answers.load.observe(now, 50*time.Millisecond)
+	if h, a := held.score(now, ""), answers.score(now, ""); h <= a {
+		t.Errorf("score of a backend holding an unanswered call %.4f <= an idle answering one's %.4f", h, a)
+	}
+	fresh := &backend{live: &live{}, cfg: regions.Backend{Name: "fresh"}}
+	if f, a := fresh.score(now, ""), answers.score(now, ""); f >= a {
+		t.Errorf("score of a fresh idle backend %.4f >= an answering one's %.4f: new backends should get calls", f, a)
 	}
 }

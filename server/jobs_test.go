@@ -20,6 +20,7 @@ import (
 
 	"github.com/detour-dev/detour/auth"
 	"github.com/detour-dev/detour/internal/fakellm"
+	"github.com/detour-dev/detour/internal/testkit"
 	"github.com/detour-dev/detour/jobs"
 	"github.com/detour-dev/detour/jobs/jobstest"
 	detourv1 "github.com/detour-dev/detour/proto/detour/v1"
@@ -214,4 +215,66 @@ func TestJobFailureIsTheCompleteStatus(t *testing.T) {
 		last.GetError().GetMessage() != want.Message() {
 		t.Errorf("job ended %v, want FAILED with %v", last, want.Proto())
 	}
+}
+
+// TestJobCancelOverGRPC: Jobs/Cancel of a running job, over real gRPC,
+// cancels its upstream call in flight at the backend, and the job (and a
+// Watch opened before the cancel) ends CANCELED, its call made once.
+func TestJobCancelOverGRPC(t *testing.T) {
+	jobstest.Each(t, func(t *testing.T, dbURL string) {
+		f := fakellm.New(fakellm.Config{Region: "a", Name: "a-1", Settings: fakellm.Settings{HangRate: 1}})
+		if err := f.Start("127.0.0.1:0", ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		st := startJobsStack(t, "http://"+f.HTTPAddr()+"/v1", dbURL)
+		acme := asTenant(t, "acme")
+		job, err := st.jobs.Submit(acme, &detourv1.SubmitRequest{Request: jobReq("never answered")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.Until(t, 10*time.Second, "the job's upstream call to start", func() bool { return f.Stats().InFlight == 1 })
+		w, err := st.jobs.Watch(acme, &detourv1.WatchJobRequest{Id: job.GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := w.Recv()
+		if err != nil || first.GetState() != detourv1.JobState_JOB_STATE_RUNNING {
+			t.Fatalf("watch's first message: %v, %v; want RUNNING (its upstream call is in flight)", first, err)
+		}
+
+		got, err := st.jobs.Cancel(acme, &detourv1.CancelJobRequest{Id: job.GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := got.GetState(); s != detourv1.JobState_JOB_STATE_RUNNING && s != detourv1.JobState_JOB_STATE_CANCELED {
+			t.Errorf("Cancel returned %v, want RUNNING (stopping) or CANCELED", s)
+		}
+		var last *detourv1.Job
+		for {
+			j, err := w.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("watch after the cancel: %v", err)
+			}
+			last = j
+		}
+		if last.GetState() != detourv1.JobState_JOB_STATE_CANCELED || last.GetResult() != nil {
+			t.Errorf("watch ended with %v, want CANCELED without a result", last)
+		}
+		testkit.Until(t, 10*time.Second, "the upstream call to be cancelled at the backend", func() bool { return f.Stats().InFlight == 0 })
+		if s := f.Stats(); s.Total != 1 {
+			t.Errorf("the backend saw %d calls, want 1: a cancelled job is not run again", s.Total)
+		}
+		again, err := st.jobs.Get(acme, &detourv1.GetJobRequest{Id: job.GetId()})
+		if err != nil || again.GetState() != detourv1.JobState_JOB_STATE_CANCELED {
+			t.Errorf("Get after the cancel: %v, %v; want CANCELED", again, err)
+		}
+		// Cancelling a final job returns it as it is.
+		if j, err := st.jobs.Cancel(acme, &detourv1.CancelJobRequest{Id: job.GetId()}); err != nil || j.GetState() != detourv1.JobState_JOB_STATE_CANCELED {
+			t.Errorf("second Cancel: %v, %v; want the job CANCELED", j, err)
+		}
+	})
 }

@@ -43,6 +43,7 @@ type chatMessage struct {
 	Role       string         `json:"role"`
 	Content    messageContent `json:"content"`
 	ToolCallID string         `json:"tool_call_id"`
+	Prefix     bool           `json:"prefix"` // DeepSeek's prefix completion: the start of the answer
 	ToolCalls  []struct {
 		ID string `json:"id"`
 	} `json:"tool_calls"`
@@ -114,6 +115,12 @@ func (r *chatRequest) validate() *invalid {
 			return &invalid{
 				"messages[" + strconv.Itoa(i) + "].role",
 				"invalid role " + strconv.Quote(m.Role) + ": want system, user, assistant, tool or developer",
+			}
+		}
+		if m.Prefix && (m.Role != "assistant" || i != len(r.Messages)-1) {
+			return &invalid{
+				"messages[" + strconv.Itoa(i) + "].prefix",
+				"prefix is allowed only on the last message, an assistant one",
 			}
 		}
 		for _, tc := range m.ToolCalls {
@@ -244,8 +251,10 @@ const maxEchoWords = 24
 
 // answerOptions are the Settings that shape an answer.
 type answerOptions struct {
-	thinkTokens int  // length of a think phase (0: defaultThinkTokens)
-	blank       bool // a JSON-mode answer comes out blank
+	thinkTokens      int  // length of a think phase (0: defaultThinkTokens)
+	blank            bool // a JSON-mode answer comes out blank
+	prefixCompletion bool // a last assistant message with prefix is continued
+	answerTokens     int  // pad a text answer to this many tokens (0: no padding)
 }
 
 // newAnswer derives the answer to r from its messages alone, so that the
@@ -263,6 +272,13 @@ type answerOptions struct {
 // fill the first required (else first) property of the function's
 // parameters with the last capitalized word of the message (a place name,
 // say; else its last word), and finish reason "tool_calls".
+//
+// With opt.answerTokens, a text answer goes on after the ref with filler
+// words drawn from the hash, up to that many tokens. With
+// opt.prefixCompletion, a last assistant message with prefix set is the
+// start of the answer: the answer is that of the messages before it, minus
+// the prefix (whole if it does not start with the prefix); the prompt
+// counts the prefix.
 func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 	// FNV-1a over every message, so that the same last message in another
 	// conversation gets another ref; stable across processes, unlike maphash.
@@ -279,26 +295,34 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 		h ^= 0xff // separator: ("ab","c") and ("a","bc") differ
 		h *= prime64
 	}
-	prompt := 3                 // every reply is primed with a few tokens
-	cached := 0                 // the prompt before the last message
-	echo := len(r.Messages) - 1 // the last user message, else the last one
+	prompt := 3 // every reply is primed with a few tokens
+	cached := 0 // the prompt before the last message
 	for i := range r.Messages {
-		m := &r.Messages[i]
-		mix(m.Role)
-		mix(string(m.Content))
 		if i == len(r.Messages)-1 && i > 0 {
 			cached = prompt
 		}
-		prompt += 4 + (len(m.Content)+3)/4 // ~4 bytes a token, plus framing
+		prompt += 4 + (len(r.Messages[i].Content)+3)/4 // ~4 bytes a token, plus framing
+	}
+	msgs := r.Messages // what the answer is derived from
+	prefix, continuing := "", false
+	if last := &msgs[len(msgs)-1]; opt.prefixCompletion && last.Prefix && last.Role == "assistant" && len(msgs) > 1 {
+		prefix, continuing = string(last.Content), true
+		msgs = msgs[:len(msgs)-1]
+	}
+	echo := len(msgs) - 1 // the last user message, else the last one
+	for i := range msgs {
+		m := &msgs[i]
+		mix(m.Role)
+		mix(string(m.Content))
 		if m.Role == "user" {
 			echo = i
 		}
 	}
 	label := "] echo:"
-	if last := len(r.Messages) - 1; r.Messages[last].Role == "tool" {
+	if last := len(msgs) - 1; msgs[last].Role == "tool" {
 		echo, label = last, "] result:"
 	}
-	source := string(r.Messages[echo].Content)
+	source := string(msgs[echo].Content)
 
 	var b strings.Builder
 	b.Grow(len(region) + min(len(source), 512) + 32)
@@ -320,6 +344,9 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 	hex := strconv.AppendUint(hexBuf[:0], h>>32|1<<32, 16)[1:] // 8 digits, zero-padded
 	b.Write(hex)
 	b.WriteByte(')')
+	if n := opt.answerTokens - countPieces(b.String()); n > 0 {
+		pad(&b, h, n)
+	}
 
 	a := answer{
 		id:       "chatcmpl-" + strconv.FormatUint(h, 16),
@@ -340,7 +367,7 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 		a.reasoning = thinking(region, source, n)
 		a.thoughts = countPieces(a.reasoning)
 	}
-	if forced, _ := r.forced(); len(r.Tools) > 0 && forced != "-" && r.Messages[len(r.Messages)-1].Role != "tool" {
+	if forced, _ := r.forced(); len(r.Tools) > 0 && forced != "-" && msgs[len(msgs)-1].Role != "tool" {
 		t := &r.Tools[0]
 		for i := range r.Tools {
 			if r.Tools[i].Function.Name == forced {
@@ -359,6 +386,11 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 			a.content = `{"answer": ` + string(appendJSONString(nil, a.content)) + `}`
 		}
 	}
+	if continuing {
+		if rest, ok := strings.CutPrefix(a.content, prefix); ok {
+			a.content = rest
+		}
+	}
 	a.pieces = countPieces(a.content)
 	if r.MaxTokens > 0 && a.pieces > r.MaxTokens {
 		rest := a.content
@@ -373,6 +405,29 @@ func newAnswer(region string, r *chatRequest, opt answerOptions) answer {
 		a.finish = "length"
 	}
 	return a
+}
+
+// fillerWords are the words an answer is padded with.
+var fillerWords = [...]string{
+	"alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+	"india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
+	"quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray",
+	"yankee", "zulu", "amber", "basalt", "cedar", "dune", "ember", "fjord",
+}
+
+// pad appends n filler words to b, each with a space before it, drawn from
+// seed by splitmix64: stable across processes and Go versions.
+func pad(b *strings.Builder, seed uint64, n int) {
+	b.Grow(n * 8)
+	for range n {
+		seed += 0x9e3779b97f4a7c15
+		z := seed
+		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+		z = (z ^ z>>27) * 0x94d049bb133111eb
+		z ^= z >> 31
+		b.WriteByte(' ')
+		b.WriteString(fillerWords[z%uint64(len(fillerWords))])
+	}
 }
 
 // argumentWord is the last word of s that starts with a capital letter,

@@ -23,7 +23,12 @@
 // pacing, a provider queue that sends keep-alives (empty lines, SSE
 // ": keep-alive" comments), blank JSON-mode answers, an account out of
 // credit (HTTP 402), and faults for chaos tests (malformed JSON, answers cut
-// half-way). They change live, from Go (Server.SetSettings) or over HTTP
+// half-way). For streams that survive: a wait for the first token with a
+// log-normal spread and a heavy Pareto tail (TTFT), streams that break after
+// a random number of chunks, dropped or closed cleanly (BreakRate),
+// DeepSeek's prefix completion (an assistant prefix is continued, so a
+// spliced answer can be compared with an unbroken one) and answers padded
+// to a length (AnswerTokens). They change live, from Go (Server.SetSettings) or over HTTP
 // (POST /control), and Stats count every request by outcome.
 //
 // Its HTTP listener speaks HTTP/1.1, and HTTP/2 when asked: h2c (Config.H2C)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -178,7 +179,11 @@ func (s *Server) ConnStats() ConnStats {
 	}
 }
 
-// ResetStats zeroes the counts (not InFlight, nor ConnStats.Open).
+// Usage returns the tokens spent since New or the last ResetStats.
+func (s *Server) Usage() Usage { return s.stats.usage() }
+
+// ResetStats zeroes the counts (not InFlight, nor ConnStats.Open) and the
+// Usage.
 func (s *Server) ResetStats() {
 	s.stats.reset()
 	s.conns.reset()
@@ -422,6 +427,38 @@ func (snap *snapshot) delay() time.Duration {
 	return max(d, 0)
 }
 
+// ttft draws the wait for the first token of one answer: TTFT spread
+// log-normally by TTFTSigma, plus, for a TTFTTailRate share of answers, a
+// Pareto-distributed extra wait from TTFTTail (shape 1.5, capped at 100
+// times TTFTTail).
+func (snap *snapshot) ttft() time.Duration {
+	d := float64(snap.TTFT)
+	if s := snap.TTFTSigma; s > 0 && d > 0 {
+		d *= math.Exp(s * rand.NormFloat64())
+	}
+	if snap.TTFTTail > 0 && hit(snap.TTFTTailRate) {
+		u := 1 - rand.Float64() // (0, 1]
+		d += float64(snap.TTFTTail) * min(math.Pow(u, -1/ttftTailShape), maxTTFTTail)
+	}
+	return time.Duration(min(d, float64(math.MaxInt64/2)))
+}
+
+// The shape and the cap, in multiples of TTFTTail, of the heavy tail.
+const (
+	ttftTailShape = 1.5
+	maxTTFTTail   = 100
+)
+
+// breakAt draws where a stream of n chunks breaks: the index of the first
+// chunk not sent, in 1..n-1, or -1 when it does not break; clean says it
+// ends cleanly rather than dropped.
+func (snap *snapshot) breakAt(n int) (at int, clean bool) {
+	if n < 2 || !hit(snap.BreakRate) {
+		return -1, false
+	}
+	return 1 + rand.IntN(n-1), hit(snap.BreakClean)
+}
+
 // thinkInterval is the pause between two streamed reasoning chunks.
 func (snap *snapshot) thinkInterval() time.Duration {
 	if snap.ThinkInterval > 0 {
@@ -432,7 +469,8 @@ func (snap *snapshot) thinkInterval() time.Duration {
 
 // answerOptions draws what the settings make of the answer to r.
 func (snap *snapshot) answerOptions(r *chatRequest) answerOptions {
-	return answerOptions{thinkTokens: snap.ThinkTokens, blank: r.jsonMode() && hit(snap.JSONBlankRate)}
+	return answerOptions{thinkTokens: snap.ThinkTokens, blank: r.jsonMode() && hit(snap.JSONBlankRate),
+		prefixCompletion: snap.PrefixCompletion, answerTokens: snap.AnswerTokens}
 }
 
 // tokenInterval is the pause between two streamed chunks.

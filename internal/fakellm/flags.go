@@ -11,7 +11,9 @@ import (
 // field: -latency, -jitter, -busy-rate, -qps, -burst, -capacity,
 // -max-concurrency, -hang-rate, -tokens-per-sec, -garbage-rate, -cut-rate,
 // -think-tokens, -think-interval, -json-blank-rate, -queue-delay,
-// -keep-alive-interval, -exhausted-rate. The current values of c are the
+// -keep-alive-interval, -exhausted-rate, -ttft, -ttft-sigma,
+// -ttft-tail-rate, -ttft-tail, -break-rate, -break-clean,
+// -prefix-completion, -answer-tokens. The current values of c are the
 // defaults. Parsing does not validate ranges: call c.Validate after.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Name, "name", c.Name, "backend `name` in /stats and answers (default \"fakellm\")")
@@ -41,4 +43,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&st.QueueDelay, "queue-delay", st.QueueDelay, "time every request waits in a queue first, sending keep-alives over HTTP (empty lines, SSE comments)")
 	fs.DurationVar(&st.KeepAliveInterval, "keep-alive-interval", st.KeepAliveInterval, "pause between keep-alives while queued, 0 = 1s")
 	fs.Float64Var(&st.ExhaustedRate, "exhausted-rate", st.ExhaustedRate, "`fraction` (0..1) of requests answered HTTP 402 Insufficient Balance")
+	fs.DurationVar(&st.TTFT, "ttft", st.TTFT, "median wait for the first token, after -latency (a stream has started but sends no token)")
+	fs.Float64Var(&st.TTFTSigma, "ttft-sigma", st.TTFTSigma, "log-normal spread of the -ttft wait, 0..4 (0.5: p99 at 3.2x the median; 0: none)")
+	fs.Float64Var(&st.TTFTTailRate, "ttft-tail-rate", st.TTFTTailRate, "`fraction` (0..1) of answers whose first token waits a heavy-tailed extra time (-ttft-tail)")
+	fs.DurationVar(&st.TTFTTail, "ttft-tail", st.TTFTTail, "scale of the heavy tail: Pareto, shape 1.5, from this extra wait up to 100x it")
+	fs.Float64Var(&st.BreakRate, "break-rate", st.BreakRate, "`fraction` (0..1) of streams cut after a random number of chunks, before the last")
+	fs.Float64Var(&st.BreakClean, "break-clean", st.BreakClean, "`fraction` (0..1) of broken streams that end cleanly (no [DONE], gRPC OK) rather than dropped")
+	fs.BoolVar(&st.PrefixCompletion, "prefix-completion", st.PrefixCompletion, "continue an answer from a last assistant message with prefix: true (DeepSeek's prefix completion)")
+	fs.IntVar(&st.AnswerTokens, "answer-tokens", st.AnswerTokens, "pad text answers to this many tokens with words drawn from their ref (0: the echo alone)")
 }

@@ -94,7 +94,7 @@ func fromProto(in *detourv1.CompleteRequest) *chatRequest {
 		TopLogprobs: int(in.GetTopLogprobs()),
 	}
 	for i, m := range in.GetMessages() {
-		cm := chatMessage{Role: m.GetRole(), Content: messageContent(m.GetContent()), ToolCallID: m.GetToolCallId()}
+		cm := chatMessage{Role: m.GetRole(), Content: messageContent(m.GetContent()), ToolCallID: m.GetToolCallId(), Prefix: m.GetPrefix()}
 		for _, tc := range m.GetToolCalls() {
 			cm.ToolCalls = append(cm.ToolCalls, struct {
 				ID string `json:"id"`
@@ -149,7 +149,7 @@ func (r routerService) Complete(ctx context.Context, in *detourv1.CompleteReques
 		return nil, err
 	}
 	var timer *time.Timer
-	if !s.sleep(ctx, &timer, snap.delay()) {
+	if !s.sleep(ctx, &timer, snap.delay()+snap.ttft()) {
 		s.stats.count(outcomeCanceled)
 		return nil, s.ended(ctx)
 	}
@@ -161,6 +161,8 @@ func (r routerService) Complete(ctx context.Context, in *detourv1.CompleteReques
 		return nil, errCut
 	}
 	ans := newAnswer(s.region, req, snap.answerOptions(req))
+	s.stats.started(&ans)
+	s.stats.sent(ans.completion())
 	resp := &detourv1.CompleteResponse{
 		Id:               ans.id,
 		Model:            req.Model,
@@ -218,6 +220,12 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 		return s.ended(ctx)
 	}
 	ans := newAnswer(s.region, req, snap.answerOptions(req))
+	s.stats.started(&ans)
+	// Over gRPC nothing goes out before the first token.
+	if !s.sleep(ctx, &timer, snap.ttft()) {
+		s.stats.count(outcomeCanceled)
+		return s.ended(ctx)
+	}
 	chunk := func() *detourv1.CompleteChunk {
 		return &detourv1.CompleteChunk{Id: ans.id, Model: req.Model, ServedBy: s.servedBy, Source: detourv1.Source_SOURCE_LIVE, Attempts: 1}
 	}
@@ -234,14 +242,25 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 			s.stats.count(outcomeCanceled)
 			return err
 		}
+		s.stats.sent(1)
 	}
 	pieces := ans.pieces
 	if ans.call != nil {
 		pieces = 1 + ans.call.pieces() // the call's name, then its arguments
 	}
 	half := pieces / 2
+	cut, clean := -1, false
+	if fate == outcomeOK {
+		cut, clean = snap.breakAt(pieces)
+	}
 	pause := snap.tokenInterval()
 	rest = ans.content
+	if pieces == 0 { // a prefix completion with nothing left to add
+		c := chunk()
+		c.FinishReason, c.Usage = ans.finish, ans.usage()
+		s.stats.count(outcomeOK)
+		return stream.Send(c)
+	}
 	for i := range pieces {
 		if (i > 0 || ans.thoughts > 0) && !s.sleep(ctx, &timer, pause) {
 			s.stats.count(outcomeCanceled)
@@ -256,6 +275,13 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 				s.stats.count(fate)
 				return errCut
 			}
+		}
+		if i == cut {
+			s.stats.count(outcomeBroken)
+			if clean {
+				return nil // OK, without the last chunk
+			}
+			return errCut
 		}
 		c := chunk()
 		switch {
@@ -282,6 +308,7 @@ func (r routerService) StreamComplete(in *detourv1.CompleteRequest, stream grpc.
 			}
 			return err
 		}
+		s.stats.sent(1)
 	}
 	return nil
 }

@@ -69,7 +69,8 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 //	GET  /control              current Settings as JSON
 //	POST /control              change the Settings present in a JSON document
 //	GET  /stats                Stats as JSON, with the name and region, and ConnStats as http_conns
-//	POST /stats/reset          zero the Stats
+//	POST /stats/reset          zero the Stats, ConnStats and the Usage
+//	GET  /usage                Usage as JSON: the tokens spent
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
@@ -82,6 +83,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("POST /control", s.handlePostControl)
 	mux.HandleFunc("GET /stats", s.handleStats)
 	mux.HandleFunc("POST /stats/reset", s.handleStatsReset)
+	mux.HandleFunc("GET /usage", s.handleUsage)
 	return mux
 }
 
@@ -151,12 +153,17 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ans := newAnswer(s.region, &req, snap.answerOptions(&req))
+	s.stats.started(&ans)
 	created := time.Now().Unix()
 	if req.Stream {
 		s.streamHTTP(w, r, sc, snap, timer, &ans, req.Model, created, fate, queued)
 		return
 	}
 
+	if !s.sleep(r.Context(), &timer, snap.ttft()) {
+		s.stats.count(outcomeCanceled)
+		return
+	}
 	sc.b = appendCompletion(sc.b[:0], &ans, req.Model, created)
 	body := sc.b
 	h["Content-Type"] = jsonType
@@ -178,7 +185,9 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		h["Content-Length"] = []string{strconv.Itoa(len(body))}
 		w.WriteHeader(http.StatusOK)
 	}
-	w.Write(body)
+	if _, err := w.Write(body); err == nil && fate == outcomeOK {
+		s.stats.sent(ans.completion())
+	}
 }
 
 // Keep-alives of a queued request, as DeepSeek sends them.
@@ -254,6 +263,11 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 		canceled()
 		return
 	}
+	// The answer has started; its first token may take a while yet.
+	if !s.sleep(r.Context(), &timer, snap.ttft()) {
+		canceled()
+		return
+	}
 	think := snap.thinkInterval()
 	rest := ans.reasoning
 	for i := range ans.thoughts {
@@ -268,6 +282,7 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 			canceled()
 			return
 		}
+		s.stats.sent(1)
 	}
 	pause := snap.tokenInterval()
 	pieces := ans.pieces
@@ -275,6 +290,10 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 		pieces = 1 + ans.call.pieces() // the call's name, then its arguments
 	}
 	half := pieces / 2
+	cut, clean := -1, false
+	if fate == outcomeOK {
+		cut, clean = snap.breakAt(pieces)
+	}
 	rest = ans.content
 	for i := range pieces {
 		if (i > 0 || ans.thoughts > 0) && !s.sleep(r.Context(), &timer, pause) {
@@ -291,6 +310,13 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 			piece = ans.call.args[(i-1)*argPiece : min(i*argPiece, len(ans.call.args))]
 		default:
 			piece, rest = nextPiece(rest)
+		}
+		if i == cut {
+			s.stats.count(outcomeBroken)
+			if clean {
+				return // the body ends, without a finish reason or [DONE]
+			}
+			panic(http.ErrAbortHandler)
 		}
 		if i == half {
 			switch fate {
@@ -313,6 +339,7 @@ func (s *Server) streamHTTP(w http.ResponseWriter, r *http.Request, sc *scratch,
 			canceled()
 			return
 		}
+		s.stats.sent(1)
 	}
 	s.stats.count(fate)
 	sc.b = c.appendEvent(sc.b[:0], deltaContent, "", ans)
@@ -623,6 +650,10 @@ type statsBody struct {
 
 func (s *Server) handleStats(w http.ResponseWriter, _ *http.Request) {
 	writeValue(w, http.StatusOK, statsBody{s.name, s.region, s.Stats(), s.ConnStats()})
+}
+
+func (s *Server) handleUsage(w http.ResponseWriter, _ *http.Request) {
+	writeValue(w, http.StatusOK, s.Usage())
 }
 
 func (s *Server) handleStatsReset(w http.ResponseWriter, _ *http.Request) {

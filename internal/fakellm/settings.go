@@ -22,7 +22,9 @@ import (
 //	 "capacity":0,"max_concurrency":0,"hang_rate":0,"tokens_per_sec":0,
 //	 "garbage_rate":0,"cut_rate":0,"think_tokens":0,"think_interval":"0s",
 //	 "json_blank_rate":0,"queue_delay":"0s","keep_alive_interval":"0s",
-//	 "exhausted_rate":0}
+//	 "exhausted_rate":0,"ttft":"0s","ttft_sigma":0,"ttft_tail_rate":0,
+//	 "ttft_tail":"0s","break_rate":0,"break_clean":0,
+//	 "prefix_completion":false,"answer_tokens":0}
 //
 // Durations are Go duration strings. Unmarshalling changes only the fields
 // present in the document and refuses unknown fields; it does not validate.
@@ -99,7 +101,57 @@ type Settings struct {
 	// "Insufficient Balance" (gRPC RESOURCE_EXHAUSTED with that message), as
 	// an account out of credit is. Zero: never.
 	ExhaustedRate float64
+	// TTFT is the median wait for the first token, after Latency (and
+	// QueueDelay): a streamed answer has started (over HTTP its headers and
+	// its role chunk are out) but sends no token yet. Unary answers wait it
+	// too. Zero: none.
+	TTFT time.Duration
+	// TTFTSigma spreads the wait log-normally around TTFT: it is
+	// TTFT*e^(TTFTSigma*N(0,1)), so 0.5 puts the 99th percentile at 3.2
+	// times the median. Zero: exactly TTFT.
+	TTFTSigma float64
+	// TTFTTailRate is the fraction of answers, in [0, 1], whose first token
+	// waits longer still: a heavy tail on top of the wait above, as a
+	// provider's queue sometimes holds a call. Zero: never.
+	TTFTTailRate float64
+	// TTFTTail is the scale of that tail: the extra wait is Pareto
+	// distributed from TTFTTail with shape 1.5 (a tenth of the tail waits
+	// exceed 4.6 times TTFTTail, a hundredth 21 times), capped at 100 times.
+	TTFTTail time.Duration
+	// BreakRate is the fraction of streamed answers, in [0, 1], that break
+	// after a random number of chunks: uniform over 1..n-1 of the n chunks
+	// of the answer (its content, or its tool call), so that some output
+	// went out and the last chunk, with the finish reason and usage, never
+	// does. Answers of fewer than 2 chunks and unary answers do not break
+	// (see CutRate). Zero: never.
+	BreakRate float64
+	// BreakClean is the fraction of broken streams, in [0, 1], that end
+	// cleanly: the HTTP body ends without a finish reason or [DONE], the
+	// gRPC call ends OK without its last chunk. The others are dropped: the
+	// HTTP connection is cut, the gRPC call ends UNAVAILABLE.
+	BreakClean float64
+	// PrefixCompletion continues an answer from an assistant prefix, as
+	// DeepSeek's prefix completion does: when the last message is an
+	// assistant one with "prefix": true, the answer is the text the
+	// conversation without it gets, minus the prefix, so that prefix and
+	// answer put together are the answer of an unbroken stream. A prefix the
+	// text does not start with gets the whole text, as a model goes its own
+	// way. False: the prefix flag is ignored and the message is an ordinary
+	// assistant turn.
+	PrefixCompletion bool
+	// AnswerTokens pads a text answer to this many tokens with filler words
+	// drawn from its ref, after the echo: the same messages get the same
+	// words. Tool calls are not padded; max_tokens still truncates. Zero:
+	// the echo alone.
+	AnswerTokens int
 }
+
+// maxAnswerTokens bounds Settings.AnswerTokens.
+const maxAnswerTokens = 100000
+
+// maxTTFTSigma bounds Settings.TTFTSigma: e^(4*4) is already a factor of
+// nine million at four standard deviations.
+const maxTTFTSigma = 4
 
 // Validate reports every out-of-range field of s, joined into one error.
 func (s Settings) Validate() error {
@@ -120,6 +172,9 @@ func (s Settings) Validate() error {
 		{"cut rate", s.CutRate},
 		{"json blank rate", s.JSONBlankRate},
 		{"exhausted rate", s.ExhaustedRate},
+		{"ttft tail rate", s.TTFTTailRate},
+		{"break rate", s.BreakRate},
+		{"break clean", s.BreakClean},
 	} {
 		if !(r.v >= 0 && r.v <= 1) { // also refuses NaN
 			errs = append(errs, fmt.Errorf("%s %v is outside [0, 1]", r.name, r.v))
@@ -146,10 +201,17 @@ func (s Settings) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"think interval", s.ThinkInterval}, {"queue delay", s.QueueDelay}, {"keep-alive interval", s.KeepAliveInterval}} {
+	}{{"think interval", s.ThinkInterval}, {"queue delay", s.QueueDelay}, {"keep-alive interval", s.KeepAliveInterval},
+		{"ttft median", s.TTFT}, {"ttft tail scale", s.TTFTTail}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %v is negative", d.name, d.v))
 		}
+	}
+	if !(s.TTFTSigma >= 0 && s.TTFTSigma <= maxTTFTSigma) {
+		errs = append(errs, fmt.Errorf("ttft sigma %v is outside [0, %d]", s.TTFTSigma, maxTTFTSigma))
+	}
+	if s.AnswerTokens < 0 || s.AnswerTokens > maxAnswerTokens {
+		errs = append(errs, fmt.Errorf("answer tokens %d is outside [0, %d]", s.AnswerTokens, maxAnswerTokens))
 	}
 	return errors.Join(errs...)
 }
@@ -173,6 +235,14 @@ type settingsJSON struct {
 	QueueDelay        string  `json:"queue_delay"`
 	KeepAliveInterval string  `json:"keep_alive_interval"`
 	ExhaustedRate     float64 `json:"exhausted_rate"`
+	TTFT              string  `json:"ttft"`
+	TTFTSigma         float64 `json:"ttft_sigma"`
+	TTFTTailRate      float64 `json:"ttft_tail_rate"`
+	TTFTTail          string  `json:"ttft_tail"`
+	BreakRate         float64 `json:"break_rate"`
+	BreakClean        float64 `json:"break_clean"`
+	PrefixCompletion  bool    `json:"prefix_completion"`
+	AnswerTokens      int     `json:"answer_tokens"`
 }
 
 // settingsPatch is a /control document: nil fields were absent.
@@ -194,6 +264,14 @@ type settingsPatch struct {
 	QueueDelay        *string  `json:"queue_delay"`
 	KeepAliveInterval *string  `json:"keep_alive_interval"`
 	ExhaustedRate     *float64 `json:"exhausted_rate"`
+	TTFT              *string  `json:"ttft"`
+	TTFTSigma         *float64 `json:"ttft_sigma"`
+	TTFTTailRate      *float64 `json:"ttft_tail_rate"`
+	TTFTTail          *string  `json:"ttft_tail"`
+	BreakRate         *float64 `json:"break_rate"`
+	BreakClean        *float64 `json:"break_clean"`
+	PrefixCompletion  *bool    `json:"prefix_completion"`
+	AnswerTokens      *int     `json:"answer_tokens"`
 }
 
 // MarshalJSON encodes s as in the /control endpoint.
@@ -216,6 +294,14 @@ func (s Settings) MarshalJSON() ([]byte, error) {
 		QueueDelay:        s.QueueDelay.String(),
 		KeepAliveInterval: s.KeepAliveInterval.String(),
 		ExhaustedRate:     s.ExhaustedRate,
+		TTFT:              s.TTFT.String(),
+		TTFTSigma:         s.TTFTSigma,
+		TTFTTailRate:      s.TTFTTailRate,
+		TTFTTail:          s.TTFTTail.String(),
+		BreakRate:         s.BreakRate,
+		BreakClean:        s.BreakClean,
+		PrefixCompletion:  s.PrefixCompletion,
+		AnswerTokens:      s.AnswerTokens,
 	})
 }
 
@@ -243,6 +329,8 @@ func (s *Settings) UnmarshalJSON(data []byte) error {
 		{"think_interval", p.ThinkInterval, &next.ThinkInterval},
 		{"queue_delay", p.QueueDelay, &next.QueueDelay},
 		{"keep_alive_interval", p.KeepAliveInterval, &next.KeepAliveInterval},
+		{"ttft", p.TTFT, &next.TTFT},
+		{"ttft_tail", p.TTFTTail, &next.TTFTTail},
 	} {
 		if d.in == nil {
 			continue
@@ -265,6 +353,12 @@ func (s *Settings) UnmarshalJSON(data []byte) error {
 	setIf(&next.ThinkTokens, p.ThinkTokens)
 	setIf(&next.JSONBlankRate, p.JSONBlankRate)
 	setIf(&next.ExhaustedRate, p.ExhaustedRate)
+	setIf(&next.TTFTSigma, p.TTFTSigma)
+	setIf(&next.TTFTTailRate, p.TTFTTailRate)
+	setIf(&next.BreakRate, p.BreakRate)
+	setIf(&next.BreakClean, p.BreakClean)
+	setIf(&next.PrefixCompletion, p.PrefixCompletion)
+	setIf(&next.AnswerTokens, p.AnswerTokens)
 	*s = next
 	return nil
 }

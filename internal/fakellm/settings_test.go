@@ -32,6 +32,10 @@ func TestSettingsValidate(t *testing.T) {
 		{name: "thinking, JSON, queue, balance", s: fakellm.Settings{ThinkTokens: -1, ThinkInterval: -1, JSONBlankRate: 1.5,
 			QueueDelay: -1, KeepAliveInterval: -1, ExhaustedRate: -0.5},
 			wantErr: []string{"json blank rate", "exhausted rate", "think tokens", "think interval", "queue delay", "keep-alive interval"}},
+		{name: "streams", s: fakellm.Settings{TTFT: -1, TTFTSigma: 5, TTFTTailRate: 2, TTFTTail: -1, BreakRate: -1, BreakClean: math.NaN(), AnswerTokens: -1},
+			wantErr: []string{"ttft tail rate", "break rate", "break clean", "ttft median", "ttft tail scale", "ttft sigma", "answer tokens"}},
+		{name: "streams set", s: fakellm.Settings{TTFT: time.Second, TTFTSigma: 0.5, TTFTTailRate: 0.1, TTFTTail: time.Second,
+			BreakRate: 0.3, BreakClean: 0.5, PrefixCompletion: true, AnswerTokens: 200}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,12 +62,15 @@ func TestSettingsValidate(t *testing.T) {
 
 func TestSettingsJSON(t *testing.T) {
 	s := fakellm.Settings{Latency: 150 * time.Millisecond, Jitter: time.Second, BusyRate: 0.5, QPS: 1000, Burst: 7,
-		Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 40, GarbageRate: 0.02, CutRate: 0.03}
+		Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 40, GarbageRate: 0.02, CutRate: 0.03,
+		TTFT: 40 * time.Millisecond, TTFTSigma: 0.5, TTFTTailRate: 0.1, TTFTTail: 300 * time.Millisecond,
+		BreakRate: 0.3, BreakClean: 0.5, PrefixCompletion: true, AnswerTokens: 200}
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"latency":"150ms","jitter":"1s","busy_rate":0.5,"qps":1000,"burst":7,"capacity":300,"max_concurrency":20,"hang_rate":0.01,"tokens_per_sec":40,"garbage_rate":0.02,"cut_rate":0.03,"think_tokens":0,"think_interval":"0s","json_blank_rate":0,"queue_delay":"0s","keep_alive_interval":"0s","exhausted_rate":0}`
+	want := `{"latency":"150ms","jitter":"1s","busy_rate":0.5,"qps":1000,"burst":7,"capacity":300,"max_concurrency":20,"hang_rate":0.01,"tokens_per_sec":40,"garbage_rate":0.02,"cut_rate":0.03,"think_tokens":0,"think_interval":"0s","json_blank_rate":0,"queue_delay":"0s","keep_alive_interval":"0s","exhausted_rate":0,` +
+		`"ttft":"40ms","ttft_sigma":0.5,"ttft_tail_rate":0.1,"ttft_tail":"300ms","break_rate":0.3,"break_clean":0.5,"prefix_completion":true,"answer_tokens":200}`
 	if diff := cmp.Diff(string(b), want); diff != "" {
 		t.Errorf("Marshal (-got +want):\n%s", diff)
 	}
@@ -109,12 +116,16 @@ func TestRegisterFlags(t *testing.T) {
 				"--busy-rate", "0.5", "--qps", "1000", "--burst", "10", "--capacity", "300", "--max-concurrency", "20",
 				"--hang-rate", "0.01", "--tokens-per-sec", "50", "--garbage-rate", "0.02", "--cut-rate", "0.03",
 				"--think-tokens", "40", "--think-interval", "10ms", "--json-blank-rate", "0.1", "--queue-delay", "2m",
-				"--keep-alive-interval", "5s", "--exhausted-rate", "0.2"},
+				"--keep-alive-interval", "5s", "--exhausted-rate", "0.2", "--ttft", "40ms", "--ttft-sigma", "0.5",
+				"--ttft-tail-rate", "0.1", "--ttft-tail", "300ms", "--break-rate", "0.3", "--break-clean", "0.5",
+				"--prefix-completion", "--answer-tokens", "200"},
 			want: fakellm.Config{Name: "n1", Region: "eu", Models: []string{"a", "b"}, Settings: fakellm.Settings{
 				Latency: 20 * time.Millisecond, Jitter: 5 * time.Millisecond, BusyRate: 0.5, QPS: 1000, Burst: 10,
 				Capacity: 300, MaxConcurrency: 20, HangRate: 0.01, TokensPerSec: 50, GarbageRate: 0.02, CutRate: 0.03,
 				ThinkTokens: 40, ThinkInterval: 10 * time.Millisecond, JSONBlankRate: 0.1, QueueDelay: 2 * time.Minute,
-				KeepAliveInterval: 5 * time.Second, ExhaustedRate: 0.2}},
+				KeepAliveInterval: 5 * time.Second, ExhaustedRate: 0.2, TTFT: 40 * time.Millisecond, TTFTSigma: 0.5,
+				TTFTTailRate: 0.1, TTFTTail: 300 * time.Millisecond, BreakRate: 0.3, BreakClean: 0.5, PrefixCompletion: true,
+				AnswerTokens: 200}},
 		},
 		{name: "bad duration", args: []string{"--latency", "soon"}, wantErr: true},
 		{name: "bad number", args: []string{"--qps", "many"}, wantErr: true},

@@ -27,6 +27,9 @@ type Stats struct {
 	Garbage uint64 `json:"garbage"`
 	// Cut counts answers cut half-way.
 	Cut uint64 `json:"cut"`
+	// Broken counts streams broken after some of their chunks
+	// (Settings.BreakRate), clean and dropped alike.
+	Broken uint64 `json:"broken"`
 	// Exhausted counts "Insufficient Balance" answers (HTTP 402, gRPC
 	// RESOURCE_EXHAUSTED).
 	Exhausted uint64 `json:"exhausted"`
@@ -51,6 +54,7 @@ const (
 	outcomeCut
 	outcomeCanceled
 	outcomeExhausted
+	outcomeBroken
 	numOutcomes
 )
 
@@ -66,7 +70,15 @@ type counters struct {
 	total    paddedCounter
 	inFlight paddedCounter
 	outcomes [numOutcomes]paddedCounter
+	prompt   paddedCounter
+	tokens   paddedCounter
 }
+
+// started counts the prompt of an answer that started.
+func (c *counters) started(a *answer) { c.prompt.n.Add(int64(a.prompt)) }
+
+// sent counts n completion tokens sent.
+func (c *counters) sent(n int) { c.tokens.n.Add(int64(n)) }
 
 // begin counts a request that arrived; end must follow.
 func (c *counters) begin() {
@@ -93,14 +105,33 @@ func (c *counters) snapshot() Stats {
 		Cut:         n(outcomeCut),
 		Canceled:    n(outcomeCanceled),
 		Exhausted:   n(outcomeExhausted),
+		Broken:      n(outcomeBroken),
 		InFlight:    c.inFlight.n.Load(),
 	}
+}
+
+// Usage is the tokens a Server spent, as a provider bills them, since New
+// or the last ResetStats.
+type Usage struct {
+	// PromptTokens adds up the prompt tokens of every answer that started
+	// (after Latency), finished or not.
+	PromptTokens uint64 `json:"prompt_tokens"`
+	// CompletionTokens adds up the completion tokens sent: one per streamed
+	// chunk with a token (content, reasoning or a piece of a tool call),
+	// the whole completion of a unary answer sent whole.
+	CompletionTokens uint64 `json:"completion_tokens"`
+}
+
+func (c *counters) usage() Usage {
+	return Usage{PromptTokens: uint64(c.prompt.n.Load()), CompletionTokens: uint64(c.tokens.n.Load())}
 }
 
 // reset zeroes the counts, one by one: requests in flight meanwhile may be
 // counted on either side.
 func (c *counters) reset() {
 	c.total.n.Store(0)
+	c.prompt.n.Store(0)
+	c.tokens.n.Store(0)
 	for i := range c.outcomes {
 		c.outcomes[i].n.Store(0)
 	}

@@ -46,6 +46,19 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 		"-capacity", Ftoa(st.Capacity), "-max-concurrency", strconv.Itoa(st.MaxConcurrency),
 		"-hang-rate", Ftoa(st.HangRate), "-tokens-per-sec", Ftoa(st.TokensPerSec),
 		"-garbage-rate", Ftoa(st.GarbageRate), "-cut-rate", Ftoa(st.CutRate)}
+	if st.TTFT > 0 || st.TTFTTailRate > 0 {
+		args = append(args, "-ttft", st.TTFT.String(), "-ttft-sigma", Ftoa(st.TTFTSigma),
+			"-ttft-tail-rate", Ftoa(st.TTFTTailRate), "-ttft-tail", st.TTFTTail.String())
+	}
+	if st.BreakRate > 0 {
+		args = append(args, "-break-rate", Ftoa(st.BreakRate), "-break-clean", Ftoa(st.BreakClean))
+	}
+	if st.PrefixCompletion {
+		args = append(args, "-prefix-completion")
+	}
+	if st.AnswerTokens > 0 {
+		args = append(args, "-answer-tokens", strconv.Itoa(st.AnswerTokens))
+	}
 	if withGRPC {
 		args = append(args, "-grpc", "127.0.0.1:0")
 	}
@@ -132,19 +145,6 @@ func (f *Fake) ConnStats() (fakellm.ConnStats, error) {
 	return st.Conns, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// ResetStats POSTs /stats/reset: fakellm's counts start again from zero.
-func (f *Fake) ResetStats() error {
-	resp, err := f.ctl.Post(f.url("/stats/reset"), "application/json", nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s /stats/reset: %s", f.Name, resp.Status)
-	}
-	return nil
-}
-
 // Control POSTs a /control patch such as {"busy_rate": 0.5}.
 func (f *Fake) Control(patch map[string]any) error {
 	b, _ := json.Marshal(patch)
@@ -169,4 +169,32 @@ func (f *Fake) url(path string) string {
 		return "https://" + f.HTTP + path
 	}
 	return "http://" + f.HTTP + path
+}
+
+// Usage reads fakellm's GET /usage: the tokens it spent.
+func (f *Fake) Usage() (fakellm.Usage, error) {
+	var u fakellm.Usage
+	resp, err := f.ctl.Get(f.url("/usage"))
+	if err != nil {
+		return u, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return u, fmt.Errorf("%s /usage: %s", f.Name, resp.Status)
+	}
+	return u, json.NewDecoder(resp.Body).Decode(&u)
+}
+
+// ResetStats zeroes fakellm's Stats, ConnStats and Usage (POST
+// /stats/reset).
+func (f *Fake) ResetStats() error {
+	resp, err := f.ctl.Post(f.url("/stats/reset"), "application/json", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s /stats/reset: %s", f.Name, resp.Status)
+	}
+	return nil
 }
