@@ -226,6 +226,7 @@ func TestChartDefault(t *testing.T) {
 		t.Errorf("default args %q, want --auth=off and no TLS or health flags", c.Args)
 	}
 	checkConfig(t, r)
+	checkSizing(t, r, c)
 
 	checkHPAs(t, r)
 	checkPDB(t, r, 3)
@@ -515,6 +516,11 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) *corev1.Container {
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("%s: resources %+v: want cpu and memory requests and a memory limit", d.Name, c.Resources)
 	}
+	// GOMEMLIMIT follows the container's memory limit (README: Sizing).
+	if e := envVar(c, "DETOUR_MEMORY_LIMIT"); e == nil || e.ValueFrom == nil || e.ValueFrom.ResourceFieldRef == nil ||
+		e.ValueFrom.ResourceFieldRef.Resource != "limits.memory" || e.ValueFrom.ResourceFieldRef.ContainerName != c.Name {
+		t.Errorf("%s: DETOUR_MEMORY_LIMIT = %+v, want the downward API's limits.memory of container %s", d.Name, e, c.Name)
+	}
 
 	// Ports, listeners and gRPC probes.
 	ports := map[string]int32{}
@@ -654,6 +660,35 @@ func checkServices(t *testing.T, r *release) {
 
 // checkConfig: the config document parses, and every API key it names is
 // provided by the pod (env from a Secret, or a file under a mounted Secret).
+// checkSizing checks that the default limits.max_inflight fits the default
+// memory limit by README's sizing guide, for the default backend (an HTTPS
+// provider that may answer in HTTP/1.1): 64 MiB plus 128 KiB per call in
+// flight within the 90% detour gives GOMEMLIMIT.
+func checkSizing(t *testing.T, r *release, c *corev1.Container) {
+	t.Helper()
+	var doc struct {
+		Limits struct {
+			MaxInflight int64 `json:"max_inflight"`
+		} `json:"limits"`
+	}
+	for _, cm := range r.configMaps {
+		if cm.Name == "detour-config" {
+			if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &doc); err != nil {
+				t.Fatalf("config.yaml: %v", err)
+			}
+		}
+	}
+	n := doc.Limits.MaxInflight
+	limit := c.Resources.Limits.Memory().Value()
+	need := 64<<20 + n*128<<10
+	if n <= 0 || need > limit/100*90 {
+		t.Errorf("limits.max_inflight %d needs %d MiB by the sizing guide, over 90%% of the memory limit %d MiB", n, need>>20, limit>>20)
+	}
+	if req := c.Resources.Requests.Memory().Value(); req != limit {
+		t.Errorf("memory request %d MiB, limit %d MiB: want them equal, so that a replica holding long calls is not evicted first", req>>20, limit>>20)
+	}
+}
+
 func checkConfig(t *testing.T, r *release) {
 	t.Helper()
 	var cm *corev1.ConfigMap

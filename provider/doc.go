@@ -4,7 +4,10 @@
 //
 // There is one client per configured backend. A client owns its connection
 // pool (one tuned *http.Transport, or one *grpc.ClientConn), is safe for
-// concurrent use, and is released with Close:
+// concurrent use, and is released with Close. The HTTP pool follows the
+// backend's connections block: HTTP/2 through ALPN over TLS by default, h2c
+// when asked, HTTP/1.1 otherwise; over HTTP/2 many calls share a
+// connection (one goroutine each inside net/http, beside the caller's):
 //
 //	p, err := provider.NewOpenAI(backend)
 //	if err != nil {

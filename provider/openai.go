@@ -2,6 +2,7 @@ package provider
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -86,16 +87,9 @@ func NewOpenAI(b regions.Backend, opts ...Option) (*OpenAI, error) {
 			return nil, err
 		}
 	}
-	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSClientConfig:       tlsConfig, // nil: verified against the system roots
-		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
-		IdleConnTimeout:       idleConnTimeout,
-		TLSHandshakeTimeout:   tlsHandshakeTimeout,
-		ExpectContinueTimeout: time.Second,
+	tr, err := newTransport(b, tlsConfig)
+	if err != nil {
+		return nil, err
 	}
 	o := &OpenAI{
 		name:     b.Name,
@@ -114,6 +108,55 @@ func NewOpenAI(b regions.Backend, opts ...Option) (*OpenAI, error) {
 		opt(o)
 	}
 	return o, nil
+}
+
+// newTransport builds the connection pool of b as its connections block
+// says: HTTP/2 through ALPN over TLS (auto), h2c with prior knowledge, or
+// HTTP/1.1 only; HTTP/1.1 is offered beside HTTP/2 except with h2c (which
+// net/http takes as "h2c on http:// URLs").
+func newTransport(b regions.Backend, tlsConfig *tls.Config) (*http.Transport, error) {
+	c := regions.BackendConnections{}
+	if b.Connections != nil {
+		c = *b.Connections
+	}
+	var p http.Protocols
+	switch c.Mode() {
+	case regions.HTTP2Auto:
+		p.SetHTTP1(true)
+		p.SetHTTP2(true)
+	case regions.HTTP2H2C:
+		if strings.HasPrefix(b.Endpoint, "https://") {
+			return nil, fmt.Errorf("backend %s: connections.http2 h2c needs an http:// endpoint, not %q", b.Name, b.Endpoint)
+		}
+		p.SetUnencryptedHTTP2(true)
+		// Bounds the dials of a burst beyond the open connections' streams
+		// (see regions.BackendConnections.MaxConns); HTTP/2 connections
+		// already open are not counted.
+		c.MaxConns = cmp.Or(c.MaxConns, regions.DefaultH2CMaxConns)
+	case regions.HTTP2Off:
+		p.SetHTTP1(true)
+	default:
+		return nil, fmt.Errorf("backend %s: connections.http2 %q must be %q, %q or %q", b.Name, c.HTTP2, regions.HTTP2Auto, regions.HTTP2H2C, regions.HTTP2Off)
+	}
+	idle := cmp.Or(c.IdleTimeout.D(), idleConnTimeout)
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		Protocols:             &p,
+		TLSClientConfig:       tlsConfig, // nil: verified against the system roots
+		MaxConnsPerHost:       c.MaxConns,
+		MaxIdleConnsPerHost:   cmp.Or(c.MaxIdleConns, maxIdleConnsPerHost),
+		IdleConnTimeout:       idle,
+		TLSHandshakeTimeout:   tlsHandshakeTimeout,
+		ExpectContinueTimeout: time.Second,
+		HTTP2: &http.HTTP2Config{
+			// Zero: no pings. PingTimeout's own zero would be 15s.
+			SendPingTimeout: c.PingTimeout.D(),
+			PingTimeout:     c.PingTimeout.D(),
+		},
+	}
+	return tr, nil
 }
 
 // Close closes the idle connections of the pool. Calls in flight are not

@@ -131,6 +131,36 @@ streams:
 			want: []string{"cache.ttl must be >= 0", "cache.max_ttl must be >= 0"},
 		},
 		{
+			name: "connections",
+			doc: `regions:
+  - name: a
+    backends:
+      - name: x
+        endpoint: https://h/v1
+        connections: {http2: h2c, max_conns: -1, max_idle_conns: -2, idle_timeout: -1s, ping_timeout: -1s}
+      - name: y
+        endpoint: http://h/v1
+        connections: {http2: "on", max_conns: 4, max_idle_conns: 8}
+      - name: z
+        kind: detour
+        endpoint: h:1
+        connections: {http2: h2c}
+      - name: w
+        endpoint: http://h/v1
+        connections: {http2: h2c, max_conns: 4, max_idle_conns: 4, idle_timeout: 1m, ping_timeout: 15s}
+`,
+			want: []string{
+				`regions[0].backends[0] (x).connections.http2: h2c is HTTP/2 without TLS, but endpoint "https://h/v1" is https:// (auto negotiates h2 over TLS)`,
+				"regions[0].backends[0] (x).connections.max_conns: -1 must be >= 0",
+				"regions[0].backends[0] (x).connections.max_idle_conns: -2 must be >= 0",
+				"regions[0].backends[0] (x).connections.idle_timeout must be >= 0",
+				"regions[0].backends[0] (x).connections.ping_timeout must be >= 0",
+				`regions[0].backends[1] (y).connections.http2: "on" must be "auto", "h2c" or "off"`,
+				"regions[0].backends[1] (y).connections.max_idle_conns 8 exceeds max_conns 4",
+				"regions[0].backends[2] (z).connections: applies to kind openai only (a detour backend's one gRPC connection multiplexes its calls already)",
+			},
+		},
+		{
 			name: "all drained",
 			doc:  "regions:\n  - name: a\n    backends:\n      - name: x\n        endpoint: http://h/v1\n        drained: true\n",
 			want: []string{"regions: every backend is drained; at least one usable backend is required"},

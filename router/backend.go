@@ -45,7 +45,8 @@ type backend struct {
 
 // live is a backend's connection, counters and learned capacity. Reloads
 // that keep a backend's name, kind, endpoint, credentials and TLS settings
-// keep its live state.
+// keep its live state (and connections settings: a change there takes a new
+// connection pool).
 type live struct {
 	id       liveID
 	prov     Provider
@@ -62,12 +63,16 @@ type liveID struct {
 	name, kind, endpoint, keyEnv, keyFile string
 	tls                                   regions.BackendTLS
 	hasTLS                                bool
+	conns                                 regions.BackendConnections // zero without a connections block
 }
 
 func idOf(b regions.Backend) liveID {
 	id := liveID{name: b.Name, kind: b.Kind, endpoint: b.Endpoint, keyEnv: b.APIKeyEnv, keyFile: b.APIKeyFile}
 	if b.TLS != nil {
 		id.tls, id.hasTLS = *b.TLS, true
+	}
+	if b.Connections != nil {
+		id.conns = *b.Connections
 	}
 	return id
 }

@@ -149,6 +149,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.GCHeapFloorMiB > 0 {
 		defer gcfloor.Start(uint64(m.GCHeapFloorMiB)<<20, 100)()
 	}
+	if n, err := applyMemoryLimit(os.Getenv); err != nil {
+		return err
+	} else if n > 0 {
+		log.Info("memory limit set from the container's", "gomemlimit_bytes", n, "env", memoryLimitEnv)
+	}
 	provider.SetBodyBudget(int64(m.UpstreamBodyBudgetMiB) << 20)
 	ob, err := startObservability(ctx, m.Observe, log)
 	if err != nil {

@@ -4,6 +4,8 @@
 // live through POST /control. See package internal/fakellm.
 //
 //	fakellm -http 127.0.0.1:8081 -grpc 127.0.0.1:9091 -region eu-west -busy-rate 0.3 -qps 500
+//	fakellm -h2c                               # HTTP/2 without TLS beside HTTP/1.1
+//	fakellm -tls -tls-cert-out /tmp/fake.crt   # HTTPS, h2 by ALPN; trust /tmp/fake.crt
 //
 // It prints the bound addresses and serves until SIGINT or SIGTERM. Bad
 // flags exit with status 2.
@@ -35,6 +37,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	httpAddr := fs.String("http", "127.0.0.1:8081", "`address` of the HTTP API, empty to serve none")
 	grpcAddr := fs.String("grpc", "", "`address` of the detour.v1.Router gRPC service, empty to serve none")
+	certOut := fs.String("tls-cert-out", "", "with -tls, write the self-signed certificate (PEM) to this `file` for clients to trust")
 	var cfg fakellm.Config
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -52,6 +55,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageErr(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	case *httpAddr == "" && *grpcAddr == "":
 		return usageErr(errors.New("-http and -grpc are both empty: nothing to serve"))
+	case *certOut != "" && !cfg.TLS:
+		return usageErr(errors.New("-tls-cert-out needs -tls"))
+	case cfg.TLS && *httpAddr == "":
+		return usageErr(errors.New("-tls needs -http"))
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageErr(err)
@@ -61,6 +68,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := srv.Start(*httpAddr, *grpcAddr); err != nil {
 		fmt.Fprintf(stderr, "fakellm: %v\n", err)
 		return 1
+	}
+	if *certOut != "" {
+		if err := os.WriteFile(*certOut, srv.CertPEM(), 0o644); err != nil {
+			fmt.Fprintf(stderr, "fakellm: -tls-cert-out: %v\n", err)
+			srv.Close()
+			return 1
+		}
 	}
 	if a := srv.HTTPAddr(); a != "" {
 		fmt.Fprintf(stdout, "fakellm: http listening on %s\n", a)

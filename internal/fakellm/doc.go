@@ -31,6 +31,12 @@
 // to a length (AnswerTokens). They change live, from Go (Server.SetSettings) or over HTTP
 // (POST /control), and Stats count every request by outcome.
 //
+// Its HTTP listener speaks HTTP/1.1, and HTTP/2 when asked: h2c (Config.H2C)
+// or TLS with a self-signed certificate made at Start (Config.TLS,
+// Server.CertPEM), h2 offered through ALPN as a provider does. ConnStats
+// count its connections and the most requests in flight on one, so that a
+// test sees whether a client multiplexes its calls.
+//
 // In a test:
 //
 //	srv := fakellm.New(fakellm.Config{

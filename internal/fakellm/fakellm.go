@@ -2,6 +2,7 @@ package fakellm
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -38,6 +39,17 @@ type Config struct {
 	// Settings are the initial knobs; SetSettings and POST /control change
 	// them later.
 	Settings Settings
+	// H2C serves HTTP/2 without TLS (prior knowledge, as a client configured
+	// for h2c speaks it) on the plaintext HTTP listener, beside HTTP/1.1.
+	H2C bool
+	// TLS serves the HTTP API over TLS with a certificate made at Start for
+	// 127.0.0.1, ::1 and localhost (see CertPEM), offering HTTP/2 and
+	// HTTP/1.1 through ALPN.
+	TLS bool
+	// MaxStreams is the SETTINGS_MAX_CONCURRENT_STREAMS of its HTTP/2
+	// connections: the most requests a client may have in flight on one.
+	// Zero means net/http's default (250 at the time of writing).
+	MaxStreams int
 }
 
 // Validate reports what is wrong with c, or nil.
@@ -48,6 +60,9 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("models: empty model name"))
 			break
 		}
+	}
+	if c.MaxStreams < 0 {
+		errs = append(errs, fmt.Errorf("max streams %d must be >= 0", c.MaxStreams))
 	}
 	errs = append(errs, c.Settings.Validate())
 	return errors.Join(errs...)
@@ -72,7 +87,11 @@ type Server struct {
 	snap      atomic.Pointer[snapshot]
 	controlMu sync.Mutex // serializes read-modify-write of the settings
 	stats     counters
+	conns     conns
 	mux       *http.ServeMux
+
+	h2c, useTLS bool
+	maxStreams  int
 
 	quit     chan struct{} // closed by Close: releases waiting requests
 	handlers sync.WaitGroup
@@ -83,6 +102,7 @@ type Server struct {
 	grpcSrv   *grpc.Server
 	httpAddr  string
 	grpcAddr  string
+	certPEM   []byte
 	serving   sync.WaitGroup // the Serve goroutines
 	serveErrs []error
 }
@@ -115,7 +135,10 @@ func New(cfg Config) *Server {
 			Backend: cfg.Name,
 			Kind:    detourv1.ProviderKind_PROVIDER_KIND_DETOUR,
 		},
-		quit: make(chan struct{}),
+		quit:       make(chan struct{}),
+		h2c:        cfg.H2C,
+		useTLS:     cfg.TLS,
+		maxStreams: cfg.MaxStreams,
 	}
 	s.snap.Store(newSnapshot(cfg.Settings, nil))
 	// Held until Close, so that handlers' Add never starts from zero while
@@ -145,11 +168,26 @@ func (s *Server) SetSettings(st Settings) error {
 // Stats returns the request counts since New or the last ResetStats.
 func (s *Server) Stats() Stats { return s.stats.snapshot() }
 
+// ConnStats returns the counts of the HTTP listener's connections since
+// Start or the last ResetStats.
+func (s *Server) ConnStats() ConnStats {
+	return ConnStats{
+		Opened:             uint64(s.conns.opened.Load()),
+		Open:               s.conns.open.Load(),
+		HTTP2Requests:      uint64(s.conns.http2.Load()),
+		MaxInFlightPerConn: s.conns.maxPerCon.Load(),
+	}
+}
+
 // Usage returns the tokens spent since New or the last ResetStats.
 func (s *Server) Usage() Usage { return s.stats.usage() }
 
-// ResetStats zeroes the counts (not InFlight) and the Usage.
-func (s *Server) ResetStats() { s.stats.reset() }
+// ResetStats zeroes the counts (not InFlight, nor ConnStats.Open) and the
+// Usage.
+func (s *Server) ResetStats() {
+	s.stats.reset()
+	s.conns.reset()
+}
 
 // Start listens on httpAddr for the HTTP API and on grpcAddr for the
 // detour.v1.Router service, and serves them in the background until Close.
@@ -186,9 +224,19 @@ func (s *Server) Start(httpAddr, grpcAddr string) error {
 		gl = l
 	}
 	if hl != nil {
-		s.httpSrv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+		srv, err := s.newHTTPServer()
+		if err != nil {
+			hl.Close()
+			if gl != nil {
+				gl.Close()
+			}
+			return fmt.Errorf("fakellm: http: %w", err)
+		}
+		if srv.TLSConfig != nil {
+			hl = tls.NewListener(hl, srv.TLSConfig)
+		}
+		s.httpSrv = srv
 		s.httpAddr = hl.Addr().String()
-		srv := s.httpSrv
 		s.serving.Go(func() {
 			if err := srv.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
 				s.serveFailed(fmt.Errorf("fakellm: http: %w", err))
@@ -208,6 +256,61 @@ func (s *Server) Start(httpAddr, grpcAddr string) error {
 		})
 	}
 	return nil
+}
+
+// newHTTPServer is the server of the HTTP API: HTTP/1.1, with HTTP/2 as
+// the Config says, and counts of its connections.
+func (s *Server) newHTTPServer() (*http.Server, error) {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(s.h2c)
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		Protocols:         &p,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: s.maxStreams},
+		ConnContext:       s.conns.connContext,
+		ConnState:         s.conns.connState,
+	}
+	if s.useTLS {
+		p.SetHTTP2(true)
+		cert, certPEM, err := selfSigned()
+		if err != nil {
+			return nil, err
+		}
+		s.certPEM = certPEM
+		// Serve on a TLS listener does not set up ALPN itself (ServeTLS
+		// would): offer h2 first, as a provider does.
+		srv.TLSConfig = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			NextProtos:   []string{"h2", "http/1.1"},
+			MinVersion:   tls.VersionTLS12,
+		}
+	}
+	return srv, nil
+}
+
+// CertPEM returns the PEM certificate of the TLS listener, which a client
+// trusts as its root (it is self-signed), or nil without Config.TLS or
+// before Start.
+func (s *Server) CertPEM() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.certPEM
+}
+
+// HTTPURL returns the base URL of the HTTP API ("https://127.0.0.1:PORT"
+// with TLS), or "" if it does not serve one.
+func (s *Server) HTTPURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.httpAddr == "":
+		return ""
+	case s.useTLS:
+		return "https://" + s.httpAddr
+	}
+	return "http://" + s.httpAddr
 }
 
 // listen listens on addr, on the loopback interface if addr has no host.

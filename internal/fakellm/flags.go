@@ -6,7 +6,8 @@ import (
 )
 
 // RegisterFlags defines on fs the flags of cmd/fakellm that describe c:
-// -name, -region, -models (comma-separated) and one flag per Settings
+// -name, -region, -models (comma-separated), -h2c, -tls, -max-streams and
+// one flag per Settings
 // field: -latency, -jitter, -busy-rate, -qps, -burst, -capacity,
 // -max-concurrency, -hang-rate, -tokens-per-sec, -garbage-rate, -cut-rate,
 // -think-tokens, -think-interval, -json-blank-rate, -queue-delay,
@@ -21,6 +22,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.Models = strings.Split(v, ",")
 		return nil
 	})
+	fs.BoolVar(&c.H2C, "h2c", c.H2C, "serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1 on the HTTP listener")
+	fs.BoolVar(&c.TLS, "tls", c.TLS, "serve the HTTP API over TLS (HTTP/2 and HTTP/1.1 through ALPN) with a self-signed certificate made at start")
+	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "HTTP/2 streams a client may have open at once on one connection, 0 = net/http's default")
 	st := &c.Settings
 	fs.DurationVar(&st.Latency, "latency", st.Latency, "mean delay before an answer starts")
 	fs.DurationVar(&st.Jitter, "jitter", st.Jitter, "uniform +/- spread of the latency")

@@ -68,8 +68,8 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 //	GET  /v1/models            OpenAI model list
 //	GET  /control              current Settings as JSON
 //	POST /control              change the Settings present in a JSON document
-//	GET  /stats                Stats as JSON, with the name and region
-//	POST /stats/reset          zero the Stats and the Usage
+//	GET  /stats                Stats as JSON, with the name and region, and ConnStats as http_conns
+//	POST /stats/reset          zero the Stats, ConnStats and the Usage
 //	GET  /usage                Usage as JSON: the tokens spent
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
@@ -99,6 +99,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	defer s.handlers.Done()
 	s.stats.begin()
 	defer s.stats.end()
+	defer s.conns.begin(r)()
 
 	sc := scratchPool.Get().(*scratch)
 	defer putScratch(sc)
@@ -644,10 +645,11 @@ type statsBody struct {
 	Name   string `json:"name"`
 	Region string `json:"region"`
 	Stats
+	HTTPConns ConnStats `json:"http_conns"`
 }
 
 func (s *Server) handleStats(w http.ResponseWriter, _ *http.Request) {
-	writeValue(w, http.StatusOK, statsBody{s.name, s.region, s.Stats()})
+	writeValue(w, http.StatusOK, statsBody{s.name, s.region, s.Stats(), s.ConnStats()})
 }
 
 func (s *Server) handleUsage(w http.ResponseWriter, _ *http.Request) {
@@ -656,5 +658,5 @@ func (s *Server) handleUsage(w http.ResponseWriter, _ *http.Request) {
 
 func (s *Server) handleStatsReset(w http.ResponseWriter, _ *http.Request) {
 	s.ResetStats()
-	writeValue(w, http.StatusOK, statsBody{s.name, s.region, s.Stats()})
+	writeValue(w, http.StatusOK, statsBody{s.name, s.region, s.Stats(), s.ConnStats()})
 }

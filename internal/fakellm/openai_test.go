@@ -643,12 +643,12 @@ func TestStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, n := range []string{"name", "region", "total", "ok", "busy", "rate_limited", "hang", "bad_request", "garbage", "cut", "broken", "canceled", "exhausted", "in_flight"} {
+	for _, n := range []string{"name", "region", "total", "ok", "busy", "rate_limited", "hang", "bad_request", "garbage", "cut", "broken", "canceled", "exhausted", "in_flight", "http_conns"} {
 		if _, ok := fields[n]; ok {
 			names = append(names, n)
 		}
 	}
-	if len(names) != len(fields) || len(fields) != 14 {
-		t.Errorf("/stats fields %v, want the 14 documented ones", fields)
+	if len(names) != len(fields) || len(fields) != 15 {
+		t.Errorf("/stats fields %v, want the 15 documented ones", fields)
 	}
 }

@@ -136,3 +136,20 @@ func (c *counters) reset() {
 		c.outcomes[i].n.Store(0)
 	}
 }
+
+// ConnStats counts the connections of the HTTP listener after Start, to see
+// how a client multiplexes its calls. Requests served by ServeHTTP on
+// another server's listener are not counted here.
+type ConnStats struct {
+	// Opened counts the HTTP connections accepted.
+	Opened uint64 `json:"opened"`
+	// Open is the number of HTTP connections open now. Reset leaves it
+	// alone.
+	Open int64 `json:"open"`
+	// HTTP2Requests counts the chat requests that came over HTTP/2.
+	HTTP2Requests uint64 `json:"http2_requests"`
+	// MaxInFlightPerConn is the most chat requests that were in flight at
+	// once on one connection: 1 over HTTP/1.1, up to the streams allowed
+	// over HTTP/2.
+	MaxInFlightPerConn int64 `json:"max_in_flight_per_conn"`
+}

@@ -2,10 +2,14 @@ package harness
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +24,11 @@ type Fake struct {
 	// Name is the backend's name; HTTP and GRPC its listeners' host:port
 	// (GRPC empty without one).
 	Name, HTTP, GRPC string
+	// CertFile holds the certificate of its HTTPS listener, for a
+	// client's CA file; empty without Config.TLS.
+	CertFile string
+
+	ctl *http.Client // ctlClient, or one that trusts CertFile
 }
 
 // StartFake starts cmd/fakellm on loopback ports with cfg, serving HTTP and,
@@ -53,7 +62,22 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 	if withGRPC {
 		args = append(args, "-grpc", "127.0.0.1:0")
 	}
+	// Only when set, so that an older fakellm without these flags still runs.
+	if cfg.H2C {
+		args = append(args, "-h2c")
+	}
+	if cfg.MaxStreams > 0 {
+		args = append(args, "-max-streams", strconv.Itoa(cfg.MaxStreams))
+	}
 	f := &Fake{Name: cfg.Name}
+	if cfg.TLS {
+		dir, err := WorkDir()
+		if err != nil {
+			return nil, err
+		}
+		f.CertFile = filepath.Join(dir, "fakellm-"+cfg.Name+".crt")
+		args = append(args, "-tls", "-tls-cert-out", f.CertFile)
+	}
 	var mu sync.Mutex
 	ready := func(line string) bool {
 		mu.Lock()
@@ -71,6 +95,17 @@ func StartFake(cfg fakellm.Config, withGRPC bool) (*Fake, error) {
 		return nil, err
 	}
 	f.Child = c
+	f.ctl = ctlClient
+	if f.CertFile != "" {
+		pem, err := os.ReadFile(f.CertFile)
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		f.ctl = &http.Client{Timeout: ctlClient.Timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	}
 	return f, nil
 }
 
@@ -82,7 +117,7 @@ var ctlClient = &http.Client{Timeout: 5 * time.Second}
 // Stats reads fakellm's GET /stats: the requests it answered, by outcome.
 func (f *Fake) Stats() (fakellm.Stats, error) {
 	var st fakellm.Stats
-	resp, err := ctlClient.Get("http://" + f.HTTP + "/stats")
+	resp, err := f.ctl.Get(f.url("/stats"))
 	if err != nil {
 		return st, err
 	}
@@ -93,10 +128,27 @@ func (f *Fake) Stats() (fakellm.Stats, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// ConnStats reads the http_conns of fakellm's GET /stats: its HTTP
+// connections, and the most requests in flight on one.
+func (f *Fake) ConnStats() (fakellm.ConnStats, error) {
+	var st struct {
+		Conns fakellm.ConnStats `json:"http_conns"`
+	}
+	resp, err := f.ctl.Get(f.url("/stats"))
+	if err != nil {
+		return st.Conns, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st.Conns, fmt.Errorf("%s /stats: %s", f.Name, resp.Status)
+	}
+	return st.Conns, json.NewDecoder(resp.Body).Decode(&st)
+}
+
 // Control POSTs a /control patch such as {"busy_rate": 0.5}.
 func (f *Fake) Control(patch map[string]any) error {
 	b, _ := json.Marshal(patch)
-	resp, err := ctlClient.Post("http://"+f.HTTP+"/control", "application/json", bytes.NewReader(b))
+	resp, err := f.ctl.Post(f.url("/control"), "application/json", bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
@@ -109,12 +161,20 @@ func (f *Fake) Control(patch map[string]any) error {
 }
 
 // OpenAIEndpoint is the base URL of f for an openai-kind backend.
-func (f *Fake) OpenAIEndpoint() string { return "http://" + f.HTTP + "/v1" }
+func (f *Fake) OpenAIEndpoint() string { return f.url("/v1") }
+
+// url is path on f's HTTP listener, https:// with TLS.
+func (f *Fake) url(path string) string {
+	if f.CertFile != "" {
+		return "https://" + f.HTTP + path
+	}
+	return "http://" + f.HTTP + path
+}
 
 // Usage reads fakellm's GET /usage: the tokens it spent.
 func (f *Fake) Usage() (fakellm.Usage, error) {
 	var u fakellm.Usage
-	resp, err := ctlClient.Get("http://" + f.HTTP + "/usage")
+	resp, err := f.ctl.Get(f.url("/usage"))
 	if err != nil {
 		return u, err
 	}
@@ -125,9 +185,10 @@ func (f *Fake) Usage() (fakellm.Usage, error) {
 	return u, json.NewDecoder(resp.Body).Decode(&u)
 }
 
-// ResetStats zeroes fakellm's Stats and Usage (POST /stats/reset).
+// ResetStats zeroes fakellm's Stats, ConnStats and Usage (POST
+// /stats/reset).
 func (f *Fake) ResetStats() error {
-	resp, err := ctlClient.Post("http://"+f.HTTP+"/stats/reset", "application/json", nil)
+	resp, err := f.ctl.Post(f.url("/stats/reset"), "application/json", nil)
 	if err != nil {
 		return err
 	}

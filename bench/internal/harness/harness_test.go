@@ -67,3 +67,21 @@ func TestParseCommandStats(t *testing.T) {
 		t.Errorf("commandstats (-got +want):\n%s", diff)
 	}
 }
+
+func TestCountSockets(t *testing.T) {
+	// Port 8081 is 1F91. Lines: ours to 8081 established; ours to 8081
+	// in TIME_WAIT (06); another process's to 8081; ours to another port.
+	table := []byte(`  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:9C40 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 20 4 30 10 -1
+   1: 0100007F:9C41 0100007F:1F91 06 00000000:00000000 00:00000000 00000000     0        0 112 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:9C42 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:9C43 0100007F:1F92 01 00000000:00000000 00:00000000 00000000     0        0 113 1 0000000000000000 20 4 30 10 -1
+`)
+	ours := map[string]bool{"111": true, "112": true, "113": true}
+	if got := countSockets(table, 8081, ours); got != 1 {
+		t.Errorf("countSockets = %d, want 1", got)
+	}
+	if n, err := Sockets(os.Getpid(), 1); err != nil || n != 0 {
+		t.Errorf("Sockets(self, port 1) = %d, %v; want 0", n, err)
+	}
+}

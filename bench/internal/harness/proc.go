@@ -124,3 +124,48 @@ func (m CPUMark) ForeignCPU() float64 {
 	}
 	return max(0, float64((n.busy-m.busy)-(n.ours-m.ours))/float64(wall))
 }
+
+// Sockets counts the established TCP connections of process pid to port on
+// loopback (the upstream connections of a detour child): the sockets among
+// its open files, looked up in /proc/PID/net/tcp and tcp6.
+func Sockets(pid, port int) (int, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0, err
+	}
+	inodes := make(map[string]bool, len(fds))
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if in, ok := strings.CutPrefix(l, "socket:["); ok {
+			inodes[strings.TrimSuffix(in, "]")] = true
+		}
+	}
+	n := 0
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			return 0, err
+		}
+		n += countSockets(b, port, inodes)
+	}
+	return n, nil
+}
+
+// countSockets counts the lines of a /proc/net/tcp table in state
+// ESTABLISHED (01), to remote port, whose inode is in inodes.
+func countSockets(table []byte, port int, inodes map[string]bool) int {
+	want := fmt.Sprintf(":%04X", port)
+	n := 0
+	for i, line := range strings.Split(string(table), "\n") {
+		f := strings.Fields(line)
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		if i == 0 || len(f) < 10 || f[3] != "01" || !strings.HasSuffix(f[2], want) || !inodes[f[9]] {
+			continue
+		}
+		n++
+	}
+	return n
+}
