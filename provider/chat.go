@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/detour-dev/detour/internal/chatwire"
@@ -175,7 +174,11 @@ func encodeChatRequest(req *detourv1.CompleteRequest, stream bool, tenantAs, ten
 			continue
 		}
 		body = append(body, ',')
-		body = strconv.AppendQuote(body, m.name)
+		name, err := json.Marshal(m.name) // JSON's quoting: strconv's \x7f is not JSON
+		if err != nil {
+			return nil, fmt.Errorf("%w: member name: %w", ErrExtraBody, err)
+		}
+		body = append(body, name...)
 		body = append(body, ':')
 		body = append(body, m.value...)
 	}
