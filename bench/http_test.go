@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-
 	"github.com/detour-dev/detour/bench/internal/load"
 )
 
@@ -65,18 +63,7 @@ func TestHTTPJudge(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := &httpFace{rec: tt.rec, bounds: httpTestBounds}
 			misses, err := h.judge()
-			if tt.wantErr != "" {
-				if err == nil || err.Error() != tt.wantErr {
-					t.Fatalf("judge() error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(misses, tt.want); diff != "" {
-				t.Errorf("misses (-got +want):\n%s", diff)
-			}
+			checkJudged(t, misses, err, tt.want, tt.wantErr)
 		})
 	}
 }

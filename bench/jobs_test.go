@@ -4,8 +4,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-cmp/cmp"
 )
 
 var jobsTestBounds = jobsBounds{spareShare: 0.8, p99Ratio: 1.2}
@@ -65,18 +63,7 @@ func TestJobsJudge(t *testing.T) {
 			}
 			j := &jobsBench{rec: r, o: jobsOpts{bounds: jobsTestBounds}}
 			misses, err := j.judge()
-			if tt.wantErr != "" {
-				if err == nil || err.Error() != tt.wantErr {
-					t.Fatalf("judge() error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(misses, tt.want); diff != "" {
-				t.Errorf("misses (-got +want):\n%s", diff)
-			}
+			checkJudged(t, misses, err, tt.want, tt.wantErr)
 		})
 	}
 }

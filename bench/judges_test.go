@@ -19,6 +19,25 @@ import (
 // http's and jobs's are in busy_test.go, chaos_test.go, http_test.go and
 // jobs_test.go).
 
+// checkJudged compares what a scenario's judge returned with what a case
+// wants: the error wantErr when it is set, else no error and the misses
+// want.
+func checkJudged(t *testing.T, misses []string, err error, want []string, wantErr string) {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil || err.Error() != wantErr {
+			t.Fatalf("judge() error %v, want %q", err, wantErr)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(misses, want); diff != "" {
+		t.Errorf("misses (-got +want):\n%s", diff)
+	}
+}
+
 // soakSamples are one per 10 s for 10 min, RSS growing by rssPerMin MiB a
 // minute from 40 MiB, goroutines by gorPerMin.
 func soakSamples(rssPerMin, gorPerMin float64) []soakSample {

@@ -472,6 +472,23 @@ func TestContinuation(t *testing.T) {
 		}
 	})
 
+	t.Run("no attempt can follow the break", func(t *testing.T) {
+		// retry.max_attempts 1: the error says no continuation went out,
+		// not that continuing failed.
+		home := newModel("home-1", 12)
+		home.breakAfter = 2
+		r, _ := streamRouter(t, map[string]*model{"home-1": home}, func(c *regions.Config) {
+			c.Regions = c.Regions[:1]
+			c.Streams.Continuation = true
+			c.Retry.MaxAttempts = 1
+		})
+		_, err := collect(r, context.Background(), req())
+		var re *Error
+		if !errors.As(err, &re) || re.Code != Unavailable || !strings.Contains(re.Message, "no backend could take its continuation") {
+			t.Fatalf("err = %v, want UNAVAILABLE: no backend could take its continuation", err)
+		}
+	})
+
 	t.Run("a sole backend that keeps breaking", func(t *testing.T) {
 		home := newModel("home-1", 12)
 		home.breakAfter = 2
@@ -645,23 +662,5 @@ func TestBrokenStreamsDoNotOpenTheBreaker(t *testing.T) {
 				t.Errorf("detour_stream_truncations_total{backend=home-1} = %v, want 6", got)
 			}
 		})
-	}
-}
-
-// TestContinuationThatCouldNotGoOut: when no attempt could follow a break
-// (here retry.max_attempts 1), the error says no continuation went out,
-// not that continuing failed.
-func TestContinuationThatCouldNotGoOut(t *testing.T) {
-	home := newModel("home-1", 12)
-	home.breakAfter = 2
-	r, _ := streamRouter(t, map[string]*model{"home-1": home}, func(c *regions.Config) {
-		c.Regions = c.Regions[:1]
-		c.Streams.Continuation = true
-		c.Retry.MaxAttempts = 1
-	})
-	_, err := collect(r, context.Background(), req())
-	var re *Error
-	if !errors.As(err, &re) || re.Code != Unavailable || !strings.Contains(re.Message, "no backend could take its continuation") {
-		t.Fatalf("err = %v, want UNAVAILABLE: no backend could take its continuation", err)
 	}
 }

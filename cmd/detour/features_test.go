@@ -317,21 +317,11 @@ func call(t *testing.T, c detourv1.RouterClient, req *detourv1.CompleteRequest, 
 		}
 		return resp
 	}
-	st, err := c.StreamComplete(callCtx(t), req)
+	chunks, err := streamAll(t, c, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var chunks []*detourv1.CompleteChunk
-	for {
-		ch, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			return joinChunks(chunks)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		chunks = append(chunks, ch)
-	}
+	return joinChunks(chunks)
 }
 
 // A JSON-mode answer with blank content is retried elsewhere and never
