@@ -348,6 +348,9 @@ func hostileBodies(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 // loopCallers is the concurrency of the routing loop case.
 const loopCallers = 8
 
+// relayBackend names the routing loop case's kind: detour backend.
+const relayBackend = "relay"
+
 // hostileLoop: a routing loop detour cannot see at start (through a TCP
 // relay, as through a Service that leads back), and one it can (its own
 // listen address).
@@ -368,7 +371,7 @@ func hostileLoop(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 	defer rel.stop()
 	cfg, err := configYAML(&regions.Config{
 		Regions: []regions.Region{
-			region("loop", 0, regions.Backend{Name: "relay", Kind: regions.KindDetour, Endpoint: rel.addr}),
+			region("loop", 0, regions.Backend{Name: relayBackend, Kind: regions.KindDetour, Endpoint: rel.addr}),
 			region("good", 1, regions.Backend{Name: "good-1", Endpoint: good}),
 		},
 		Retry: regions.RetryPolicy{AttemptTimeout: regions.Duration(2 * time.Second)},
@@ -403,7 +406,7 @@ func hostileLoop(ctx context.Context, o hostileOpts) (*hostileRun, error) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		resp, err := client.Complete(ctx, req)
-		if err != nil || resp.GetServedBy().GetBackend() == "relay" || resp.GetAttempts() > 1 {
+		if err != nil || resp.GetServedBy().GetBackend() == relayBackend || resp.GetAttempts() > 1 {
 			entered.Add(1)
 		}
 		return err
